@@ -1,0 +1,219 @@
+"""The engine layer: the one module that talks to the Docker SDK.
+
+It speaks in plain values (image IDs, references, label dicts, bytes) and raises only this
+package's errors. Streaming builds use the SDK's low-level ``APIClient`` (the models' ``build``
+hides the log until the end); everything else uses whichever side of the SDK is simpler.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import tarfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .errors import (
+    BuildError,
+    EngineError,
+    EngineUnavailableError,
+    EnvironmentNotFoundError,
+    ImageInUseError,
+)
+
+LogSink = Callable[[str], None]
+
+# Containers we create only to read something out of an image carry this label, so a crash
+# between create and remove leaves something the pruner can recognise.
+HELPER_LABEL = "io.attune.containers.helper"
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Turn SDK and transport errors into ours, with a message a person can act on."""
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise EnvironmentNotFoundError(f"{what}: image not found ({exc.explanation})") from None
+    except docker.errors.NotFound as exc:
+        raise EngineError(f"{what}: not found ({exc.explanation})") from None
+    except docker.errors.APIError as exc:
+        if exc.status_code == 409:
+            raise ImageInUseError(f"{what}: {exc.explanation}") from None
+        raise EngineError(f"{what}: the engine answered {exc.status_code}: {exc.explanation}") from None
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise EngineUnavailableError(
+            f"{what}: the Docker engine does not answer ({exc}). Is dockerd running? "
+            "`make engine` starts one on a fresh machine."
+        ) from None
+
+
+class Engine:
+    """A connection to one Docker engine."""
+
+    def __init__(self, *, timeout: int = 120, base_url: str | None = None) -> None:
+        self._timeout = timeout
+        self._base_url = base_url
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with translate_errors("connecting to the engine"):
+                if self._base_url:
+                    self._client = docker.DockerClient(base_url=self._base_url, timeout=self._timeout)
+                else:
+                    self._client = docker.from_env(timeout=self._timeout)
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    def ping(self) -> None:
+        with translate_errors("pinging the engine"):
+            self.api.ping()
+
+    # -- images -------------------------------------------------------------------------------
+
+    def inspect_image(self, reference: str) -> dict[str, Any] | None:
+        """The engine's inspect document of an image, or None when it does not exist."""
+        try:
+            with translate_errors(f"inspecting {reference}"):
+                return self.api.inspect_image(reference)
+        except EnvironmentNotFoundError:
+            return None
+
+    def list_images(self, labels: dict[str, str] | None = None, *, dangling: bool | None = None) -> list[dict[str, Any]]:
+        """Image summaries (Id, RepoTags, Labels, Created, Size) filtered by labels; one API call."""
+        filters: dict[str, Any] = {}
+        if labels:
+            filters["label"] = [f"{k}={v}" for k, v in labels.items()]
+        if dangling is not None:
+            filters["dangling"] = dangling
+        with translate_errors("listing images"):
+            return self.api.images(filters=filters or None)
+
+    def remove_image(self, reference: str, *, force: bool = False) -> None:
+        with translate_errors(f"removing {reference}"):
+            self.api.remove_image(reference, force=force, noprune=False)
+
+    def tag(self, image_id: str, repository: str, tag: str) -> None:
+        with translate_errors(f"tagging {image_id} as {repository}:{tag}"):
+            self.api.tag(image_id, repository, tag)
+
+    def pull(self, reference: str) -> None:
+        repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
+        with translate_errors(f"pulling {reference}"):
+            self.api.pull(repository, tag=tag or "latest")
+
+    # -- builds -------------------------------------------------------------------------------
+
+    def build(
+        self,
+        context: bytes,
+        *,
+        tag: str | None = None,
+        labels: dict[str, str] | None = None,
+        memory: str | int | None = None,
+        timeout: int | None = None,
+        on_log: LogSink | None = None,
+    ) -> str:
+        """Build a tar context; return the image ID. Raise BuildError with the log's telling lines.
+
+        Intermediate containers are removed whatever happens (``forcerm``); a tag is applied by the
+        engine only when the build succeeded, so a failed build never leaves a tagged image.
+        """
+        tail: collections.deque[str] = collections.deque(maxlen=400)
+        image_id: str | None = None
+        if isinstance(memory, str):
+            memory = docker.utils.parse_bytes(memory)
+        limits = {"memory": memory, "memswap": memory} if memory else None
+        with translate_errors("building an image"):
+            stream = self.api.build(
+                fileobj=io.BytesIO(context),
+                custom_context=True,
+                tag=tag,
+                labels=labels,
+                rm=True,
+                forcerm=True,
+                pull=False,
+                decode=True,
+                timeout=timeout,
+                container_limits=limits,
+            )
+            for chunk in stream:
+                if "stream" in chunk:
+                    for line in chunk["stream"].splitlines():
+                        tail.append(line)
+                        if on_log is not None:
+                            on_log(line)
+                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+                elif "error" in chunk:
+                    raise BuildError(f"the build failed: {chunk['error'].strip()}", telling_lines(list(tail)))
+        if image_id is None:
+            raise BuildError("the build ended without an image", telling_lines(list(tail)))
+        return image_id
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def read_file(self, image: str, path: str) -> bytes:
+        """A file's bytes from an image, without starting a container."""
+        with translate_errors(f"reading {path} from {image}"):
+            container = self.api.create_container(
+                image, command=["/nonexistent"], network_disabled=True, labels={HELPER_LABEL: "read-file"}
+            )
+            try:
+                stream, _ = self.api.get_archive(container["Id"], path)
+                archive = io.BytesIO(b"".join(stream))
+            finally:
+                self.api.remove_container(container["Id"], force=True)
+        with tarfile.open(fileobj=archive) as tar:
+            member = tar.next()
+            extracted = tar.extractfile(member) if member is not None else None
+            if extracted is None:
+                raise EngineError(f"{path} in {image} is not a regular file")
+            return extracted.read()
+
+    def run_once(self, image: str, command: list[str], *, timeout: int = 60) -> tuple[int, str]:
+        """Run a short hardened command in ``image``; return (exit code, combined output).
+
+        Used for checks (``validate``, base image versions), not for actions: the container is
+        removed in every case.
+        """
+        with translate_errors(f"running a check in {image}"):
+            container = self.client.containers.create(
+                image,
+                command=command,
+                network_mode="none",
+                read_only=True,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                mem_limit="256m",
+                memswap_limit="256m",
+                pids_limit=64,
+                labels={HELPER_LABEL: "check"},
+            )
+            try:
+                container.start()
+                status = container.wait(timeout=timeout)
+                output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+                return int(status.get("StatusCode", -1)), output
+            except requests.exceptions.ReadTimeout:
+                return -1, f"timed out after {timeout} s"
+            finally:
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
+
+
+def telling_lines(log: list[str], limit: int = 25) -> list[str]:
+    """The lines of a build log that explain a failure: pip's ERROR lines, else the last lines."""
+    errors = [line for line in log if line.lstrip().startswith(("ERROR", "error:", "×", "╰─>"))]
+    picked = errors if errors else log
+    return [line.rstrip() for line in picked[-limit:] if line.strip()]

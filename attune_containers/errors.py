@@ -1,0 +1,53 @@
+"""The errors this package raises. Every layer raises these, never the Docker SDK's own.
+
+Each error maps to one CLI exit code so that scripts can tell bad input from a broken engine.
+"""
+
+from __future__ import annotations
+
+
+class AttuneContainersError(Exception):
+    """Base class for every error of this package."""
+
+    exit_code = 1
+
+
+class InvalidSpecError(AttuneContainersError, ValueError):
+    """A pack, its ref or its dependency spec is not acceptable. Nothing was changed."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class PythonVersionUnavailableError(InvalidSpecError):
+    """No configured Python version lies inside the pack's [min_version, max_version] range."""
+
+
+class EngineUnavailableError(AttuneContainersError):
+    """The Docker engine does not answer."""
+
+    exit_code = 3
+
+
+class EngineError(AttuneContainersError):
+    """The engine answered with an error we could not handle."""
+
+
+class BuildError(AttuneContainersError):
+    """An image build failed; ``log_tail`` holds the last lines of the build log (pip's errors)."""
+
+    def __init__(self, message: str, log_tail: list[str] | None = None) -> None:
+        self.log_tail = list(log_tail or [])
+        detail = "\n".join(self.log_tail)
+        super().__init__(f"{message}\n{detail}" if detail else message)
+
+
+class EnvironmentNotFoundError(AttuneContainersError):
+    """No image exists for the pack asked for."""
+
+
+class ImageInUseError(AttuneContainersError):
+    """The engine refused to remove an image because a container uses it."""

@@ -1,0 +1,114 @@
+"""Base images: which Python versions are available, from which image, and making local ones.
+
+Configuration maps Python minor versions to base images (``python:X.Y-slim`` by default). The
+exact interpreter version of each is read from the image: our bootstrapped images carry a label,
+the official images an ``ENV PYTHON_VERSION``; for anything else we ask the interpreter once.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+from cachetools import TTLCache
+
+from ..core import labels as L
+from ..core.versions import BaseImage
+from ..engine import Engine
+from ..errors import AttuneContainersError, EngineError, EnvironmentNotFoundError, InvalidSpecError
+from ..settings import Settings
+
+BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent.parent / "docker" / "bootstrap-base.sh"
+BOOTSTRAP_REPOSITORY = "attune-base/python"
+# Debian suites that ship each interpreter (docker/bootstrap-base.sh builds from them).
+BOOTSTRAP_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+class BaseImageCatalog:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._cache: TTLCache[str, BaseImage] = TTLCache(maxsize=64, ttl=settings.cache_ttl)
+        self._lock = threading.Lock()
+
+    def available(self) -> list[BaseImage]:
+        """Every configured base image, inspected (exact version, presence) where it is local."""
+        return [self.describe(minor, ref) for minor, ref in sorted(self.settings.base_images.items())]
+
+    def describe(self, minor: str, reference: str) -> BaseImage:
+        with self._lock:
+            cached = self._cache.get(reference)
+        if cached is not None:
+            return cached
+        attrs = self.engine.inspect_image(reference)
+        if attrs is None:
+            image = BaseImage(minor=minor, reference=reference)
+        else:
+            image = BaseImage(
+                minor=minor,
+                reference=reference,
+                python_version=self._exact_version(reference, attrs),
+                image_id=attrs["Id"],
+                present=True,
+            )
+            if image.python_version and not image.python_version.startswith(minor + "."):
+                raise AttuneContainersError(
+                    f"base image {reference} is configured for Python {minor} but provides "
+                    f"Python {image.python_version}; fix ATTUNE__CONTAINERS__BASE_IMAGES"
+                )
+            with self._lock:
+                self._cache[reference] = image
+        return image
+
+    def ensure_present(self, image: BaseImage) -> BaseImage:
+        """``image`` pulled if it is not local yet, then described again (exact version known)."""
+        if image.present:
+            return image
+        try:
+            self.engine.pull(image.reference)
+        except (EngineError, EnvironmentNotFoundError) as exc:
+            raise AttuneContainersError(
+                f"base image {image.reference} for Python {image.minor} is not on this host and "
+                f"cannot be pulled ({exc}). On a host without a registry, run "
+                f"`attune-containers base bootstrap --python {image.minor}` and point "
+                "ATTUNE__CONTAINERS__BASE_IMAGES at the result."
+            ) from None
+        return self.describe(image.minor, image.reference)
+
+    def _exact_version(self, reference: str, attrs: dict) -> str | None:
+        config = attrs.get("Config") or {}
+        label = (config.get("Labels") or {}).get(L.BASE_PYTHON_VERSION)
+        if label and _VERSION.fullmatch(label):
+            return label
+        for entry in config.get("Env") or []:
+            key, _, value = entry.partition("=")
+            if key == "PYTHON_VERSION" and _VERSION.fullmatch(value):
+                return value
+        code, output = self.engine.run_once(
+            reference, ["python3", "-c", "import platform; print(platform.python_version())"]
+        )
+        found = output.strip().splitlines()[-1] if code == 0 and output.strip() else ""
+        return found if _VERSION.fullmatch(found) else None
+
+
+def bootstrap(minor: str, *, repository: str = BOOTSTRAP_REPOSITORY) -> str:
+    """Build ``repository:minor`` from Debian packages with debootstrap; return its reference."""
+    suite = BOOTSTRAP_SUITES.get(minor)
+    if suite is None:
+        raise InvalidSpecError(
+            f"no Debian suite ships Python {minor}; bootstrap knows {', '.join(BOOTSTRAP_SUITES)}",
+            field="--python",
+        )
+    reference = f"{repository}:{minor}"
+    result = subprocess.run(
+        ["bash", str(BOOTSTRAP_SCRIPT), suite, reference], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise AttuneContainersError(
+            f"bootstrapping {reference} from Debian {suite} failed:\n{result.stderr.strip()}"
+        )
+    return reference

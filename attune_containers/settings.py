@@ -1,0 +1,139 @@
+"""Configuration: environment variables ``ATTUNE__CONTAINERS__*`` and a TOML config file.
+
+Precedence, highest first: arguments given in code, environment variables, the config file, the
+defaults. The config file is ``$ATTUNE__CONTAINERS__CONFIG`` if set, else ``./attune-containers.toml``
+if it exists, else ``~/.config/attune-containers/config.toml`` if it exists. Nested values are
+written as JSON in the environment, e.g.
+``ATTUNE__CONTAINERS__BASE_IMAGES='{"3.11": "attune-base/python:3.11"}'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .core.render import BuildOptions
+from .core.spec import RequirementPolicy
+
+ENV_PREFIX = "ATTUNE__CONTAINERS__"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+# The official images real users have. Hosts that cannot pull them use `base bootstrap`.
+DEFAULT_BASE_IMAGES = {f"3.{m}": f"python:3.{m}-slim" for m in range(9, 15)}
+
+_MINOR = re.compile(r"3\.\d{1,2}")
+_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")
+_URL = re.compile(r"https?://[^\s'\"\\]+")
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    for candidate in (Path("attune-containers.toml"), Path.home() / ".config/attune-containers/config.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    image_prefix: str = Field("attune-packs", description="Repository prefix of pack images")
+    base_images: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_BASE_IMAGES),
+        description="Python minor version -> base image providing it",
+    )
+    pip_index_url: str | None = Field(None, description="Index URL for builds (builder stage only)")
+    pip_extra_index_urls: list[str] = Field(default_factory=list)
+    ca_bundle: Path | None = Field(None, description="Extra CA bundle file for builds (builder stage only)")
+    installer: str = Field("pip", description="pip or uv")
+    allow_pip_options: bool = False
+    allow_direct_urls: bool = False
+    strict: bool = Field(False, description="Refuse unpinned or wildcard requirements")
+    state_dir: Path = Field(
+        Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "attune-containers",
+        description="Locks and records shared by every process on this host",
+    )
+    build_memory: str | None = Field("4g", description="Memory limit of each build container")
+    build_timeout: int = Field(1800, description="Seconds a build may take")
+    engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
+    cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
+
+    @field_validator("image_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", v):
+            raise ValueError(f"{v!r} is not a valid image repository prefix")
+        return v
+
+    @field_validator("base_images")
+    @classmethod
+    def _bases(cls, v: dict[str, str]) -> dict[str, str]:
+        for minor, ref in v.items():
+            if not _MINOR.fullmatch(minor):
+                raise ValueError(f"base_images key {minor!r} is not a Python minor version like '3.11'")
+            if not _REFERENCE.fullmatch(ref):
+                raise ValueError(f"base_images[{minor!r}] = {ref!r} is not an image reference")
+        return v
+
+    @field_validator("pip_index_url")
+    @classmethod
+    def _index(cls, v: str | None) -> str | None:
+        if v is not None and not _URL.fullmatch(v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+    @field_validator("pip_extra_index_urls")
+    @classmethod
+    def _extra(cls, v: list[str]) -> list[str]:
+        for url in v:
+            cls._index(url)
+        return v
+
+    @field_validator("installer")
+    @classmethod
+    def _installer(cls, v: str) -> str:
+        if v not in ("pip", "uv"):
+            raise ValueError(f"installer must be 'pip' or 'uv', not {v!r}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def requirement_policy(self) -> RequirementPolicy:
+        return RequirementPolicy(
+            allow_pip_options=self.allow_pip_options,
+            allow_direct_urls=self.allow_direct_urls,
+            strict=self.strict,
+        )
+
+    def build_options(self) -> BuildOptions:
+        ca = self.ca_bundle.read_text(encoding="utf-8") if self.ca_bundle else None
+        return BuildOptions(
+            installer=self.installer,
+            index_url=self.pip_index_url,
+            extra_index_urls=tuple(self.pip_extra_index_urls),
+            ca_bundle=ca,
+        )
