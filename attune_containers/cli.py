@@ -1,0 +1,254 @@
+"""The ``attune-containers`` command: a thin shell over the services.
+
+Exit codes: 0 success, 1 the operation failed (a build, a removal), 2 invalid input (a pack, a
+spec, an argument), 3 the Docker engine is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .core.packs import PackDefinition, load_pack, pack_from_api
+from .errors import AttuneContainersError, InvalidSpecError
+from .services.base_images import BOOTSTRAP_SUITES, bootstrap
+from .services.manager import ContainerDependencyManager
+from .settings import Settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _pack(location: str) -> PackDefinition:
+    if location == "-":
+        try:
+            return pack_from_api(json.load(sys.stdin), source="stdin")
+        except json.JSONDecodeError as exc:
+            raise InvalidSpecError(f"standard input is not JSON: {exc}", field="pack") from None
+    return load_pack(location)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    pack = _pack(args.pack)
+    plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
+    if args.requirements:
+        sys.stdout.write("".join(line + "\n" for line in plan.spec.requirement_lines()))
+    else:
+        sys.stdout.write(plan.dockerfile())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    pack = _pack(args.pack)
+    plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
+    report = {
+        "pack_ref": pack.pack_ref,
+        "valid": True,
+        "python": plan.base.python_version or plan.base.minor,
+        "base_image": plan.base.reference,
+        "requirements": plan.spec.requirement_lines(),
+        "image": plan.image if plan.base.python_version else None,
+    }
+    if args.image:
+        report["image_valid"] = manager.validate_environment(pack.pack_ref)
+    if args.json:
+        _print_json(report)
+    else:
+        out.print(f"[green]valid[/green] {pack.pack_ref}: Python {report['python']} from {plan.base.reference}")
+        for line in report["requirements"]:
+            out.print(f"  {line}", highlight=False, markup=False)
+        if args.image:
+            out.print(f"image: {'valid' if report['image_valid'] else '[red]not valid[/red]'}")
+    return 0 if report.get("image_valid", True) else 1
+
+
+def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    pack = _pack(args.pack)
+    plan = manager.plan(pack.pack_ref, pack.spec)
+    existed = not manager.needs_update(pack.pack_ref, pack.spec)
+
+    def log(line: str) -> None:
+        if not line.strip():
+            return
+        if args.verbose:
+            err.print(line, markup=False, highlight=False)
+        else:
+            status.update(f"building {plan.image}: {line.strip()[:100]}")
+
+    with err.status(f"building {plan.image}", spinner="dots") as status:
+        info = manager.ensure_environment(pack.pack_ref, pack.spec, on_log=log)
+    if args.json:
+        _print_json({"outcome": "reused" if existed else "built", **info.model_dump(mode="json")})
+    else:
+        verb = "reused" if existed else "built"
+        out.print(
+            f"{verb} {info.image} for {info.pack_ref}: Python {info.runtime_version}, "
+            f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
+        )
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    environments = manager.list_environments(args.pack)
+    if args.json:
+        _print_json([e.model_dump(mode="json") for e in environments])
+        return 0
+    table = Table("pack_ref", "image", "python", "hash", "size", "created")
+    for e in environments:
+        table.add_row(e.pack_ref, e.image, e.runtime_version, e.dependency_hash[:12],
+                      _human_size(e.size_bytes), e.created_at.isoformat())
+    out.print(table)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    environments = manager.list_environments(args.pack_ref)
+    if not environments:
+        err.print(f"no image for pack {args.pack_ref!r}")
+        return 1
+    info = manager.get_environment(args.pack_ref) or environments[0]
+    if args.json:
+        _print_json(info.model_dump(mode="json"))
+    else:
+        for key, value in info.model_dump(mode="json").items():
+            out.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    removed = manager.remove_environment(args.pack_ref)
+    if args.json:
+        _print_json({"removed": removed})
+    elif removed:
+        for ref in removed:
+            out.print(f"removed {ref}")
+    else:
+        out.print(f"no image for pack {args.pack_ref!r}")
+    return 0
+
+
+def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    images = manager.bases.available()
+    if args.json:
+        _print_json([i.model_dump(mode="json") for i in images])
+        return 0
+    table = Table("python", "image", "exact version", "on this host")
+    for i in images:
+        table.add_row(i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)")
+    out.print(table)
+    return 0
+
+
+def cmd_base_bootstrap(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    minors = args.python or sorted(BOOTSTRAP_SUITES)
+    for minor in minors:
+        reference = f"{args.repository}:{minor}"
+        if manager.engine.inspect_image(reference) is not None and not args.force:
+            out.print(f"{reference} exists")
+            continue
+        with err.status(f"bootstrapping {reference} from Debian {BOOTSTRAP_SUITES.get(minor, '?')}"):
+            bootstrap(minor, repository=args.repository)
+        out.print(f"built {reference}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attune-containers", description="Build and manage one container image per Attune pack."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    pack_help = "a pack directory, its pack.yaml, an API JSON file, or - for API JSON on stdin"
+
+    def add(name: str, fn: Callable[..., int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("render", cmd_render, "Print the Dockerfile that would be built for a pack")
+    p.add_argument("pack", help=pack_help)
+    p.add_argument("--requirements", action="store_true", help="print the requirements file instead")
+
+    p = add("validate", cmd_validate, "Check a pack's spec (and with --image, its built image)")
+    p.add_argument("pack", help=pack_help)
+    p.add_argument("--image", action="store_true", help="also check that the pack's image runs")
+    p.add_argument("--json", action="store_true")
+
+    p = add("build", cmd_build, "Build a pack's image unless it exists (idempotent)")
+    p.add_argument("pack", help=pack_help)
+    p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
+    p.add_argument("--json", action="store_true")
+
+    p = add("ls", cmd_ls, "List pack images")
+    p.add_argument("--pack", help="only this pack_ref")
+    p.add_argument("--json", action="store_true")
+
+    p = add("inspect", cmd_inspect, "Show a pack's current image")
+    p.add_argument("pack_ref")
+    p.add_argument("--json", action="store_true")
+
+    p = add("rm", cmd_rm, "Remove every image of a pack")
+    p.add_argument("pack_ref")
+    p.add_argument("--json", action="store_true")
+
+    p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
+    base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")
+    b = base.add_parser("ls", help="Which Python versions are available, from which image")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_base_ls)
+    b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)")
+    b.add_argument("--python", action="append", choices=sorted(BOOTSTRAP_SUITES),
+                   help="a Python minor version; repeat for several (default: all)")
+    b.add_argument("--repository", default="attune-base/python", help="repository of the images made")
+    b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    b.set_defaults(func=cmd_base_bootstrap)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        manager = ContainerDependencyManager(Settings())
+        return args.func(args, manager)
+    except AttuneContainersError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return exc.exit_code
+    except ValueError as exc:  # pydantic settings errors are ValueErrors
+        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Shared fixtures. Engine tests run against the real Docker engine that `make test` starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from attune_containers.core import labels as L
+from attune_containers.engine import Engine
+from attune_containers.errors import AttuneContainersError
+from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.settings import Settings
+
+from .support import TEST_PREFIX
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    engine = Engine()
+    try:
+        engine.ping()
+    except AttuneContainersError as exc:
+        pytest.fail(f"engine tests need a running Docker engine (run `make test`): {exc}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Settings:
+    settings = Settings(image_prefix=TEST_PREFIX, state_dir=tmp_path_factory.mktemp("state"))
+    missing = [ref for ref in settings.base_images.values() if engine.inspect_image(ref) is None]
+    if missing:
+        pytest.fail(f"base images missing: {missing}; `make test` bootstraps them")
+    return settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_images():
+    yield
+    engine = Engine()
+    try:
+        summaries = engine.list_images({L.MANAGED: "true"})
+    except AttuneContainersError:
+        return
+    for summary in summaries:
+        if any(tag.startswith(TEST_PREFIX + "/") for tag in summary.get("RepoTags") or []):
+            try:
+                engine.remove_image(summary["Id"], force=True)
+            except AttuneContainersError:
+                pass
+
+
+@pytest.fixture
+def manager(settings: Settings, engine: Engine) -> ContainerDependencyManager:
+    return ContainerDependencyManager(settings, engine)
+
