@@ -22,8 +22,10 @@ from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .settings import Settings
 
-out = Console()
-err = Console(stderr=True)
+# Soft wrap: long image references and hashes stay on one line, so output can be copied and grepped.
+# Not a terminal: wide tables rather than columns cut to 80 characters.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _pack(location: str) -> PackDefinition:
@@ -153,7 +155,7 @@ def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
 
 
 def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    images = manager.bases.available()
+    images = sorted(manager.bases.available(), key=lambda i: i.minor_key)
     if args.json:
         _print_json([i.model_dump(mode="json") for i in images])
         return 0

@@ -37,7 +37,8 @@ class BaseImageCatalog:
 
     def available(self) -> list[BaseImage]:
         """Every configured base image, inspected (exact version, presence) where it is local."""
-        return [self.describe(minor, ref) for minor, ref in sorted(self.settings.base_images.items())]
+        images = [self.describe(minor, ref) for minor, ref in self.settings.base_images.items()]
+        return sorted(images, key=lambda image: image.minor_key)
 
     def describe(self, minor: str, reference: str) -> BaseImage:
         with self._lock:
