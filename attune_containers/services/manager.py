@@ -209,10 +209,22 @@ class ContainerDependencyManager:
         return found
 
     def _build_lock(self, plan: BuildPlan) -> FileLock:
+        return self.image_lock(plan.image)
+
+    def image_lock(self, image: str, timeout: float | None = None) -> FileLock:
+        """The cross-process lock of one image reference (``repo:tag``).
+
+        Held while the image is built, and by the runner from resolving the image until its
+        container exists; the pruner takes it (without waiting) before removing an image, so it
+        never removes one out from under a build or a starting action.
+        """
         directory = self.settings.state_dir / "locks"
         directory.mkdir(parents=True, exist_ok=True)
-        name = plan.repository.replace("/", "_")
-        return FileLock(str(directory / f"{name}-{plan.tag}.lock"), timeout=self.settings.build_timeout)
+        name = image.replace("/", "_").replace(":", "-")
+        return FileLock(
+            str(directory / f"{name}.lock"),
+            timeout=self.settings.build_timeout if timeout is None else timeout,
+        )
 
     def _remember(self, key: tuple[str, str], info: EnvironmentInfo) -> None:
         with self._cache_lock:

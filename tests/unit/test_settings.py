@@ -1,0 +1,147 @@
+"""Settings: ATTUNE__CONTAINERS__* environment variables beat the TOML file, which beats defaults;
+values that would reach a Dockerfile or pip are validated."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from attune_containers.settings import CONFIG_ENV, DEFAULT_BASE_IMAGES, ENV_PREFIX, Settings, config_file
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    """No ATTUNE__ variables, config file or home directory from the caller leak in."""
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def config(monkeypatch, tmp_path):
+    """Write a TOML config file and point ATTUNE__CONTAINERS__CONFIG at it."""
+    def write(text: str):
+        path = tmp_path / "config.toml"
+        path.write_text(text)
+        monkeypatch.setenv(CONFIG_ENV, str(path))
+        return path
+    return write
+
+
+def test_defaults_without_env_or_file():
+    """With nothing configured, the documented defaults apply."""
+    assert config_file() is None
+    s = Settings()
+    assert s.image_prefix == "attune-packs"
+    assert s.base_images == DEFAULT_BASE_IMAGES
+    assert s.installer == "pip"
+    assert s.build_options().ca_bundle is None
+
+
+def test_env_vars_are_read(monkeypatch):
+    """Plain values and JSON-encoded nested values come from the environment."""
+    bases = {"3.11": "attune-base/python:3.11", "3.13": "registry.local:5000/py@sha256:" + "a" * 64}
+    monkeypatch.setenv("ATTUNE__CONTAINERS__IMAGE_PREFIX", "registry.local:5000/packs")
+    monkeypatch.setenv("ATTUNE__CONTAINERS__BASE_IMAGES", json.dumps(bases))
+    monkeypatch.setenv("ATTUNE__CONTAINERS__STRICT", "true")
+    monkeypatch.setenv("ATTUNE__CONTAINERS__PIP_EXTRA_INDEX_URLS", '["https://extra.example/simple"]')
+    s = Settings()
+    assert s.image_prefix == "registry.local:5000/packs"
+    assert s.base_images == bases
+    assert s.requirement_policy().strict is True
+    assert s.build_options().extra_index_urls == ("https://extra.example/simple",)
+
+
+def test_config_file_is_read(config, tmp_path):
+    """The TOML file named by ATTUNE__CONTAINERS__CONFIG is a source."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+    path = config(
+        f'image_prefix = "from-file"\ninstaller = "uv"\nallow_pip_options = true\nca_bundle = "{ca}"\n'
+        '[base_images]\n"3.11" = "attune-base/python:3.11"\n'
+    )
+    assert config_file() == path
+    s = Settings()
+    assert s.image_prefix == "from-file"
+    assert s.installer == "uv"
+    assert s.base_images == {"3.11": "attune-base/python:3.11"}
+    assert s.requirement_policy().allow_pip_options is True
+    options = s.build_options()
+    assert options.installer == "uv"
+    assert options.ca_bundle == ca.read_text()
+
+
+def test_env_beats_file_and_init_beats_env(config, monkeypatch):
+    """Precedence: code arguments > environment > file > defaults."""
+    config('image_prefix = "from-file"\ninstaller = "uv"\n')
+    monkeypatch.setenv("ATTUNE__CONTAINERS__IMAGE_PREFIX", "from-env")
+    s = Settings()
+    assert s.image_prefix == "from-env"
+    assert s.installer == "uv"  # not overridden, still from the file
+    assert Settings(image_prefix="from-init").image_prefix == "from-init"
+
+
+def test_local_config_file_is_found(tmp_path):
+    """Without the variable, ./attune-containers.toml is used."""
+    (tmp_path / "attune-containers.toml").write_text('image_prefix = "local-file"\n')
+    assert Settings().image_prefix == "local-file"
+
+
+@pytest.mark.parametrize("installer", ["poetry", "PIP", "pip\n", ""])
+def test_invalid_installer_is_refused(monkeypatch, installer):
+    """Only pip and uv exist, from the environment or from code."""
+    with pytest.raises(ValidationError):
+        Settings(installer=installer)
+    monkeypatch.setenv("ATTUNE__CONTAINERS__INSTALLER", installer)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+@pytest.mark.parametrize(
+    "bases",
+    [
+        {"3.11": "python:3.11-slim\nRUN curl evil | sh"},
+        {"3.11": "python:3.11-slim AS x"},
+        {"3.11": ""},
+        {"3": "python:3-slim"},
+        {"3.11.2": "python:3.11.2-slim"},
+        {"latest": "python:latest"},
+    ],
+)
+def test_invalid_base_images_are_refused(monkeypatch, bases):
+    """A base image reference reaches FROM; newlines or junk must be refused at load time."""
+    with pytest.raises(ValidationError):
+        Settings(base_images=bases)
+    monkeypatch.setenv("ATTUNE__CONTAINERS__BASE_IMAGES", json.dumps(bases))
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_invalid_base_image_in_file_is_refused(config):
+    """The file source is validated like the others."""
+    config('[base_images]\n"3.11" = "python:3.11\\nRUN evil"\n')
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+@pytest.mark.parametrize("prefix", ["Attune", "a b", "a/", "/a", "a\nb", "a:b/c:d"])
+def test_invalid_image_prefix_is_refused(prefix):
+    """The prefix becomes part of every image name."""
+    with pytest.raises(ValidationError):
+        Settings(image_prefix=prefix)
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "https://x y", "https://x\n", "mirror.example/simple", "https://x'$(id)'"])
+def test_invalid_index_urls_are_refused(url):
+    """Index URLs reach the builder's env.sh; only plain http(s) URLs are accepted."""
+    with pytest.raises(ValidationError):
+        Settings(pip_index_url=url)
+    with pytest.raises(ValidationError):
+        Settings(pip_extra_index_urls=[url])
