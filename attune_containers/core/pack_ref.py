@@ -15,6 +15,7 @@ _PACK_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 
 # One path component of a Docker repository name.
 _REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_HASHED_SUFFIX = re.compile(r"-[0-9a-f]{16}$")
 
 
 def validate_pack_ref(pack_ref: object) -> str:
@@ -41,13 +42,15 @@ def image_name_for(pack_ref: str) -> str:
     """The repository name component for a pack's images.
 
     A ref that already is a valid lowercase repository component is used as it is. Any other ref
-    (uppercase, '--', '_-') is lowercased and cleaned, then suffixed with a hash of the exact ref,
-    so two different refs never share a name (``A`` vs ``a``). Lookups never parse this name: the
-    exact ``pack_ref`` lives in a label.
+    (uppercase, '--', '_-') is lowercased and cleaned, then suffixed with '-' and 16 hex digits of a
+    hash of the exact ref, so two different refs never share a name (``A`` vs ``a``). A ref that
+    itself ends like a hashed name is hashed too, so the two kinds of name never meet: a hostile
+    ref cannot take another pack's hashed name. Lookups never parse this name: the exact
+    ``pack_ref`` lives in a label, and an image whose label disagrees is refused.
     """
     validate_pack_ref(pack_ref)
-    if _REPO_COMPONENT.fullmatch(pack_ref):
+    if _REPO_COMPONENT.fullmatch(pack_ref) and not _HASHED_SUFFIX.search(pack_ref):
         return pack_ref
     cleaned = re.sub(r"[^a-z0-9]+", "-", pack_ref.lower()).strip("-") or "pack"
-    digest = hashlib.sha256(pack_ref.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(pack_ref.encode()).hexdigest()[:16]
     return f"{cleaned}-{digest}"

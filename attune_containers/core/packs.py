@@ -75,7 +75,9 @@ def _load_pack_dir(directory: Path, pack_file: Path | None = None) -> PackDefini
     if not isinstance(document, dict):
         raise InvalidSpecError(f"{pack_file} must hold a mapping", field="pack.yaml")
     requirements_path = directory / REQUIREMENTS_FILE
-    extra = _read_text(requirements_path) if requirements_path.exists() else None
+    # is_symlink too: a dangling link must be refused, not taken for "no requirements.txt".
+    present = requirements_path.is_symlink() or requirements_path.exists()
+    extra = _read_text(requirements_path) if present else None
     return _definition(
         document,
         source=str(pack_file),

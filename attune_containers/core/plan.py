@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from functools import cached_property
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,11 @@ def _without_credentials(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _redact(text: str) -> str:
+    """Credentials in any URL of an (allowed) option line never reach a label."""
+    return re.sub(r"://[^/@\s]+@", "://***@", text)
 
 
 def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict:
@@ -108,7 +114,7 @@ class BuildPlan(BaseModel):
             L.PACK_REF: self.pack_ref,
             L.DEPENDENCY_HASH: self.dependency_hash,
             L.PYTHON_VERSION: self.base.python_version or self.base.minor,
-            L.REQUIREMENTS: json.dumps(list(self.spec.as_given)),
+            L.REQUIREMENTS: json.dumps([_redact(line) for line in self.spec.as_given]),
             L.INSTALLED: json.dumps(installed),
             L.CREATED: stamp,
             L.TOOL_VERSION: __version__,

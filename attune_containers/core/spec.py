@@ -9,6 +9,7 @@ and what leaves this module is a canonical form rebuilt from the parsed pieces, 
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime
 from typing import Any
 
@@ -150,7 +151,7 @@ def validate_spec(spec: DependencySpec, policy: RequirementPolicy | None = None)
         )
     min_v = _python_bound(spec.min_version, "min_version")
     max_v = _python_bound(spec.max_version, "max_version")
-    if min_v is not None and max_v is not None and _bound_key(min_v) > _bound_key(max_v):
+    if min_v is not None and max_v is not None and _bound_key(min_v) > _bound_key(max_v, upper=True):
         raise InvalidSpecError(
             f"the range [{spec.min_version}, {spec.max_version}] is empty: min_version is above max_version",
             field="min_version",
@@ -213,7 +214,10 @@ def _python_bound(value: str | None, field: str) -> Version | None:
         raise InvalidSpecError(f"{value!r} is not a version", field=field) from exc
 
 
-def _bound_key(v: Version) -> tuple[int, int, int]:
+def _bound_key(v: Version, *, upper: bool = False) -> tuple[int, int, int]:
+    # An upper bound given as major.minor admits every patch release of that minor.
+    if upper and len(v.release) <= 2:
+        return v.release[0], v.release[1], sys.maxsize
     rel = (*v.release, 0, 0)
     return rel[0], rel[1], rel[2]
 

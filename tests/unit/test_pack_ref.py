@@ -107,11 +107,6 @@ def test_image_names_property_over_many_refs():
         assert names.setdefault(name, ref) == ref, f"{ref!r} and {names[name]!r} share {name!r}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a ref that already is a valid component (e.g. 'a-559aead0') is used as-is and "
-    "collides with the hashed name of another ref ('A' -> 'a-<sha256('A')[:8]>')",
-)
 def test_as_is_name_cannot_collide_with_a_hashed_name():
     """A hostile pack may pick a ref equal to another pack's hashed image name."""
     hashed = image_name_for("A")

@@ -170,11 +170,6 @@ def test_symlinked_requirements_txt_is_refused(tmp_path):
     assert exc.value.field == "requirements.txt"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a dangling requirements.txt symlink fails Path.exists() and is silently ignored "
-    "(the pack loads without its requirements) instead of being refused",
-)
 def test_dangling_symlinked_requirements_txt_is_refused(tmp_path):
     """A link is refused whatever it points to; silently dropping requirements is worse."""
     d = make_pack(tmp_path, "ref: p\n")

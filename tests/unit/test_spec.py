@@ -296,11 +296,6 @@ def test_non_empty_ranges_are_accepted(lo, hi):
     assert (spec.min_version, spec.max_version) == (lo, hi)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_version '3.11' admits 3.11.x in choose_python, but validate_spec compares it "
-    "as 3.11.0 and refuses min '3.11.3'..max '3.11' as empty",
-)
 def test_patch_min_with_minor_max_of_same_minor_is_accepted():
     """[3.11.3, 3.11] contains 3.11.3..3.11.x, so it is not empty."""
     spec = validate_spec(DependencySpec(min_version="3.11.3", max_version="3.11"))
