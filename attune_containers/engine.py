@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import io
+import select
+import socket
+import struct
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +23,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from .core.execution import ResourceLimits, parse_size
 from .errors import (
     BuildError,
     EngineError,
@@ -210,6 +216,166 @@ class Engine:
             finally:
                 with contextlib.suppress(docker.errors.APIError):
                     container.remove(force=True)
+
+    # -- action containers --------------------------------------------------------------------
+
+    def create_container(self, run: ContainerRun) -> str:
+        """Create (not start) a hardened container for one action; return its ID."""
+        limits = run.limits
+        memory = parse_size(limits.memory) if limits.memory else None
+        host_config = self.api.create_host_config(
+            mem_limit=memory,
+            memswap_limit=memory,  # swap equal to memory: no swap
+            nano_cpus=int(limits.cpus * 1e9) if limits.cpus else None,
+            pids_limit=limits.pids,
+            ulimits=[docker.types.Ulimit(name="nofile", soft=limits.nofile, hard=limits.nofile)] if limits.nofile else None,
+            network_mode=limits.network or "none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={parse_size(limits.tmp_size or '64m')},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,  # tini as PID 1 reaps zombies, so a fork bomb cannot leave the pids slot full
+            mounts=[docker.types.Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in run.mounts],
+        )
+        with translate_errors(f"creating a container from {run.image}"):
+            created = self.api.create_container(
+                run.image,
+                command=run.command,
+                user=run.user,
+                working_dir=run.working_dir,
+                environment=run.environment,
+                labels=run.labels,
+                stdin_open=True,  # with detach=False the SDK also sets StdinOnce: EOF closes stdin
+                host_config=host_config,
+                network_disabled=(limits.network or "none") == "none",
+                use_config_proxy=False,  # nothing of the host's client config enters the container
+            )
+        return created["Id"]
+
+    def attach(self, container_id: str) -> AttachedStreams:
+        """Attach stdin, stdout and stderr (before start, so no output is missed)."""
+        with translate_errors(f"attaching to {container_id[:12]}"):
+            sock = self.api.attach_socket(container_id, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
+        return AttachedStreams(getattr(sock, "_sock", sock), sock)
+
+    def start(self, container_id: str) -> None:
+        with translate_errors(f"starting {container_id[:12]}"):
+            self.api.start(container_id)
+
+    def kill(self, container_id: str) -> None:
+        try:
+            with translate_errors(f"killing {container_id[:12]}"):
+                self.api.kill(container_id)
+        except (EngineError, ImageInUseError):
+            pass  # already stopped: what we wanted
+
+    def wait(self, container_id: str, timeout: float) -> int | None:
+        """The exit code once the container has stopped, or None if it has not by ``timeout``."""
+        try:
+            with translate_errors(f"waiting for {container_id[:12]}"):
+                return int(self.api.wait(container_id, timeout=timeout).get("StatusCode", -1))
+        except EngineUnavailableError:
+            raise
+        except EngineError:
+            return None
+        except requests.exceptions.ReadTimeout:
+            return None
+
+    def container_state(self, container_id: str) -> dict[str, Any] | None:
+        try:
+            with translate_errors(f"inspecting {container_id[:12]}"):
+                return self.api.inspect_container(container_id).get("State") or {}
+        except EngineError:
+            return None
+
+    def remove_container(self, container_id: str, *, attempts: int = 1, delay: float = 0.5) -> bool:
+        """Force-remove a container; True once it is gone. Retries ride out an engine restart."""
+        for attempt in range(attempts):
+            try:
+                with translate_errors(f"removing container {container_id[:12]}"):
+                    self.api.remove_container(container_id, force=True)
+                return True
+            except EngineError as exc:
+                if "No such container" in str(exc) or "not found" in str(exc):
+                    return True
+                if "already in progress" in str(exc):
+                    return True
+            except EngineUnavailableError:
+                pass
+            if attempt + 1 < attempts:
+                time.sleep(delay)
+        return False
+
+    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[dict[str, Any]]:
+        """Container summaries filtered by labels (``{"k": "v"}`` or ``["k"]`` for presence)."""
+        wanted = [f"{k}={v}" for k, v in labels.items()] if isinstance(labels, dict) else list(labels)
+        with translate_errors("listing containers"):
+            return self.api.containers(all=all, filters={"label": wanted})
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerRun:
+    """Everything the engine needs to create one action container."""
+
+    image: str
+    command: list[str]
+    limits: ResourceLimits
+    environment: dict[str, str]
+    labels: dict[str, str]
+    mounts: list[tuple[str, str, bool]]  # (host source, container target, read only)
+    user: str
+    working_dir: str = "/tmp"
+
+
+class AttachedStreams:
+    """The attach connection of one container: write stdin once, then read demultiplexed output.
+
+    Reads wait at most the timeout given, so the caller keeps control of the deadline.
+    """
+
+    def __init__(self, sock: socket.socket, owner: Any) -> None:
+        self._sock = sock
+        self._owner = owner  # keeps the SDK's response object (and so the socket) alive
+        self._buffer = b""
+        self.closed = False
+
+    def send_stdin(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+            self._sock.shutdown(socket.SHUT_WR)  # EOF on the container's stdin
+        except OSError as exc:
+            raise EngineError(f"writing the action's input failed: {exc}") from None
+
+    def read(self, timeout: float) -> list[tuple[int, bytes]] | None:
+        """Frames ``(1 stdout | 2 stderr, bytes)`` that arrived within ``timeout``; None at EOF."""
+        if self.closed:
+            return None
+        ready, _, _ = select.select([self._sock], [], [], max(0.0, timeout))
+        if not ready:
+            return []
+        try:
+            chunk = self._sock.recv(65536)
+        except OSError as exc:
+            raise EngineUnavailableError(f"the connection to the container broke: {exc}") from None
+        if not chunk:
+            self.closed = True
+            return None
+        self._buffer += chunk
+        frames = []
+        while len(self._buffer) >= 8:
+            stream, size = self._buffer[0], struct.unpack(">I", self._buffer[4:8])[0]
+            if len(self._buffer) < 8 + size:
+                break
+            frames.append((stream, self._buffer[8:8 + size]))
+            self._buffer = self._buffer[8 + size:]
+        return frames
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(Exception):
+            self._owner.close()
+        self.closed = True
 
 
 def telling_lines(log: list[str], limit: int = 25) -> list[str]:

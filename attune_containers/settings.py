@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .core.execution import DEFAULT_LIMITS, ResourceLimits
 from .core.render import BuildOptions
 from .core.spec import RequirementPolicy
 
@@ -68,6 +69,11 @@ class Settings(BaseSettings):
     build_timeout: int = Field(1800, description="Seconds a build may take")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
+    limits: ResourceLimits = Field(
+        default_factory=lambda: DEFAULT_LIMITS,
+        description="Default limits of every run; packs and runs override single fields",
+    )
+    max_concurrent_runs: int = Field(4, ge=1, description="Containers one runner keeps running at once")
 
     @field_validator("image_prefix")
     @classmethod
@@ -121,6 +127,12 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, v: ResourceLimits) -> ResourceLimits:
+        # Fields left out of the configured limits keep their defaults.
+        return DEFAULT_LIMITS.merged(v)
 
     def requirement_policy(self) -> RequirementPolicy:
         return RequirementPolicy(

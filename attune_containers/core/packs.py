@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidSpecError
+from .execution import ResourceLimits
 from .pack_ref import validate_pack_ref
 from .spec import DependencySpec
 
@@ -40,6 +41,8 @@ class PackDefinition(BaseModel):
     label: str | None = None
     version: str | None = None
     spec: DependencySpec
+    # The pack's own run limits, from meta.container_limits (validated; fields left out are unset).
+    limits: ResourceLimits | None = None
     source: str
     directory: Path | None = None
 
@@ -110,11 +113,13 @@ def _definition(
         spec = spec.with_requirements_file(combined)
     version = document.get("version")
     label = document.get("label")
+    limits = ResourceLimits.from_pack(meta.get("container_limits"), "meta.container_limits")
     return PackDefinition(
         pack_ref=pack_ref,
         label=str(label) if label is not None else None,
         version=str(version) if version is not None else None,
         spec=spec,
+        limits=limits,
         source=source,
         directory=directory,
     )

@@ -1,0 +1,145 @@
+"""What a run is allowed (``ResourceLimits``) and what it returns (``ExecutionResult``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import InvalidSpecError
+
+MiB = 1024 * 1024
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?", re.IGNORECASE)
+_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": MiB, "g": 1024 * MiB}
+
+
+def parse_size(value: str | int) -> int:
+    """``"256m"`` -> bytes. Accepts b/k/m/g (binary units), as ``docker run --memory`` does."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a size like '256m' or '1g'")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+class ResourceLimits(BaseModel):
+    """Every limit of one run. All fields optional so that layers can be merged:
+    settings defaults < pack (``meta.container_limits``) < action YAML (``timeout``) < the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    memory: str | None = Field(None, description="Memory, swap equal to memory (no swap), e.g. 256m")
+    cpus: float | None = Field(None, gt=0, le=256)
+    pids: int | None = Field(None, ge=8, le=1_000_000)
+    nofile: int | None = Field(None, ge=16, le=1_048_576)
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds")
+    stdout_limit: int | None = Field(None, ge=0)
+    stderr_limit: int | None = Field(None, ge=0)
+    result_limit: int | None = Field(None, ge=1024)
+    network: str | None = Field(None, description="none, bridge or a named network; never host")
+    tmp_size: str | None = Field(None, description="Size of the writable tmpfs /tmp")
+
+    @field_validator("memory", "tmp_size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None and parse_size(v) < 4 * MiB:
+            raise ValueError(f"{v!r} is below the 4 MiB minimum")
+        return v
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v == "host" or v.startswith("container:") or not _NETWORK.fullmatch(v):
+            raise ValueError(f"network {v!r} is not allowed: use none, bridge or a named network")
+        return v
+
+    def merged(self, *overrides: ResourceLimits | None) -> ResourceLimits:
+        """These limits with each override's set fields on top, in order."""
+        data = self.model_dump()
+        for override in overrides:
+            if override is not None:
+                data.update(override.model_dump(exclude_none=True))
+        return ResourceLimits(**data)
+
+    @classmethod
+    def from_pack(cls, value: Any, where: str) -> ResourceLimits | None:
+        if value is None:
+            return None
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise InvalidSpecError(first["msg"], field=f"{where}.{loc}" if loc else where) from None
+
+
+DEFAULT_LIMITS = ResourceLimits(
+    memory="256m",
+    cpus=1.0,
+    pids=128,
+    nofile=1024,
+    timeout=300,
+    stdout_limit=10 * MiB,
+    stderr_limit=10 * MiB,
+    result_limit=1 * MiB,
+    network="none",
+    tmp_size="64m",
+)
+
+
+class ExecutionStatus(str, Enum):
+    succeeded = "succeeded"
+    failed = "failed"
+    timeout = "timeout"
+    oom = "oom"
+    error = "error"
+
+
+class ExecutionError(BaseModel):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class ExecutionResult(BaseModel):
+    """The outcome of one action run, the same whichever path ran it."""
+
+    execution_id: str
+    action_ref: str
+    status: ExecutionStatus
+    exit_code: int | None = None
+    duration_ms: int = 0
+    result: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    error: ExecutionError | None = None
+    image: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is ExecutionStatus.succeeded
+
+
+def parse_script_output(stdout: str) -> Any:
+    """A script action's result: its whole stdout as JSON, else its last non-empty line, else None."""
+    text = stdout.strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    last = text.splitlines()[-1].strip()
+    try:
+        return json.loads(last)
+    except ValueError:
+        return None
