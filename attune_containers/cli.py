@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .core.execution import ExecutionStatus, ResourceLimits
 from .core.packs import PackDefinition, load_pack, pack_from_api
 from .errors import AttuneContainersError, InvalidSpecError
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
+from .services.runner import ActionRunner
 from .settings import Settings
 
 # Soft wrap: long image references and hashes stay on one line, so output can be copied and grepped.
@@ -179,6 +183,63 @@ def cmd_base_bootstrap(args: argparse.Namespace, manager: ContainerDependencyMan
     return 0
 
 
+def _json_argument(text: str | None, path: str | None, field: str) -> dict[str, Any]:
+    if text is not None and path is not None:
+        raise InvalidSpecError(f"give --{field} or --{field}-file, not both", field=field)
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidSpecError(f"cannot read {path}: {exc.strerror}", field=f"{field}-file") from None
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidSpecError(f"not JSON: {exc}", field=field) from None
+    if not isinstance(value, dict):
+        raise InvalidSpecError("must be a JSON object", field=field)
+    return value
+
+
+def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    parameters = _json_argument(args.params, args.params_file, "params")
+    secrets = _json_argument(None, args.secrets_file, "secrets")
+    environment = {}
+    for item in args.env or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidSpecError(f"{item!r} is not NAME=VALUE", field="--env")
+        environment[name] = value
+    try:
+        limits = ResourceLimits(timeout=args.timeout, memory=args.memory, cpus=args.cpus, network=args.network)
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc).splitlines()[-1] if str(exc) else "invalid limit", field="limits") from None
+    runner = ActionRunner(args.packs_dir, manager)
+    with err.status(f"running {args.action_ref}", spinner="dots"):
+        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        if result.stdout:
+            sys.stdout.write(result.stdout)
+        if result.stderr:
+            sys.stderr.write(result.stderr)
+        colour = "green" if result.succeeded else "red"
+        err.print(f"[{colour}]{result.status.value}[/{colour}] {result.action_ref} in {result.duration_ms} ms "
+                  f"(exit code {result.exit_code})", highlight=False)
+        if result.error is not None:
+            err.print(f"{result.error.type}: {result.error.message}", markup=False, highlight=False)
+            if result.error.traceback:
+                err.print(result.error.traceback.rstrip(), markup=False, highlight=False)
+        print(json.dumps(result.result, indent=2, ensure_ascii=False))
+    if result.status is ExecutionStatus.succeeded:
+        return 0
+    if result.error is not None and result.error.type == "EngineUnavailable":
+        return 3
+    return 1
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 
@@ -221,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pack_ref")
     p.add_argument("--json", action="store_true")
 
+    p = add("run", cmd_run, "Run an action in its pack's image and print its result")
+    p.add_argument("action_ref", help="<pack_ref>.<action name>")
+    p.add_argument("--packs-dir", required=True, help="the packs tree: PACKS/<pack_ref>/pack.yaml")
+    p.add_argument("--params", help="parameters as a JSON object")
+    p.add_argument("--params-file", help="parameters from a JSON file")
+    p.add_argument("--secrets-file", help="secrets from a JSON file (never on the command line)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="an extra environment variable")
+    p.add_argument("--timeout", type=float, help="seconds (default: the action's, else 300)")
+    p.add_argument("--memory", help="e.g. 256m (swap is never allowed)")
+    p.add_argument("--cpus", type=float)
+    p.add_argument("--network", help="none (default), bridge or a named network")
+    p.add_argument("--json", action="store_true", help="print the whole ExecutionResult as JSON")
+
     p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
     base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")
     b = base.add_parser("ls", help="Which Python versions are available, from which image")
@@ -235,9 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every `finally` runs and no container is left behind.
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         manager = ContainerDependencyManager(Settings())
         return args.func(args, manager)

@@ -1,0 +1,5 @@
+import six
+
+
+def run():
+    return six.__version__

@@ -1,0 +1,6 @@
+def run():
+    return "run was called, not greet"
+
+
+def greet(name):
+    return f"hello {name}"
