@@ -1,6 +1,7 @@
-"""The main job end to end: the example packs become images, and code runs inside each.
+"""The main job end to end: each example pack becomes an image, and its action runs inside it.
 
-Run by `make demo` after the engine and the base images are set up.
+Run by `make demo` once the engine and the base images are set up. The packs pin different
+versions of one library (requests) and ask for different Pythons; each action reports what it saw.
 """
 
 from __future__ import annotations
@@ -9,33 +10,32 @@ import sys
 import time
 from pathlib import Path
 
+from attune_containers.core.actions import discover_packs
 from attune_containers.core.packs import load_pack
-from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.services.runner import ActionRunner
 
 PACKS = Path(__file__).resolve().parent / "packs"
 
 
 def main() -> int:
-    manager = ContainerDependencyManager()
-    for directory in sorted(p for p in PACKS.iterdir() if (p / "pack.yaml").exists()):
+    runner = ActionRunner(PACKS)
+    failures = 0
+    for pack_ref, directory in discover_packs(PACKS).items():
         pack = load_pack(directory)
         spec = pack.spec
         started = time.perf_counter()
-        info = manager.ensure_environment(pack.pack_ref, spec)
-        first = time.perf_counter() - started
+        info = runner.manager.ensure_environment(pack.pack_ref, spec)
+        ensured = time.perf_counter() - started
         started = time.perf_counter()
-        manager.ensure_environment(pack.pack_ref, spec)
+        runner.manager.ensure_environment(pack.pack_ref, spec)
         again = time.perf_counter() - started
-        code, output = manager.engine.run_once(
-            info.image,
-            [info.executable_path, "-c",
-             "import sys, requests; print(f'Python {sys.version.split()[0]}, requests {requests.__version__}')"],
-        )
-        print(f"{pack.pack_ref}: range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] -> {info.image}")
-        print(f"  ensure: {first:.2f} s, again: {again * 1000:.1f} ms; inside the image: {output.strip()}")
-        if code != 0:
-            return 1
-    return 0
+        result = runner.run(f"{pack_ref}.versions", {"greeting": f"hello from {pack_ref}"})
+        print(f"{pack_ref}: Python range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
+              f"-> {info.image} (Python {info.runtime_version})")
+        print(f"  image ready in {ensured:.2f} s; ensured again in {again * 1000:.2f} ms")
+        print(f"  run: {result.status.value} in {result.duration_ms} ms -> {result.result}")
+        failures += not result.succeeded
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
