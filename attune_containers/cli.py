@@ -20,9 +20,11 @@ from rich.table import Table
 from . import __version__
 from .core.execution import ExecutionStatus, ResourceLimits
 from .core.packs import PackDefinition, load_pack, pack_from_api
+from .core.prune_policy import PrunePolicy, parse_duration
 from .errors import AttuneContainersError, InvalidSpecError
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
+from .services.pruner import PruneReport, Pruner
 from .services.runner import ActionRunner
 from .settings import Settings
 
@@ -94,9 +96,12 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
 
 
 def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    if args.all:
+        return _build_all(args, manager)
+    if args.pack is None:
+        raise InvalidSpecError("give a PACK, or --all PACKS_DIR", field="build")
     pack = _pack(args.pack)
     plan = manager.plan(pack.pack_ref, pack.spec)
-    existed = not manager.needs_update(pack.pack_ref, pack.spec)
 
     def log(line: str) -> None:
         if not line.strip():
@@ -106,30 +111,139 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         else:
             status.update(f"building {plan.image}: {line.strip()[:100]}")
 
-    with err.status(f"building {plan.image}", spinner="dots") as status:
-        info = manager.ensure_environment(pack.pack_ref, pack.spec, on_log=log)
+    with err.status(f"preparing {plan.image}", spinner="dots") as status:
+        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None)
+        pushed = manager.push(ensured.info) if args.push else None
+    info = ensured.info
     if args.json:
-        _print_json({"outcome": "reused" if existed else "built", **info.model_dump(mode="json")})
+        _print_json({"outcome": ensured.outcome, "pushed": pushed, **info.model_dump(mode="json")})
     else:
-        verb = "reused" if existed else "built"
         out.print(
-            f"{verb} {info.image} for {info.pack_ref}: Python {info.runtime_version}, "
+            f"{ensured.outcome} {info.image} for {info.pack_ref}: Python {info.runtime_version}, "
             f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
+            + (f"; pushed to {pushed}" if pushed else ""), highlight=False,
         )
     return 0
 
 
-def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    environments = manager.list_environments(args.pack)
+def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .services.prebuild import build_all
+
+    if args.pack is not None:
+        raise InvalidSpecError("give either PACK or --all PACKS_DIR", field="build")
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, disable=args.json or not err.is_terminal)
+    lines: dict[str, Any] = {}
+    finals = {"built", "reused", "pulled", "failed", "invalid"}
+
+    def on_event(pack_ref: str, state: str, detail: str) -> None:
+        if pack_ref not in lines:
+            lines[pack_ref] = progress.add_task(pack_ref, total=1)
+        task = lines[pack_ref]
+        if state == "log":
+            progress.update(task, description=f"{pack_ref}: {detail.strip()[:70]}")
+        elif state in finals:
+            progress.update(task, description=f"{pack_ref}: {state}", completed=1)
+            progress.advance(overall)
+        else:
+            progress.update(task, description=f"{pack_ref}: {state}")
+
+    with progress:
+        from .core.packs import scan_pack_tree
+
+        overall = progress.add_task("all packs", total=len(scan_pack_tree(args.all)))
+        report = build_all(manager, args.all, jobs=args.jobs, push=args.push, offline=args.offline or None,
+                           on_event=on_event)
     if args.json:
-        _print_json([e.model_dump(mode="json") for e in environments])
+        _print_json(report.model_dump(mode="json"))
+    else:
+        table = Table("pack", "python", "hash", "outcome", "time", "size", "image / error")
+        for p in report.packs:
+            colour = {"failed": "red", "invalid": "red", "built": "green"}.get(p.outcome, "")
+            table.add_row(p.pack_ref, p.python or "", (p.dependency_hash or "")[:12],
+                          f"[{colour}]{p.outcome}[/{colour}]" if colour else p.outcome,
+                          f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
+                          (p.error or "").splitlines()[0][:80] if p.error else (p.pushed or p.image or ""))
+        out.print(table)
+    return 0 if report.ok else 1
+
+
+def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    if args.cache_command == "prune":
+        limit = 0 if args.all else (manager.settings.cache_max_bytes if args.max_bytes is None else args.max_bytes)
+        removed = manager.wheels.prune(limit)
+        stats = manager.wheels.stats()
+        if args.json:
+            _print_json({"removed": removed, **stats.model_dump(mode="json")})
+        else:
+            out.print(f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}")
         return 0
-    table = Table("pack_ref", "image", "python", "hash", "size", "created")
-    for e in environments:
+    stats = manager.wheels.stats()
+    if args.json:
+        _print_json(stats.model_dump(mode="json"))
+    else:
+        out.print(f"{stats.directory}: {stats.files} files, {_human_size(stats.bytes)} "
+                  f"of at most {_human_size(stats.max_bytes)}", highlight=False)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    images = Pruner(manager).images(args.pack, Path(args.packs_dir) if args.packs_dir else None)
+    if args.json:
+        _print_json([e.model_dump(mode="json") for e in images])
+        return 0
+    table = Table("pack_ref", "image", "python", "hash", "size", "created", "last used", "current")
+    for e in images:
         table.add_row(e.pack_ref, e.image, e.runtime_version, e.dependency_hash[:12],
-                      _human_size(e.size_bytes), e.created_at.isoformat())
+                      _human_size(e.size_bytes), e.created_at.isoformat(),
+                      e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
+                      "yes" if e.current else "")
     out.print(table)
     return 0
+
+
+def cmd_prune(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    # The whole policy is checked (exit 2) before the engine is asked anything.
+    policy = PrunePolicy(
+        keep=args.keep,
+        older_than=parse_duration(args.older_than) if args.older_than is not None else None,
+        orphans=args.orphans,
+        packs_dir=Path(args.packs_dir) if args.packs_dir else None,
+        pack=args.pack,
+        include_current=args.include_current,
+        dry_run=args.dry_run,
+        leftovers=not args.no_leftovers,
+        leftover_grace=parse_duration(args.leftover_grace) if args.leftover_grace is not None else None,
+    )
+    report = Pruner(manager).prune(policy)
+    if args.json:
+        _print_json(report.model_dump(mode="json"))
+    else:
+        _print_prune_report(report)
+    return 0
+
+
+def _print_prune_report(report: PruneReport) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    table = Table("", "kind", "image or container", "pack", "size", "unique", "reason")
+    for label, items in ((verb, report.removed), ("skipped", report.skipped), ("kept", report.kept)):
+        for i in items:
+            name = i.id[:19] if i.reference == "<none>" else i.reference
+            table.add_row(label, i.kind, name, i.pack_ref or "", _human_size(i.size_bytes),
+                          _human_size(i.unique_bytes) if i.unique_bytes is not None else "", i.reason)
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}", highlight=False)
+    counts = f"{len(report.removed)} removed, {len(report.skipped)} skipped, {len(report.kept)} kept"
+    if report.dry_run:
+        out.print(f"dry run, nothing removed: {counts.replace('removed', 'would be removed', 1)}; "
+                  f"about {_human_size(report.estimated_bytes)} would be freed", highlight=False)
+    else:
+        exact = "" if report.reclaimed_exact else " (other images changed meanwhile: approximate)"
+        out.print(f"{counts}; reclaimed {_human_size(report.reclaimed_bytes)} "
+                  f"({report.reclaimed_bytes} bytes, the engine's figure){exact}", highlight=False)
 
 
 def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -138,6 +252,11 @@ def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -
         err.print(f"no image for pack {args.pack_ref!r}")
         return 1
     info = manager.get_environment(args.pack_ref) or environments[0]
+    if args.lock:
+        # A requirements file pinning every distribution with its hash: a pack can be rebuilt
+        # to the same content from it (pip's hash-checking mode).
+        sys.stdout.write("".join(line + "\n" for line in manager.lock_lines(info)))
+        return 0
     if args.json:
         _print_json(info.model_dump(mode="json"))
     else:
@@ -217,7 +336,8 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
         raise InvalidSpecError(str(exc).splitlines()[-1] if str(exc) else "invalid limit", field="limits") from None
     runner = ActionRunner(args.packs_dir, manager)
     with err.status(f"running {args.action_ref}", spinner="dots"):
-        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment)
+        # One run per process: a warm container would only outlive it, so the CLI runs cold.
+        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment, warm=False)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -265,17 +385,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="store_true", help="also check that the pack's image runs")
     p.add_argument("--json", action="store_true")
 
-    p = add("build", cmd_build, "Build a pack's image unless it exists (idempotent)")
-    p.add_argument("pack", help=pack_help)
+    p = add("build", cmd_build, "Build a pack's image (or every pack's) unless it exists (idempotent)")
+    p.add_argument("pack", nargs="?", help=pack_help)
+    p.add_argument("--all", metavar="PACKS_DIR", help="every pack under this tree, in parallel")
+    p.add_argument("--jobs", type=int, default=2, help="builds at once with --all (default 2)")
+    p.add_argument("--push", action="store_true", help="push to the registry (ATTUNE__CONTAINERS__REGISTRY)")
+    p.add_argument("--offline", action="store_true", help="use the wheel cache only, networking off")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
     p.add_argument("--json", action="store_true")
 
-    p = add("ls", cmd_ls, "List pack images")
+    p = add("ls", cmd_ls, "List pack images: size, last use, whether current")
     p.add_argument("--pack", help="only this pack_ref")
+    p.add_argument("--packs-dir", help="tell current images by this packs tree (default: the last built or used)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("prune", cmd_prune, "Remove old pack images and build leftovers; criteria combine (AND)")
+    p.add_argument("--keep", type=int, metavar="N", help="keep the newest N images of each pack (the current one counts)")
+    p.add_argument("--older-than", metavar="DURATION", help="only images not used or created within this (7d, 12h, 1d12h)")
+    p.add_argument("--orphans", action="store_true", help="only images of packs missing from --packs-dir")
+    p.add_argument("--packs-dir", help="the packs tree (PACKS/<pack>/pack.yaml): which packs exist, and their current images")
+    p.add_argument("--pack", help="only this pack's images (build leftovers are then left alone)")
+    p.add_argument("--include-current", action="store_true", help="current images may go too")
+    p.add_argument("--no-leftovers", action="store_true", help="leave build leftovers alone")
+    p.add_argument("--leftover-grace", metavar="DURATION",
+                   help="leftovers younger than this stay (default: 1h, or the build timeout if longer)")
+    p.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
     p.add_argument("--json", action="store_true")
 
     p = add("inspect", cmd_inspect, "Show a pack's current image")
     p.add_argument("pack_ref")
+    p.add_argument("--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
     p.add_argument("--json", action="store_true")
 
     p = add("rm", cmd_rm, "Remove every image of a pack")
@@ -294,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=float)
     p.add_argument("--network", help="none (default), bridge or a named network")
     p.add_argument("--json", action="store_true", help="print the whole ExecutionResult as JSON")
+
+    p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
+    cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    c = cache.add_parser("ls", help="where the cache is and how much it holds")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache)
+    c = cache.add_parser("prune", help="remove least recently used files down to a size")
+    c.add_argument("--max-bytes", type=int, help="default: the configured cache_max_bytes")
+    c.add_argument("--all", action="store_true", help="empty the cache")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cache)
 
     p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
     base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")

@@ -17,7 +17,7 @@ import struct
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 import docker
 import docker.errors
@@ -26,6 +26,7 @@ import requests.exceptions
 from .core.execution import ResourceLimits, parse_size
 from .errors import (
     BuildError,
+    ContainerInUseError,
     EngineError,
     EngineUnavailableError,
     EnvironmentNotFoundError,
@@ -95,40 +96,78 @@ class Engine:
         except EnvironmentNotFoundError:
             return None
 
-    def list_images(self, labels: dict[str, str] | None = None, *, dangling: bool | None = None) -> list[dict[str, Any]]:
-        """Image summaries (Id, RepoTags, Labels, Created, Size) filtered by labels; one API call."""
+    def list_images(
+        self, labels: dict[str, str] | None = None, *, dangling: bool | None = None, intermediate: bool = False
+    ) -> list[dict[str, Any]]:
+        """Image summaries (Id, ParentId, RepoTags, Labels, Created, Size) filtered by labels; one
+        API call. ``intermediate`` adds the images that only exist as parents of others."""
         filters: dict[str, Any] = {}
         if labels:
             filters["label"] = [f"{k}={v}" for k, v in labels.items()]
         if dangling is not None:
             filters["dangling"] = dangling
         with translate_errors("listing images"):
-            return self.api.images(filters=filters or None)
+            return self.api.images(all=intermediate, filters=filters or None)
 
-    def remove_image(self, reference: str, *, force: bool = False) -> None:
+    def image_history(self, image_id: str) -> list[dict[str, Any]]:
+        """The steps that made an image, newest first (CreatedBy, Size, Id)."""
+        with translate_errors(f"reading the history of {image_id}"):
+            return self.api.history(image_id)
+
+    def remove_image(self, reference: str, *, force: bool = False, noprune: bool = False) -> None:
+        """Remove an image. Unforced, the engine refuses (ImageInUseError) while a container uses
+        it; ``noprune`` keeps its untagged parents."""
         with translate_errors(f"removing {reference}"):
-            self.api.remove_image(reference, force=force, noprune=False)
+            self.api.remove_image(reference, force=force, noprune=noprune)
+
+    def disk_usage(self) -> dict[str, Any]:
+        """The engine's own accounting (``docker system df``): LayersSize, Images[].Size and
+        SharedSize, Containers[].SizeRw."""
+        with translate_errors("reading the engine's disk usage"):
+            return self.api.df()
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         with translate_errors(f"tagging {image_id} as {repository}:{tag}"):
             self.api.tag(image_id, repository, tag)
 
     def pull(self, reference: str) -> None:
+        """Pull an image; credentials come from the engine's own login (~/.docker/config.json)."""
         repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
         with translate_errors(f"pulling {reference}"):
-            self.api.pull(repository, tag=tag or "latest")
+            for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if "error" in status:
+                    raise EngineError(f"pulling {reference}: {status['error']}")
+
+    def push(self, reference: str) -> None:
+        """Push an image; credentials come from the engine's own login, never printed."""
+        repository, tag = reference.rsplit(":", 1)
+        with translate_errors(f"pushing {reference}"):
+            for status in self.api.push(repository, tag=tag, stream=True, decode=True):
+                if "error" in status:
+                    raise EngineError(f"pushing {reference}: {status['error']}")
+
+    def in_registry(self, reference: str) -> bool:
+        """Whether the registry holds ``reference`` (a manifest look-up: nothing is pulled)."""
+        try:
+            with translate_errors(f"looking up {reference} in its registry"):
+                self.api.inspect_distribution(reference)
+            return True
+        except (EngineError, EnvironmentNotFoundError):
+            return False
 
     # -- builds -------------------------------------------------------------------------------
 
     def build(
         self,
-        context: bytes,
+        context: bytes | IO[bytes],
         *,
         tag: str | None = None,
         labels: dict[str, str] | None = None,
         memory: str | int | None = None,
         timeout: int | None = None,
         on_log: LogSink | None = None,
+        network_mode: str | None = None,
+        nocache: bool = False,
     ) -> str:
         """Build a tar context; return the image ID. Raise BuildError with the log's telling lines.
 
@@ -142,7 +181,7 @@ class Engine:
         limits = {"memory": memory, "memswap": memory} if memory else None
         with translate_errors("building an image"):
             stream = self.api.build(
-                fileobj=io.BytesIO(context),
+                fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
                 custom_context=True,
                 tag=tag,
                 labels=labels,
@@ -152,6 +191,8 @@ class Engine:
                 decode=True,
                 timeout=timeout,
                 container_limits=limits,
+                network_mode=network_mode,
+                nocache=nocache,
             )
             for chunk in stream:
                 if "stream" in chunk:
@@ -168,6 +209,40 @@ class Engine:
         return image_id
 
     # -- containers ---------------------------------------------------------------------------
+
+    def find_containers(
+        self, *, ancestor: str | None = None, statuses: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Container summaries, running or not. ``ancestor``: only those whose image is that image
+        or is built on it; ``statuses``: only those in one of these states (created, exited, ...)."""
+        filters: dict[str, Any] = {}
+        if ancestor:
+            filters["ancestor"] = ancestor
+        if statuses:
+            filters["status"] = list(statuses)
+        with translate_errors("listing containers"):
+            return self.api.containers(all=True, filters=filters or None)
+
+    def inspect_container(self, container_id: str) -> dict[str, Any] | None:
+        """The engine's inspect document of a container, or None when it does not exist."""
+        with translate_errors(f"inspecting container {container_id[:12]}"):
+            try:
+                return self.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return None
+
+    def remove_stopped_container(self, container_id: str) -> bool:
+        """Remove a container that is not running; never forced, so the engine refuses
+        (ContainerInUseError) one that runs. False when it was already gone."""
+        try:
+            with translate_errors(f"removing container {container_id[:12]}"):
+                try:
+                    self.api.remove_container(container_id, force=False)
+                except docker.errors.NotFound:
+                    return False
+        except ImageInUseError as exc:  # the engine's 409: it runs
+            raise ContainerInUseError(str(exc)) from None
+        return True
 
     def read_file(self, image: str, path: str) -> bytes:
         """A file's bytes from an image, without starting a container."""
@@ -262,6 +337,38 @@ class Engine:
         with translate_errors(f"starting {container_id[:12]}"):
             self.api.start(container_id)
 
+    def run_attached(
+        self, container_id: str, stdin: bytes, timeout: float, on_frame: Callable[[int, bytes], None]
+    ) -> tuple[int | None, bool, float]:
+        """Attach, start, write ``stdin`` then EOF, and pass output frames to ``on_frame`` until the
+        container ends or ``timeout`` seconds pass (then it is killed).
+
+        Returns (exit code, timed out, seconds from start to end). The container is not removed:
+        the caller still reads its state (OOMKilled) and removes it.
+        """
+        streams = self.attach(container_id)
+        timed_out = False
+        try:
+            self.start(container_id)
+            started = time.monotonic()
+            deadline = started + timeout
+            streams.send_stdin(stdin)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    self.kill(container_id)
+                    break
+                frames = streams.read(min(remaining, 1.0))
+                if frames is None:
+                    break
+                for stream, data in frames:
+                    on_frame(stream, data)
+        finally:
+            streams.close()
+        elapsed = time.monotonic() - started
+        return self.wait(container_id, timeout=10), timed_out, elapsed
+
     def kill(self, container_id: str) -> None:
         try:
             with translate_errors(f"killing {container_id[:12]}"):
@@ -340,11 +447,19 @@ class AttachedStreams:
         self.closed = False
 
     def send_stdin(self, data: bytes) -> None:
+        """Write ``data`` to the container's stdin, then EOF."""
+        self.send(data)
         try:
-            self._sock.sendall(data)
             self._sock.shutdown(socket.SHUT_WR)  # EOF on the container's stdin
         except OSError as exc:
-            raise EngineError(f"writing the action's input failed: {exc}") from None
+            raise EngineError(f"closing the container's input failed: {exc}") from None
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` to the container's stdin and keep it open (warm containers)."""
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise EngineError(f"writing to the container failed: {exc}") from None
 
     def read(self, timeout: float) -> list[tuple[int, bytes]] | None:
         """Frames ``(1 stdout | 2 stderr, bytes)`` that arrived within ``timeout``; None at EOF."""

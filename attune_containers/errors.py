@@ -26,6 +26,15 @@ class PythonVersionUnavailableError(InvalidSpecError):
     """No configured Python version lies inside the pack's [min_version, max_version] range."""
 
 
+class InvalidPolicyError(AttuneContainersError, ValueError):
+    """A prune policy (a duration, a count, a combination of options) is not acceptable.
+
+    Raised before anything is listed or removed.
+    """
+
+    exit_code = 2
+
+
 class EngineUnavailableError(AttuneContainersError):
     """The Docker engine does not answer."""
 
@@ -51,3 +60,7 @@ class EnvironmentNotFoundError(AttuneContainersError):
 
 class ImageInUseError(AttuneContainersError):
     """The engine refused to remove an image because a container uses it."""
+
+
+class ContainerInUseError(AttuneContainersError):
+    """The engine refused to remove a container because it is running."""

@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from .core.execution import DEFAULT_LIMITS, ResourceLimits
+from .core.pooling import DEFAULT_POOL, PoolSettings
 from .core.render import BuildOptions
 from .core.spec import RequirementPolicy
 
@@ -65,6 +66,14 @@ class Settings(BaseSettings):
         Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local/state")) / "attune-containers",
         description="Locks and records shared by every process on this host",
     )
+    cache_dir: Path = Field(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attune-containers",
+        description="The shared wheel cache of every build on this host",
+    )
+    cache_max_bytes: int = Field(4 * 1024**3, ge=0, description="Bound of the wheel cache; oldest files go first")
+    offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
+    registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
+    allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
     build_memory: str | None = Field("4g", description="Memory limit of each build container")
     build_timeout: int = Field(1800, description="Seconds a build may take")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
@@ -73,7 +82,8 @@ class Settings(BaseSettings):
         default_factory=lambda: DEFAULT_LIMITS,
         description="Default limits of every run; packs and runs override single fields",
     )
-    max_concurrent_runs: int = Field(4, ge=1, description="Containers one runner keeps running at once")
+    max_concurrent_runs: int = Field(4, ge=1, description="Executions one runner serves at once")
+    pool: PoolSettings = Field(default_factory=lambda: DEFAULT_POOL, description="Warm containers, per pack")
 
     @field_validator("image_prefix")
     @classmethod
@@ -90,6 +100,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"base_images key {minor!r} is not a Python minor version like '3.11'")
             if not _REFERENCE.fullmatch(ref):
                 raise ValueError(f"base_images[{minor!r}] = {ref!r} is not an image reference")
+        return v
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)*", v.lower()):
+            raise ValueError(f"{v!r} is not a registry like 'registry.example.com:5000'")
         return v
 
     @field_validator("pip_index_url")
@@ -127,6 +144,11 @@ class Settings(BaseSettings):
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, v: PoolSettings) -> PoolSettings:
+        return DEFAULT_POOL.merged(v)
 
     @field_validator("limits")
     @classmethod

@@ -22,6 +22,8 @@ CREATED = PREFIX + "created"
 TOOL_VERSION = PREFIX + "tool.version"
 BASE_IMAGE = PREFIX + "base.image"
 INSTALLER = PREFIX + "installer"
+# The exact distributions (name, version, wheel file, sha256) the image was built from.
+LOCK = PREFIX + "lock"
 
 # Set by `base bootstrap` on the base images it makes (docker/bootstrap-base.sh).
 BASE_MARKER = PREFIX + "base"

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidSpecError
 from .execution import ResourceLimits
+from .pooling import PoolSettings
 from .pack_ref import validate_pack_ref
 from .spec import DependencySpec
 
@@ -43,6 +44,8 @@ class PackDefinition(BaseModel):
     spec: DependencySpec
     # The pack's own run limits, from meta.container_limits (validated; fields left out are unset).
     limits: ResourceLimits | None = None
+    # How its warm containers are kept, from meta.container_pool.
+    pool: PoolSettings | None = None
     source: str
     directory: Path | None = None
 
@@ -114,12 +117,14 @@ def _definition(
     version = document.get("version")
     label = document.get("label")
     limits = ResourceLimits.from_pack(meta.get("container_limits"), "meta.container_limits")
+    pool = PoolSettings.from_pack(meta.get("container_pool"))
     return PackDefinition(
         pack_ref=pack_ref,
         label=str(label) if label is not None else None,
         version=str(version) if version is not None else None,
         spec=spec,
         limits=limits,
+        pool=pool,
         source=source,
         directory=directory,
     )
@@ -170,3 +175,36 @@ def _parse(path: Path, loader: Any) -> Any:
         return loader(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise InvalidSpecError(f"{path} cannot be parsed: {exc}", field=path.name) from None
+
+
+class PackTreeEntry(BaseModel):
+    """One folder of a packs tree: the pack it holds, or why it does not load."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: Path
+    pack: PackDefinition | None = None
+    error: str | None = None
+
+    @property
+    def pack_ref(self) -> str:
+        """The pack's ref; a folder that does not load goes by its folder name."""
+        return self.pack.pack_ref if self.pack is not None else self.folder.name
+
+
+def scan_pack_tree(directory: str | Path) -> list[PackTreeEntry]:
+    """Every pack folder directly under ``directory`` (hidden ones aside), loaded where possible.
+
+    A folder that does not load (no pack.yaml, bad YAML, a bad ref) is still listed, with its
+    error: a broken pack is a pack being edited, not a pack that is gone.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise InvalidSpecError(f"{root} is not a directory", field="packs_dir")
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            entries.append(PackTreeEntry(folder=folder, pack=load_pack(folder)))
+        except (InvalidSpecError, OSError) as exc:
+            entries.append(PackTreeEntry(folder=folder, error=str(exc)))
+    return entries

@@ -22,6 +22,8 @@ import json
 import re
 from datetime import datetime
 from functools import cached_property
+from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
@@ -33,7 +35,7 @@ from .render import BuildOptions, build_context, render_dockerfile, template_sou
 from .spec import ValidatedSpec
 from .versions import BaseImage
 
-HASH_FORMAT = 1
+HASH_FORMAT = 2
 TAG_LENGTH = 16
 
 
@@ -64,7 +66,7 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "template": hashlib.sha256(template_source().encode()).hexdigest(),
         "build_files": {
             name: hashlib.sha256(template_source(name).encode()).hexdigest()
-            for name in ("build/freeze.py", "build/uv-bootstrap.txt")
+            for name in ("build/freeze.py", "build/uv-bootstrap.txt", "build/fetch.py")
         },
     }
 
@@ -103,8 +105,8 @@ class BuildPlan(BaseModel):
     def dockerfile(self) -> str:
         return render_dockerfile(self.base, self.options)
 
-    def context(self) -> bytes:
-        return build_context(self.dockerfile(), self.spec.requirement_lines(), self.options)
+    def context(self, wheels: list[Path] = (), tools: list[Path] = ()) -> IO[bytes]:
+        return build_context(self.dockerfile(), wheels, tools)
 
     def labels(self, installed: list[str], created: datetime) -> dict[str, str]:
         """Every label of the final image. Build-only settings (CA, credentials) never appear."""

@@ -26,9 +26,12 @@ from ..core.render import INSTALLED_RECORD, INTERPRETER
 from ..core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from ..core.versions import choose_python
 from ..engine import Engine, LogSink
-from ..errors import AttuneContainersError, BuildError, EnvironmentNotFoundError, ImageInUseError
+from ..errors import AttuneContainersError, BuildError, EnvironmentNotFoundError
 from ..settings import Settings
 from .base_images import BaseImageCatalog
+from .wheels import LockedDistribution, WheelCache
+from .build_gate import BuildGate
+from .current import CurrentImages
 
 
 class ExecutablePath(BaseModel):
@@ -38,6 +41,13 @@ class ExecutablePath(BaseModel):
     interpreter: str
 
 
+class Ensured(BaseModel):
+    """An environment and how ``ensure`` got it: reused (it existed), pulled or built."""
+
+    info: EnvironmentInfo
+    outcome: str
+
+
 class ContainerDependencyManager:
     runtime_type = "python"
 
@@ -45,12 +55,16 @@ class ContainerDependencyManager:
         self.settings = settings or Settings()
         self.engine = engine or Engine(timeout=self.settings.engine_timeout)
         self.bases = BaseImageCatalog(self.settings, self.engine)
+        self.wheels = WheelCache(self.settings, self.engine)
         self._cache: TTLCache[tuple[str, str], EnvironmentInfo] = TTLCache(
             maxsize=1024, ttl=self.settings.cache_ttl
         )
         self._cache_lock = threading.Lock()
         # The image each pack resolved to last in this process: its "current" environment.
         self._current: dict[str, str] = {}
+        # The same across processes (the pruner reads it), and the gate builds hold shared.
+        self._records = CurrentImages(self.settings.state_dir)
+        self._gate = BuildGate(self.settings.state_dir)
 
     # -- planning (pure apart from base image facts) -------------------------------------------
 
@@ -68,20 +82,59 @@ class ContainerDependencyManager:
     def ensure_environment(
         self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None
     ) -> EnvironmentInfo:
-        """The pack's image for ``spec``, built if it does not exist yet. Idempotent."""
+        """The pack's image for ``spec``: local, else pulled from the registry, else built.
+        Idempotent; an unchanged spec is answered from memory."""
+        return self.ensure(pack_ref, spec, on_log=on_log).info
+
+    def ensure(
+        self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None, offline: bool | None = None
+    ) -> Ensured:
+        """``ensure_environment`` that also says how the image came to be (reused, pulled, built)."""
         plan = self.plan(pack_ref, spec)
         key = (pack_ref, plan.dependency_hash)
         with self._cache_lock:
             info = self._cache.get(key)
+        outcome = "reused"
         if info is None:
             info = self._find(plan)
             if info is None:
                 with self._build_lock(plan):
-                    # Another thread or process may have built it while we waited.
-                    info = self._find(plan) or self._build(plan, on_log)
+                    # Another thread or process may have made it while we waited.
+                    info = self._find(plan)
+                    if info is None:
+                        info, outcome = self._pull_or_build(plan, on_log, offline)
+                    # Recorded before the lock goes: a pruner that takes it next sees it is current.
+                    self._make_current(pack_ref, info.image)
             self._remember(key, info)
-        self._current[pack_ref] = info.image
-        return info
+        self._make_current(pack_ref, info.image)
+        return Ensured(info=info, outcome=outcome)
+
+    def push(self, info: EnvironmentInfo) -> str:
+        """Make sure the registry holds ``info``'s image; return its reference there."""
+        registry = self.settings.registry
+        if not registry:
+            raise AttuneContainersError("no registry is configured (ATTUNE__CONTAINERS__REGISTRY)")
+        remote = f"{registry}/{info.image}"
+        if not self.engine.in_registry(remote):
+            repository, tag = remote.rsplit(":", 1)
+            self.engine.tag(info.id, repository, tag)
+            try:
+                self.engine.push(remote)
+            finally:
+                # The registry-qualified tag was only a vehicle for the push.
+                with contextlib.suppress(AttuneContainersError):
+                    self.engine.remove_image(remote)
+        return remote
+
+    def lock_lines(self, info: EnvironmentInfo) -> list[str]:
+        """The image's lock as a requirements file: every distribution pinned with its sha256."""
+        attrs = self.engine.inspect_image(info.id) or {}
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        try:
+            lock = [LockedDistribution(**d) for d in json.loads(labels.get(L.LOCK, "[]"))]
+        except (ValueError, TypeError) as exc:
+            raise AttuneContainersError(f"{info.image} has no readable lock label: {exc}") from None
+        return [d.requirement() for d in lock]
 
     def needs_update(self, pack_ref: str, spec: DependencySpec) -> bool:
         """True when no image exists for the pack's current spec."""
@@ -141,28 +194,32 @@ class ContainerDependencyManager:
         return removed
 
     def cleanup(self, keep_recent: int) -> list[str]:
-        """Remove all but the newest ``keep_recent`` images of each pack (the current one is kept).
+        """Remove all but the newest ``keep_recent`` images of each pack; the current one is kept
+        and takes one of the places. Build leftovers past their grace period go too.
 
-        Returns the references removed. An image a container still uses is skipped, not forced.
+        Returns the references removed. What a container uses, or a build or a starting action
+        holds, is skipped, never forced (``Pruner`` has the report with the reasons).
         """
+        from .pruner import PrunePolicy, Pruner
+
         if keep_recent < 0:
             raise ValueError("keep_recent must be >= 0")
-        by_pack: dict[str, list[EnvironmentInfo]] = {}
-        for info in self.list_environments():
-            by_pack.setdefault(info.pack_ref, []).append(info)
-        removed = []
-        for pack_ref, environments in by_pack.items():
-            current = self._current.get(pack_ref)
-            kept = 0
-            for info in environments:  # newest first
-                if info.image == current or kept < keep_recent:
-                    kept += 1
-                    continue
-                with contextlib.suppress(ImageInUseError):
-                    self.engine.remove_image(info.id)
-                    removed.append(info.image)
-            self._forget(pack_ref)
-        return removed
+        report = Pruner(self).prune(PrunePolicy(keep=keep_recent))
+        return [item.reference for item in report.removed if item.kind == "image"]
+
+    def current_images(self) -> dict[str, set[str]]:
+        """pack_ref -> the images it currently resolves to: the last one ``ensure_environment``
+        resolved on this host (any process), and the last one in this process if that differs."""
+        current: dict[str, set[str]] = {}
+        for pack_ref, image in [*self._records.all().items(), *self._current.items()]:
+            current.setdefault(pack_ref, set()).add(image)
+        return current
+
+    def forget_images(self, image_ids: set[str]) -> None:
+        """Drop what memory holds about images removed behind the manager's back (the pruner)."""
+        with self._cache_lock:
+            for key in [k for k, info in self._cache.items() if info.id in image_ids]:
+                self._cache.pop(key, None)
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -182,16 +239,57 @@ class ContainerDependencyManager:
         return L.environment_from_image(attrs["Id"], plan.image, labels, attrs.get("Size"))
 
     def _build(self, plan: BuildPlan, on_log: LogSink | None) -> EnvironmentInfo:
-        image_id = self.engine.build(
-            plan.context(),
-            memory=self.settings.build_memory,
-            timeout=self.settings.build_timeout,
-            on_log=on_log,
-        )
+        # While a build runs, its intermediate images look like leftovers: the gate keeps the
+        # pruner's leftover cleaning away until it is done.
+        with self._gate.shared():
+            return self._build_now(plan, on_log)
+
+    def _pull_or_build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None) -> tuple[EnvironmentInfo, str]:
+        if self.settings.registry:
+            pulled = self._pull(plan)
+            if pulled is not None:
+                return pulled, "pulled"
+        if not self.settings.allow_build:
+            where = f"in the registry {self.settings.registry}" if self.settings.registry else "on this host"
+            raise AttuneContainersError(
+                f"{plan.image} for pack {plan.pack_ref!r} is not {where}, and building is not allowed "
+                "here (ATTUNE__CONTAINERS__ALLOW_BUILD=false); pre-build it with `attune-containers build --all --push`"
+            )
+        return self._build(plan, on_log, self.settings.offline if offline is None else offline), "built"
+
+    def _pull(self, plan: BuildPlan) -> EnvironmentInfo | None:
+        remote = f"{self.settings.registry}/{plan.image}"
+        if not self.engine.in_registry(remote):
+            return None
+        self.engine.pull(remote)
+        repository, tag = plan.image.rsplit(":", 1)
+        self.engine.tag(remote, repository, tag)
+        with contextlib.suppress(AttuneContainersError):
+            self.engine.remove_image(remote)  # keep one name per image: the local one
+        return self._find(plan)  # refuses an image whose labels do not match the plan
+
+    def _build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool = False) -> EnvironmentInfo:
+        # While a build runs, its intermediate images look like leftovers: the gate keeps the
+        # pruner's leftover cleaning away until it is done.
+        with self._gate.shared():
+            return self._build_now(plan, on_log, offline)
+
+    def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
+        with self.wheels.fetch(plan, offline=offline, on_log=on_log) as fetched:
+            context = plan.context(fetched.wheels, fetched.tools)
+            lock = fetched.lock()
+            image_id = self.engine.build(
+                context,
+                memory=self.settings.build_memory,
+                timeout=self.settings.build_timeout,
+                on_log=on_log,
+                network_mode="none",  # everything it installs is in the context
+            )
         try:
             record = json.loads(self.engine.read_file(image_id, INSTALLED_RECORD))
             installed = [f"{d['name']}=={d['version']}" for d in record]
             labels = plan.labels(installed, datetime.now(timezone.utc).replace(microsecond=0))
+            labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
             labelled = self.engine.build(
@@ -225,6 +323,12 @@ class ContainerDependencyManager:
             str(directory / f"{name}.lock"),
             timeout=self.settings.build_timeout if timeout is None else timeout,
         )
+
+    def _make_current(self, pack_ref: str, image: str) -> None:
+        # Only a change touches the disk: the cache-hit path stays free of writes.
+        if self._current.get(pack_ref) != image:
+            self._records.set(pack_ref, image)
+            self._current[pack_ref] = image
 
     def _remember(self, key: tuple[str, str], info: EnvironmentInfo) -> None:
         with self._cache_lock:

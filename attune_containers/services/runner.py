@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..core.actions import ActionDefinition, load_action
+from ..core.actions import ActionDefinition, discover_packs, load_action
 from ..core.execution import (
     ExecutionError,
     ExecutionResult,
@@ -31,12 +31,15 @@ from ..core.execution import (
     parse_script_output,
 )
 from ..core.packs import PackDefinition, load_pack
-from ..core.protocol import CappedBuffer, FrameDecoder
+from ..core.pooling import PoolSettings
+from ..core.spec import EnvironmentInfo
+from ..core.protocol import ExecutionCollector, encode_request
 from ..core.render import APP_UID, INTERPRETER
 from ..engine import ContainerRun, Engine
 from ..errors import AttuneContainersError, EngineUnavailableError, InvalidSpecError
 from ..settings import Settings
 from .manager import ContainerDependencyManager
+from .pool import Pool, PoolRegistry, pool_key
 from .usage import UsageLog
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
@@ -49,6 +52,7 @@ LABEL_EXECUTION_ID = "io.attune.containers.execution_id"
 LABEL_ACTION_REF = "io.attune.containers.action_ref"
 LABEL_PACK_REF = "io.attune.containers.pack_ref"
 LABEL_OWNER = "io.attune.containers.owner"
+LABEL_POOL = "io.attune.containers.pool"
 
 _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -91,6 +95,7 @@ class ActionRunner:
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
+        self.pools = PoolRegistry()
         _RUNNERS.add(self)
         if sweep:
             self.sweep_leftovers()
@@ -106,6 +111,7 @@ class ActionRunner:
         limits: ResourceLimits | None = None,
         environment: Mapping[str, str] | None = None,
         execution_id: str | None = None,
+        warm: bool | None = None,
     ) -> ExecutionResult:
         """Run one action and return its result.
 
@@ -119,13 +125,14 @@ class ActionRunner:
         action = load_action(self.packs_dir, action_ref)
         pack = self._pack(action)
         effective = self.settings.limits.merged(pack.limits, ResourceLimits(timeout=action.timeout), limits)
-        stdin = _stdin_document(action, parameters, secrets, effective)
-        env = _environment(execution_id, action, environment)
+        request = _request(action, parameters, secrets, effective,
+                           _environment(execution_id, action, environment))
         with self._slots:
-            return self._run(action, pack, effective, stdin, env, execution_id)
+            return self._run(action, pack, effective, request, execution_id, warm)
 
     def close(self) -> None:
         """Kill and remove every container this runner still has (interrupts, shutdown)."""
+        self.pools.close()
         with self._live_lock:
             live = list(self._live)
         for container_id in live:
@@ -155,22 +162,23 @@ class ActionRunner:
     # -- internals ----------------------------------------------------------------------------
 
     def _pack(self, action: ActionDefinition) -> PackDefinition:
+        return self._pack_at(action.pack_ref, action.pack_dir)
+
+    def _pack_at(self, pack_ref: str, pack_dir: Path) -> PackDefinition:
         # Re-read pack.yaml only when it (or requirements.txt) changed: runs stay cheap.
-        files = [action.pack_dir / "pack.yaml", action.pack_dir / "requirements.txt"]
+        files = [pack_dir / "pack.yaml", pack_dir / "requirements.txt"]
         stamp = tuple(f.stat().st_mtime_ns if f.exists() else -1 for f in files)
-        cached = self._packs.get(action.pack_dir)
+        cached = self._packs.get(pack_dir)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        pack = load_pack(action.pack_dir)
-        if pack.pack_ref != action.pack_ref:
-            raise InvalidSpecError(
-                f"pack.yaml says ref {pack.pack_ref!r} but lives in folder {action.pack_ref!r}", field="ref"
-            )
-        self._packs[action.pack_dir] = (stamp, pack)
+        pack = load_pack(pack_dir)
+        if pack.pack_ref != pack_ref:
+            raise InvalidSpecError(f"pack.yaml says ref {pack.pack_ref!r} but lives in folder {pack_ref!r}", field="ref")
+        self._packs[pack_dir] = (stamp, pack)
         return pack
 
     def _run(self, action: ActionDefinition, pack: PackDefinition, limits: ResourceLimits,
-             stdin: bytes, env: dict[str, str], execution_id: str) -> ExecutionResult:
+             request: bytes, execution_id: str, warm: bool | None) -> ExecutionResult:
         started = time.monotonic()
 
         def failure(status: ExecutionStatus, kind: str, message: str, **extra: Any) -> ExecutionResult:
@@ -187,21 +195,33 @@ class ActionRunner:
         except AttuneContainersError as exc:
             return failure(ExecutionStatus.error, type(exc).__name__, str(exc))
 
+        policy = self.settings.pool.merged(pack.pool)
+        use_pool = policy.reuse if warm is None else warm
+        labels = {LABEL_RUN: "true", LABEL_PACK_REF: action.pack_ref, LABEL_OWNER: owner_id()}
+        if use_pool:
+            labels[LABEL_POOL] = "true"
+        else:
+            labels.update({LABEL_EXECUTION_ID: execution_id, LABEL_ACTION_REF: action.action_ref})
         run = ContainerRun(
             image=info.id,
             command=[INTERPRETER, "-I", "-B", WRAPPER],
             limits=limits,
-            environment=env,
-            labels={
-                LABEL_RUN: "true",
-                LABEL_EXECUTION_ID: execution_id,
-                LABEL_ACTION_REF: action.action_ref,
-                LABEL_PACK_REF: action.pack_ref,
-                LABEL_OWNER: owner_id(),
-            },
+            environment={},  # per-execution variables travel in the request, on both paths
+            labels=labels,
             mounts=[(str(action.pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
             user=f"{APP_UID}:{APP_UID}",
         )
+        try:
+            if use_pool:
+                return self._run_warm(run, info, policy, limits, request, execution_id, action)
+            return self._run_cold(run, info, limits, request, execution_id, action)
+        except EngineUnavailableError as exc:
+            return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image)
+        except AttuneContainersError as exc:
+            return failure(ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image)
+
+    def _run_cold(self, run: ContainerRun, info: EnvironmentInfo, limits: ResourceLimits, request: bytes,
+                  execution_id: str, action: ActionDefinition) -> ExecutionResult:
         container_id: str | None = None
         try:
             # Hold the image's lock until the container exists: a prune cannot take the image away
@@ -210,67 +230,79 @@ class ActionRunner:
                 container_id = self.engine.create_container(run)
                 self._remember(container_id)
             self.usage.touch(info.id)
-            return self._attach_and_wait(container_id, limits, stdin, execution_id, action, info.image)
-        except EngineUnavailableError as exc:
-            return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image)
-        except AttuneContainersError as exc:
-            return failure(ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image)
+            return self._attach_and_wait(container_id, limits, request, execution_id, action, info.image)
         finally:
             if container_id is not None:
                 # Retries ride out an engine restart; sweep_leftovers catches what still remains.
                 self.engine.remove_container(container_id, attempts=20)
                 self._forget(container_id)
 
-    def _attach_and_wait(self, container_id: str, limits: ResourceLimits, stdin: bytes,
-                         execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:
-        stdout = CappedBuffer(limits.stdout_limit or 0)
-        stderr = CappedBuffer(limits.stderr_limit or 0)
-        decoder = FrameDecoder(stdout, limits.result_limit or 0)
-        streams = self.engine.attach(container_id)
-        timed_out = False
+    def _run_warm(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings, limits: ResourceLimits,
+                  request: bytes, execution_id: str, action: ActionDefinition) -> ExecutionResult:
+        pool = self._pool(run, info, policy)
+        container = pool.acquire()
+        reusable = False
         try:
-            self.engine.start(container_id)
-            started = time.monotonic()
-            deadline = started + (limits.timeout or 300)
-            streams.send_stdin(stdin)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    timed_out = True
-                    self.engine.kill(container_id)
-                    break
-                frames = streams.read(min(remaining, 1.0))
-                if frames is None:
-                    break
-                for stream, data in frames:
-                    (decoder.feed if stream == 1 else stderr.write)(data)
+            self.usage.touch(info.id)
+            collector = ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0)
+            timed_out, elapsed = container.execute(request, collector, limits.timeout or 300)
+            if not timed_out and (collector.done is None or (collector.done or {}).get("signal") == 9):
+                # Killed under the action: the engine records an OOM kill in OOMKilled only when
+                # the container exits, so it goes now (it would not be reused anyway).
+                self.engine.kill(container.id)
+                self.engine.wait(container.id, timeout=10)
+            result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
+                            execution_id=execution_id, action_ref=action.action_ref, image=info.image)
+            done = collector.done or {}
+            # Reused only after a clean end: returned or raised, nothing left running, /tmp empty.
+            reusable = (not timed_out and not collector.protocol_error and done.get("clean") is True
+                        and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed))
+            return result
         finally:
-            streams.close()
-        elapsed_ms = int((time.monotonic() - started) * 1000)
-        exit_code = self.engine.wait(container_id, timeout=10)
-        common = dict(
-            execution_id=execution_id, action_ref=action.action_ref, exit_code=exit_code,
-            duration_ms=elapsed_ms, stdout=stdout.text(), stderr=stderr.text(),
-            stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated, image=image,
-        )
-        if timed_out:
-            return ExecutionResult(status=ExecutionStatus.timeout, error=ExecutionError(
-                type="Timeout", message=f"the action ran longer than {limits.timeout:g} s and was killed "
-                                        f"after {elapsed_ms / 1000:.2f} s"), **common)
-        if self._oom_killed(container_id, exit_code):
-            return ExecutionResult(status=ExecutionStatus.oom, error=ExecutionError(
-                type="OutOfMemory", message=f"the action exceeded its memory limit of {limits.memory}"), **common)
-        return _outcome(decoder, exit_code, limits, common)
+            # Any other way out (timeout, OOM, crash, an interrupt of the caller) destroys it.
+            pool.release(container, reusable)
 
-    def _oom_killed(self, container_id: str, exit_code: int | None) -> bool:
-        deadline = time.monotonic() + (OOM_POLL_SECONDS if exit_code == 137 else 0)
-        while True:
-            state = self.engine.container_state(container_id) or {}
-            if state.get("OOMKilled"):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+    def prewarm(self, pack_ref: str, count: int | None = None, *, limits: ResourceLimits | None = None) -> int:
+        """Start warm containers for a pack ahead of need (``count`` defaults to its min_idle)."""
+        packs = discover_packs(self.packs_dir)
+        if pack_ref not in packs:
+            raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
+        pack = self._pack_at(pack_ref, packs[pack_ref])
+        policy = self.settings.pool.merged(pack.pool)
+        effective = self.settings.limits.merged(pack.limits, limits)
+        info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+        run = ContainerRun(
+            image=info.id, command=[INTERPRETER, "-I", "-B", WRAPPER], limits=effective, environment={},
+            labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, LABEL_OWNER: owner_id(), LABEL_POOL: "true"},
+            mounts=[(str(packs[pack_ref]), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
+            user=f"{APP_UID}:{APP_UID}",
+        )
+        return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
+
+    def pool_stats(self) -> list[dict]:
+        return [pool.stats() for pool in self.pools.pools()]
+
+    def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
+        key = pool_key(run.labels[LABEL_PACK_REF], info.id, run.limits)
+        return self.pools.get(key, lambda: Pool(
+            key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60)))
+
+    def _attach_and_wait(self, container_id: str, limits: ResourceLimits, request: bytes,
+                         execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:
+        collector = ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0)
+
+        def on_frame(stream: int, data: bytes) -> None:
+            if stream == 1:
+                collector.feed(data)
+            else:
+                collector.stderr.write(data)  # the runner loop's own trouble, if any
+
+        # One request, then EOF: the runner loop serves it and ends.
+        exit_code, timed_out, elapsed = self.engine.run_attached(
+            container_id, request, limits.timeout or 300, on_frame)
+        return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
+                      execution_id=execution_id, action_ref=action.action_ref, image=image,
+                      container_exit=exit_code)
 
     def _remember(self, container_id: str) -> None:
         with self._live_lock:
@@ -281,35 +313,59 @@ class ActionRunner:
             self._live.discard(container_id)
 
 
-def _outcome(decoder: FrameDecoder, exit_code: int | None, limits: ResourceLimits,
-             common: dict[str, Any]) -> ExecutionResult:
-    if decoder.result_too_large is not None:
-        return ExecutionResult(status=ExecutionStatus.failed, error=ExecutionError(
-            type="ResultTooLarge",
-            message=f"the result is {decoder.result_too_large} bytes; the limit is {limits.result_limit}"), **common)
-    if decoder.result is None:
-        return ExecutionResult(
-            status=ExecutionStatus.failed if exit_code else ExecutionStatus.error,
-            error=ExecutionError(type="NoResult", message=(
-                f"the action's process ended (exit code {exit_code}) without reporting a result")),
-            **common,
-        )
-    try:
-        outcome = json.loads(decoder.result)
-    except ValueError:
-        return ExecutionResult(status=ExecutionStatus.error, error=ExecutionError(
-            type="ProtocolError", message="the result frame is not JSON"), **common)
-    kind = outcome.get("status")
-    if kind == "error":
+def oom_killed(engine: Engine, container_id: str, suspicious: bool) -> bool:
+    """The engine's OOMKilled state; polled briefly when the signs point to it, since the engine
+    reports it after the kill. An exit code of 137 alone is not proof."""
+    deadline = time.monotonic() + (OOM_POLL_SECONDS if suspicious else 0)
+    while True:
+        state = engine.container_state(container_id) or {}
+        if state.get("OOMKilled"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def finish(engine: Engine, container_id: str, collector: ExecutionCollector, limits: ResourceLimits,
+           timed_out: bool, elapsed: float, *, execution_id: str, action_ref: str, image: str,
+           container_exit: int | None = None) -> ExecutionResult:
+    """The ExecutionResult of one execution, the same for the cold and the warm path."""
+    done = collector.done or {}
+    exit_code = done.get("exit_code", container_exit)
+    common = dict(
+        execution_id=execution_id, action_ref=action_ref, exit_code=exit_code,
+        duration_ms=int(elapsed * 1000), stdout=collector.stdout.text(), stderr=collector.stderr.text(),
+        stdout_truncated=collector.stdout.truncated, stderr_truncated=collector.stderr.truncated, image=image,
+    )
+
+    def failed(status: ExecutionStatus, kind: str, message: str) -> ExecutionResult:
+        return ExecutionResult(status=status, error=ExecutionError(type=kind, message=message), **common)
+
+    if timed_out:
+        return failed(ExecutionStatus.timeout, "Timeout",
+                      f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s")
+    suspicious = collector.done is None or done.get("signal") == 9 or exit_code == 137
+    if suspicious and oom_killed(engine, container_id, suspicious):
+        return failed(ExecutionStatus.oom, "OutOfMemory", f"the action exceeded its memory limit of {limits.memory}")
+    if collector.result_too_large:
+        return failed(ExecutionStatus.failed, "ResultTooLarge",
+                      f"the result is {collector.result_size} bytes; the limit is {limits.result_limit}")
+    outcome = collector.outcome()
+    if outcome is None or outcome.get("status") == "none":
+        what = "was killed by signal %s" % done["signal"] if done.get("signal") else f"ended (exit code {exit_code})"
+        return failed(ExecutionStatus.failed if collector.done else ExecutionStatus.error, "NoResult",
+                      f"the action's process {what} without reporting a result")
+    if outcome.get("status") == "error":
         return ExecutionResult(status=ExecutionStatus.failed, error=ExecutionError(**outcome["error"]), **common)
-    result = outcome.get("result") if kind == "success" else parse_script_output(common["stdout"])
-    status = ExecutionStatus.succeeded if exit_code == 0 else ExecutionStatus.failed
-    error = None if exit_code == 0 else ExecutionError(type="NonZeroExit", message=f"the action exited with {exit_code}")
-    return ExecutionResult(status=status, result=result, error=error, **common)
+    result = outcome.get("result") if outcome.get("status") == "success" else parse_script_output(common["stdout"])
+    if exit_code == 0:
+        return ExecutionResult(status=ExecutionStatus.succeeded, result=result, **common)
+    return ExecutionResult(status=ExecutionStatus.failed, result=result, error=ExecutionError(
+        type="NonZeroExit", message=f"the action exited with {exit_code}"), **common)
 
 
-def _stdin_document(action: ActionDefinition, parameters: Mapping[str, Any] | None,
-                    secrets: Mapping[str, Any] | None, limits: ResourceLimits) -> bytes:
+def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, secrets: Mapping[str, Any] | None,
+             limits: ResourceLimits, environment: dict[str, str]) -> bytes:
     for name, value in (("parameters", parameters), ("secrets", secrets)):
         if value is not None and not isinstance(value, Mapping):
             raise InvalidSpecError("must be a JSON object", field=name)
@@ -324,9 +380,10 @@ def _stdin_document(action: ActionDefinition, parameters: Mapping[str, Any] | No
         },
         "parameters": dict(parameters or {}),
         "secrets": dict(secrets or {}),
+        "environment": environment,
     }
     try:
-        return json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        return encode_request(document)
     except (TypeError, ValueError) as exc:
         raise InvalidSpecError(f"parameters and secrets must be JSON: {exc}", field="parameters") from None
 

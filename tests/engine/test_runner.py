@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
+from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.errors import InvalidSpecError
 from attune_containers.services.runner import LABEL_ACTION_REF, LABEL_EXECUTION_ID, LABEL_RUN, ActionRunner
 
@@ -23,11 +24,16 @@ from ..support import TEST_PREFIX
 PACKS = Path(__file__).resolve().parent.parent / "packs"
 
 
+def cold(settings):
+    """These tests are about the cold path (a fresh container per run); test_warm.py has the warm one."""
+    return settings.model_copy(update={"pool": DEFAULT_POOL.merged(PoolSettings(reuse=False))})
+
+
 @pytest.fixture(scope="module")
 def runner(settings, engine):
     from attune_containers.services.manager import ContainerDependencyManager
 
-    return ActionRunner(PACKS, ContainerDependencyManager(settings, engine))
+    return ActionRunner(PACKS, ContainerDependencyManager(cold(settings), engine))
 
 
 def containers_of(engine, **labels) -> list[dict]:
@@ -228,7 +234,7 @@ def test_bad_action_refs_are_invalid_input(runner, action_ref):
 def test_many_threads_share_a_bounded_number_of_containers(settings, engine):
     from attune_containers.services.manager import ContainerDependencyManager
 
-    runner = ActionRunner(PACKS, ContainerDependencyManager(settings, engine), max_concurrent=2)
+    runner = ActionRunner(PACKS, ContainerDependencyManager(cold(settings), engine), max_concurrent=2)
     peak = 0
     results = []
     threads = [threading.Thread(target=lambda i=i: results.append(runner.run("probe.sleep", {"seconds": 1})))

@@ -35,7 +35,7 @@ def test_hash_matches_the_documented_canonical_document():
         return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
 
     document = {
-        "format": 1,
+        "format": 2,
         "runtime": "python",
         "requirements": ["flask>=2", "requests==2.31.0"],
         "pip_options": [],
@@ -47,6 +47,7 @@ def test_hash_matches_the_documented_canonical_document():
         "build_files": {
             "build/freeze.py": sha(REPO / "templates" / "build" / "freeze.py"),
             "build/uv-bootstrap.txt": sha(REPO / "templates" / "build" / "uv-bootstrap.txt"),
+            "build/fetch.py": sha(REPO / "templates" / "build" / "fetch.py"),
         },
     }
     expected = hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from attune_containers.core.plan import make_plan
-from attune_containers.core.render import BuildOptions, build_context, render_dockerfile
+from attune_containers.core.render import BuildOptions, builder_env_script, render_dockerfile
 from attune_containers.core.spec import DependencySpec, validate_spec
 from attune_containers.core.versions import BaseImage
 
@@ -26,8 +26,9 @@ def make(installer="pip", deps=(DISTINCTIVE, "requests==2.31.0"), options=None):
     return make_plan("core.http", spec, BASE, options, "attune-packs")
 
 
-def members(context: bytes) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
-    with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+def members(context) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    data = context if isinstance(context, bytes) else context.read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return {m.name: (m, tar.extractfile(m).read()) for m in tar.getmembers()}
 
 
@@ -89,11 +90,15 @@ def test_final_stage_copies_nothing_from_the_build_config(installer):
 
 
 @pytest.mark.parametrize("installer", INSTALLERS)
-def test_builder_installs_from_requirements_txt(installer):
-    """The install step reads the requirements file from the context."""
+def test_builder_installs_exactly_the_fetched_wheels(installer):
+    """The install step takes the wheel files from the context, without resolving (--no-deps)
+    and without an index: the build needs no network."""
     builder = stages(render_dockerfile(BASE, BuildOptions(installer=installer)))[0]
-    assert any(line.startswith("COPY requirements.txt ") for line in builder)
-    assert any("-r /attune-build/requirements.txt" in line for line in builder if line.startswith("RUN "))
+    assert any(line.startswith("COPY attune-build/wheels/ ") for line in builder)
+    install = [line for line in builder if line.startswith("RUN ") and "/attune-build/wheels/*.whl" in line]
+    assert install and "--no-deps" in install[0]
+    assert ("--no-index" in install[0]) if installer == "pip" else ("--offline" in install[0])
+    assert not any("requirements" in line for line in builder)
 
 
 @pytest.mark.parametrize(
@@ -121,13 +126,16 @@ def test_render_is_deterministic():
 
 
 @pytest.mark.parametrize("installer", INSTALLERS)
-def test_context_has_fixed_metadata(installer):
+def test_context_has_fixed_metadata(installer, tmp_path):
     """mtime 0, uid/gid 0 and fixed modes make the context (and layer cache) reproducible."""
+    wheel = tmp_path / "six-1.16.0-py2.py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
     plan = make(installer)
-    context = plan.context()
-    assert context == make(installer).context()
+    context = plan.context([wheel]).read()
+    assert context == make(installer).context([wheel]).read()
     files = members(context)
-    assert {"Dockerfile", "requirements.txt", "attune-build/freeze.py", "attune-build/config/env.sh"} <= set(files)
+    assert {"Dockerfile", "attune-build/freeze.py", f"attune-build/wheels/{wheel.name}"} <= set(files)
+    assert files[f"attune-build/wheels/{wheel.name}"][1] == b"not really a wheel"
     for name, (info, _) in files.items():
         assert info.mtime == 0, name
         assert (info.uid, info.gid) == (0, 0), name
@@ -135,40 +143,28 @@ def test_context_has_fixed_metadata(installer):
         assert info.isfile(), name
 
 
-def test_context_requirements_txt_holds_the_canonical_lines():
-    """requirements.txt is the canonical form, one line each, not the pack's raw text."""
-    plan = make()
+def test_context_holds_no_pack_text_and_no_build_configuration():
+    """Requirements, CA bundles and index credentials are all needed only by the fetch step."""
+    options = BuildOptions(ca_bundle=CA, index_url="https://u:s3cret-idx@mirror.example/simple")
+    plan = make(options=options)
     files = members(plan.context())
-    text = files["requirements.txt"][1].decode()
-    assert text.splitlines() == plan.spec.requirement_lines()
-    assert text.splitlines() == ["requests==2.31.0", "zqxwv-distinctive-pkg[extra]==9.8.7"]
-    assert text.endswith("\n")
     assert files["Dockerfile"][1].decode() == plan.dockerfile()
+    for name, (_, data) in files.items():
+        for needle in (b"MIIB-UNIT-CA-MARKER-7f3a", b"s3cret-idx", b"distinctive", b"requests"):
+            assert needle not in data.lower(), (name, needle)
 
 
-def test_ca_bundle_lives_only_under_build_config():
-    """The CA bundle is in the context only as attune-build/config/*, never in the Dockerfile."""
-    plan = make(options=BuildOptions(ca_bundle=CA))
-    files = members(plan.context())
-    holders = [name for name, (_, data) in files.items() if b"MIIB-UNIT-CA-MARKER-7f3a" in data]
-    assert holders == ["attune-build/config/extra-ca.pem"]
-    assert files["attune-build/config/extra-ca.pem"][1].decode() == CA
-    assert "extra-ca.pem" in files["attune-build/config/env.sh"][1].decode()
-    assert "attune-build/config/extra-ca.pem" not in members(make().context())
-
-
-def test_index_credentials_live_only_in_builder_env_script():
-    """Index URLs (with credentials) are only in env.sh, which the final stage never copies."""
-    options = BuildOptions(index_url="https://u:s3cret-idx@mirror.example/simple",
-                           extra_index_urls=("https://v:s3cret-extra@extra.example/simple",))
-    files = members(make(options=options).context())
-    for secret in (b"s3cret-idx", b"s3cret-extra"):
-        holders = [name for name, (_, data) in files.items() if secret in data]
-        assert holders == ["attune-build/config/env.sh"]
+def test_env_script_holds_the_build_configuration():
+    """The fetch step's env.sh carries the CA bundle path and the index URLs, for pip."""
+    env_sh = builder_env_script(BuildOptions(ca_bundle=CA, index_url="https://u:pw@mirror.example/simple",
+                                             extra_index_urls=("https://extra.example/simple",)))
+    assert "extra-ca.pem" in env_sh and "PIP_CERT=" in env_sh and "SSL_CERT_FILE=" in env_sh
+    assert "PIP_INDEX_URL=https://u:pw@mirror.example/simple" in env_sh
+    assert "PIP_EXTRA_INDEX_URL=https://extra.example/simple" in env_sh
+    assert "extra-ca.pem" not in builder_env_script(BuildOptions())
 
 
 def test_env_script_quotes_urls():
     """An index URL with shell metacharacters cannot break out of env.sh."""
     options = BuildOptions(index_url="https://mirror.example/simple?a=1&b=$(id)")
-    env_sh = members(build_context("FROM x\n", [], options))["attune-build/config/env.sh"][1].decode()
-    assert "'https://mirror.example/simple?a=1&b=$(id)'" in env_sh
+    assert "'https://mirror.example/simple?a=1&b=$(id)'" in builder_env_script(options)

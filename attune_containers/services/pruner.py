@@ -1,0 +1,414 @@
+"""What operators see of pack images (``ls``) and how old ones go (``prune``).
+
+Pruning works in three passes, each safe to run while builds and actions run on the host:
+
+1. Pack images (labelled ``managed`` and tagged under this configuration's ``image_prefix``) that
+   the policy selects (``core/prune_policy.py``). Each is removed under its image lock, taken
+   without waiting (a build or a starting action holds it: "busy"), after checking again that it
+   is not current and that no container uses it, and never forced: should a container appear in
+   between, the engine refuses and the image is reported as skipped.
+2. Stopped containers of ours: a container whose own labels (not those inherited from its image)
+   include an ``io.attune.containers.*`` key, i.e. our helper containers and the runner's, on an
+   image of this configuration, stopped for longer than the grace period.
+3. Dangling images of ours on this configuration's base images: untagged pack images, and build
+   stages (their own history holds a step of our Dockerfile). A dangling image on our base without
+   such a step is someone else's: reported, never removed.
+
+Passes 2 and 3 run only while no build runs (the build gate); a build that starts meanwhile waits.
+While a build runs, pack images are removed without their untagged parents, which a later prune
+cleans as leftovers: a concurrent build may be reusing them from the layer cache.
+
+``reclaimed_bytes`` is what the engine says: the drop in its ``LayersSize`` (``docker system df``)
+across the removal, plus the writable layers of the containers removed. ``reclaimed_exact`` is
+False when other images changed in between (another build), which the figure then includes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import filelock
+from pydantic import BaseModel, Field
+
+from ..core import labels as L
+from ..core.packs import scan_pack_tree
+from ..core.prune_policy import PackImage, PrunePolicy, Verdict, format_duration, select_images
+from ..core.render import ATTUNE_DIR
+from ..core.spec import EnvironmentInfo
+from ..engine import Engine
+from ..errors import (
+    AttuneContainersError,
+    ContainerInUseError,
+    EngineUnavailableError,
+    EnvironmentNotFoundError,
+    ImageInUseError,
+)
+from .build_gate import BuildGate
+from .manager import ContainerDependencyManager
+from .usage import UsageLog
+
+__all__ = ["ImageEntry", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
+
+# Steps only our Dockerfile template makes (templates/Dockerfile.j2): the builder stage works in
+# /attune-build, both stages write /opt/attune.
+OUR_BUILD_STEPS = ("/attune-build/", f" {ATTUNE_DIR}")
+# States of a container that is not running.
+STOPPED = ["created", "exited", "dead"]
+DEFAULT_GRACE = timedelta(hours=1)
+
+
+class ImageEntry(EnvironmentInfo):
+    """A pack image as ``ls`` shows it."""
+
+    last_used: datetime | None = Field(None, description="When the runner last used it (this host)")
+    current: bool = Field(False, description="Whether its pack currently resolves to it")
+
+
+class PruneItem(BaseModel):
+    kind: Literal["image", "build-leftover", "container"]
+    id: str
+    reference: str = Field(description="Image reference, '<none>' for an untagged image, or container name")
+    pack_ref: str | None = None
+    reason: str
+    size_bytes: int | None = Field(None, description="Image size, or a container's writable layer")
+    unique_bytes: int | None = Field(None, description="Bytes no other image shares (engine's df)")
+
+
+class PruneReport(BaseModel):
+    dry_run: bool = False
+    removed: list[PruneItem] = Field(default_factory=list, description="Removed (dry run: would be)")
+    kept: list[PruneItem] = Field(default_factory=list, description="Not selected, with the reason")
+    skipped: list[PruneItem] = Field(default_factory=list, description="Selected but not safe to remove")
+    reclaimed_bytes: int = 0
+    reclaimed_exact: bool = True
+    estimated_bytes: int = Field(0, description="Sum of unique_bytes of what was (would be) removed")
+    notes: list[str] = Field(default_factory=list)
+
+
+@dataclass
+class _Packs:
+    """What the packs say: their current images, which exist, which cannot be resolved."""
+
+    current: dict[str, set[str]]
+    existing: set[str] | None = None
+    unresolved: dict[str, str] = field(default_factory=dict)
+
+
+class Pruner:
+    def __init__(self, manager: ContainerDependencyManager) -> None:
+        self.manager = manager
+        self.engine: Engine = manager.engine
+        self.settings = manager.settings
+        self.usage = UsageLog(self.settings.state_dir)
+        self.gate = BuildGate(self.settings.state_dir)
+
+    # -- listing ------------------------------------------------------------------------------
+
+    def images(self, pack: str | None = None, packs_dir: Path | None = None) -> list[ImageEntry]:
+        """Every pack image (of one pack), newest first, with its last use and whether it is
+        current: by ``packs_dir`` when given, else by what ``ensure_environment`` resolved last."""
+        current = self._packs(packs_dir).current
+        return [
+            ImageEntry(
+                **info.model_dump(),
+                last_used=self.usage.last_used(info.id),
+                current=info.image in current.get(info.pack_ref, ()),
+            )
+            for info in self.manager.list_environments(pack)
+        ]
+
+    # -- pruning ------------------------------------------------------------------------------
+
+    def prune(self, policy: PrunePolicy, *, now: datetime | None = None) -> PruneReport:
+        """Apply ``policy``; ``now`` is the moment ages are measured from (default: now)."""
+        now = now or datetime.now(timezone.utc)
+        report = PruneReport(dry_run=policy.dry_run)
+        packs = self._packs(policy.packs_dir)
+        prefix = self.settings.image_prefix + "/"
+        facts = [
+            PackImage(id=i.id, reference=i.image, pack_ref=i.pack_ref, created=i.created_at,
+                      last_used=self.usage.last_used(i.id))
+            for i in self.manager.list_environments(policy.pack)
+            if i.image.startswith(prefix)  # another prefix is another configuration's
+        ]
+        verdicts = select_images(facts, policy, current=packs.current, now=now,
+                                 existing_packs=packs.existing, unresolved=packs.unresolved)
+        before = self.engine.disk_usage()
+        run = _Run(policy, now, report, _sizes(before),
+                   {c["Id"]: c.get("SizeRw") or 0 for c in before.get("Containers") or []})
+        for v in verdicts:
+            if v.action == "keep":
+                report.kept.append(run.image_item(v))
+            elif v.action == "skip":
+                report.skipped.append(run.image_item(v))
+
+        gate = contextlib.nullcontext(self.gate.idle()) if policy.dry_run else self.gate.exclusive()
+        with gate as alone:
+            for v in verdicts:
+                if v.action == "remove":
+                    self._remove_image(v, run, alone)
+            if not alone:
+                report.notes.append(
+                    "a build is running: build leftovers stay, and images removed now keep their "
+                    "untagged parents (a build may be reusing them); a later prune cleans both")
+            if policy.leftovers and policy.pack is None and alone:
+                lineage = _Lineage(self.engine, self.settings.base_images.values())
+                self._remove_containers(run, lineage)
+                self._remove_dangling(run, lineage)
+            elif policy.leftovers and policy.pack is not None:
+                report.notes.append("build leftovers belong to no pack: not cleaned with a pack given")
+
+        report.estimated_bytes = sum(i.unique_bytes or 0 for i in report.removed)
+        if report.removed and not policy.dry_run:
+            after = self.engine.disk_usage()
+            layers = before["LayersSize"] - after["LayersSize"]
+            containers = sum(i.size_bytes or 0 for i in report.removed if i.kind == "container")
+            report.reclaimed_bytes = max(layers, 0) + containers
+            expected = ({i["Id"] for i in before["Images"]} - run.removed_images) | run.exposed
+            report.reclaimed_exact = layers >= 0 and {i["Id"] for i in after["Images"]} == expected
+            if not report.reclaimed_exact:
+                report.notes.append("other images changed during the prune: reclaimed_bytes includes their change")
+        return report
+
+    # -- pass 1: pack images ------------------------------------------------------------------
+
+    def _remove_image(self, verdict: Verdict, run: _Run, alone: bool) -> None:
+        image, policy = verdict.image, run.policy
+        lock = self.manager.image_lock(image.reference, timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            run.report.skipped.append(run.image_item(verdict, "busy: a build or an action start holds its lock"))
+            return
+        try:
+            attrs = self.engine.inspect_image(image.reference)
+            if attrs is None or attrs["Id"] != image.id:
+                run.report.skipped.append(run.image_item(verdict, "gone or replaced meanwhile"))
+                return
+            if (not policy.include_current and policy.packs_dir is None
+                    and image.reference in self.manager.current_images().get(image.pack_ref, ())):
+                run.report.kept.append(run.image_item(verdict, "became the current image of its pack meanwhile"))
+                return
+            users = self.engine.find_containers(ancestor=image.id)
+            if users:
+                run.report.skipped.append(run.image_item(verdict, f"in use by {_describe(users)}"))
+                return
+            if not policy.dry_run:
+                try:
+                    # Never forced: the engine itself refuses if a container appeared meanwhile.
+                    self.engine.remove_image(image.id, noprune=not alone)
+                except ImageInUseError as exc:
+                    run.report.skipped.append(run.image_item(verdict, f"the engine refused: {exc}"))
+                    return
+                except EnvironmentNotFoundError:
+                    run.report.skipped.append(run.image_item(verdict, "gone meanwhile"))
+                    return
+                run.removed_images.add(image.id)
+                if not alone and attrs.get("Parent"):
+                    run.exposed.add(attrs["Parent"])
+                self.usage.forget(image.id)
+                self.manager.forget_images({image.id})
+            run.report.removed.append(run.image_item(verdict))
+        finally:
+            lock.release()
+
+    # -- pass 2: stopped containers of ours ---------------------------------------------------
+
+    def _remove_containers(self, run: _Run, lineage: _Lineage) -> None:
+        prefix = self.settings.image_prefix + "/"
+        for summary in self.engine.find_containers(statuses=STOPPED):
+            image_id = summary.get("ImageID") or ""
+            image_labels = lineage.labels.get(image_id)
+            on_ours = lineage.base_of(image_id) is not None or any(
+                t.startswith(prefix) for t in lineage.tags.get(image_id, ()))
+            if image_labels is None or not on_ours:
+                continue  # another configuration's image, or one we cannot see
+            # A container inherits its image's labels: only labels it was given itself make it ours.
+            own = sorted(k for k, v in (summary.get("Labels") or {}).items()
+                         if k.startswith(L.PREFIX) and image_labels.get(k) != v)
+            if not own:
+                continue
+            attrs = self.engine.inspect_container(summary["Id"])
+            if attrs is None:
+                continue
+            state = attrs.get("State") or {}
+            since = _engine_time(state.get("FinishedAt")) or _engine_time(attrs.get("Created")) or run.now
+            age = run.now - since
+            name = (summary.get("Names") or [summary["Id"][:12]])[0].lstrip("/")
+            item = PruneItem(
+                kind="container", id=summary["Id"], reference=name,
+                pack_ref=(summary.get("Labels") or {}).get(L.PACK_REF),
+                reason=f"{state.get('Status', summary.get('State'))} container of ours ({', '.join(own)}), "
+                       f"stopped {format_duration(age)} ago",
+                size_bytes=run.container_sizes.get(summary["Id"]),
+            )
+            if age < run.grace(self.settings):
+                run.report.kept.append(item.model_copy(update={
+                    "reason": item.reason + f", within the {format_duration(run.grace(self.settings))} grace period"}))
+                continue
+            if not run.policy.dry_run:
+                try:
+                    if not self.engine.remove_stopped_container(summary["Id"]):
+                        continue  # removed by someone else meanwhile
+                except ContainerInUseError as exc:
+                    run.report.skipped.append(item.model_copy(update={"reason": f"the engine refused: {exc}"}))
+                    continue
+            run.report.removed.append(item)
+
+    # -- pass 3: dangling images of ours ------------------------------------------------------
+
+    def _remove_dangling(self, run: _Run, lineage: _Lineage) -> None:
+        grace = run.grace(self.settings)
+        for summary in self.engine.list_images(dangling=True):
+            image_id = summary["Id"]
+            base = lineage.base_of(image_id)
+            if base is None:
+                continue  # not built on this configuration's base images: not ours to judge
+            labels = summary.get("Labels") or {}
+            size, unique = run.sizes.get(image_id, (summary.get("Size"), None))
+            item = PruneItem(kind="build-leftover", id=image_id, reference="<none>",
+                             pack_ref=labels.get(L.PACK_REF), reason="", size_bytes=size, unique_bytes=unique)
+            if labels.get(L.MANAGED) == "true":
+                what = f"untagged image of pack {labels.get(L.PACK_REF)!r}"
+            elif lineage.has_our_steps(image_id, base):
+                what = f"build stage on {base}"
+            else:
+                run.report.skipped.append(item.model_copy(update={
+                    "reason": f"dangling image on {base} without a step of our Dockerfile: "
+                              "not identifiably ours, left alone"}))
+                continue
+            age = run.now - datetime.fromtimestamp(summary.get("Created", 0), timezone.utc)
+            item = item.model_copy(update={"reason": f"{what}, created {format_duration(age)} ago"})
+            if age < grace:
+                run.report.kept.append(item.model_copy(update={
+                    "reason": item.reason + f", within the {format_duration(grace)} grace period"}))
+                continue
+            users = self.engine.find_containers(ancestor=image_id)
+            if users:
+                run.report.skipped.append(item.model_copy(update={"reason": f"{what}, in use by {_describe(users)}"}))
+                continue
+            if not run.policy.dry_run:
+                try:
+                    self.engine.remove_image(image_id)
+                except ImageInUseError as exc:
+                    run.report.skipped.append(item.model_copy(update={"reason": f"the engine refused: {exc}"}))
+                    continue
+                except EnvironmentNotFoundError:
+                    continue
+                run.removed_images.add(image_id)
+            run.report.removed.append(item)
+
+    # -- the packs ----------------------------------------------------------------------------
+
+    def _packs(self, packs_dir: Path | None) -> _Packs:
+        if packs_dir is None:
+            return _Packs(current=self.manager.current_images())
+        packs = _Packs(current={}, existing=set())
+        for entry in scan_pack_tree(packs_dir):
+            ref = entry.pack_ref
+            packs.existing.add(ref)
+            if entry.pack is None:
+                packs.unresolved[ref] = f"{entry.folder} does not load: {entry.error}"
+                continue
+            try:
+                plan = self.manager.plan(ref, entry.pack.spec, pull_base=False)
+            except EngineUnavailableError:
+                raise
+            except AttuneContainersError as exc:
+                packs.unresolved[ref] = f"its spec does not resolve: {exc}"
+                continue
+            if not plan.base.python_version:
+                packs.unresolved[ref] = f"its base image {plan.base.reference} is not on this host"
+                continue
+            packs.current.setdefault(ref, set()).add(plan.image)
+        return packs
+
+
+@dataclass
+class _Run:
+    """The state of one prune: its policy and clock, the report, the engine's sizes."""
+
+    policy: PrunePolicy
+    now: datetime
+    report: PruneReport
+    sizes: dict[str, tuple[int | None, int | None]]
+    container_sizes: dict[str, int] = field(default_factory=dict)
+    removed_images: set[str] = field(default_factory=set)
+    exposed: set[str] = field(default_factory=set)  # parents left top-level by a removal
+
+    def grace(self, settings: Any) -> timedelta:
+        if self.policy.leftover_grace is not None:
+            return self.policy.leftover_grace
+        return max(DEFAULT_GRACE, timedelta(seconds=settings.build_timeout))
+
+    def image_item(self, verdict: Verdict, reason: str | None = None) -> PruneItem:
+        size, unique = self.sizes.get(verdict.image.id, (None, None))
+        return PruneItem(kind="image", id=verdict.image.id, reference=verdict.image.reference,
+                         pack_ref=verdict.image.pack_ref, reason=reason or verdict.reason,
+                         size_bytes=size, unique_bytes=unique)
+
+
+class _Lineage:
+    """Which configured base image an image is built on, from the engine's parent links."""
+
+    def __init__(self, engine: Engine, base_references: Any) -> None:
+        self.engine = engine
+        summaries = engine.list_images(intermediate=True)
+        self.parent = {s["Id"]: s.get("ParentId") or None for s in summaries}
+        self.labels = {s["Id"]: s.get("Labels") or {} for s in summaries}
+        self.tags = {s["Id"]: [t for t in s.get("RepoTags") or [] if t != "<none>:<none>"] for s in summaries}
+        self.bases: dict[str, str] = {}
+        for reference in base_references:
+            attrs = engine.inspect_image(reference)
+            if attrs is not None:
+                self.bases[attrs["Id"]] = reference
+        self._history_length: dict[str, int] = {}
+
+    def base_of(self, image_id: str) -> str | None:
+        seen: set[str] = set()
+        current: str | None = image_id
+        while current and current not in seen:
+            if current in self.bases:
+                return self.bases[current]
+            seen.add(current)
+            current = self.parent.get(current)
+        return None
+
+    def has_our_steps(self, image_id: str, base: str) -> bool:
+        """Whether the steps above ``base`` include one only our Dockerfile makes."""
+        if base not in self._history_length:
+            self._history_length[base] = len(self.engine.image_history(base))
+        history = self.engine.image_history(image_id)  # newest first; the base's steps are last
+        own = history[: max(len(history) - self._history_length[base], 0)]
+        return any(marker in (step.get("CreatedBy") or "") for step in own for marker in OUR_BUILD_STEPS)
+
+
+def _sizes(usage: dict[str, Any]) -> dict[str, tuple[int | None, int | None]]:
+    sizes = {}
+    for image in usage.get("Images") or []:
+        size, shared = image.get("Size"), image.get("SharedSize")
+        unique = size - shared if isinstance(size, int) and isinstance(shared, int) and shared >= 0 else None
+        sizes[image["Id"]] = (size, unique)
+    return sizes
+
+
+def _describe(containers: list[dict[str, Any]]) -> str:
+    names = [f"{(c.get('Names') or [c['Id'][:12]])[0].lstrip('/')} ({c.get('State', '?')})" for c in containers]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return "container " + ", ".join(names[:3]) + more
+
+
+def _engine_time(value: str | None) -> datetime | None:
+    """The engine's RFC 3339 times (nanoseconds, 'Z'); None for its zero time."""
+    if not value or value.startswith("0001-"):
+        return None
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value)
+    if not m:
+        return None
+    text = m.group(1) + (f".{m.group(2)[:6]}" if m.group(2) else "") + ("+00:00" if m.group(3) == "Z" else m.group(3))
+    return datetime.fromisoformat(text)
