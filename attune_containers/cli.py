@@ -222,20 +222,28 @@ def cmd_prune(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         _print_json(report.model_dump(mode="json"))
     else:
         _print_prune_report(report)
-    return 0
+    return 1 if report.errors else 0
 
 
 def _print_prune_report(report: PruneReport) -> None:
     verb = "would remove" if report.dry_run else "removed"
+    # Every build leaves a build stage behind: young ones would be most of the table. One line.
+    young = [i for i in report.kept if i.kind != "image"]
     table = Table("", "kind", "image or container", "pack", "size", "unique", "reason")
-    for label, items in ((verb, report.removed), ("skipped", report.skipped), ("kept", report.kept)):
+    for label, items in ((verb, report.removed), ("skipped", report.skipped),
+                         ("kept", [i for i in report.kept if i.kind == "image"])):
         for i in items:
             name = i.id[:19] if i.reference == "<none>" else i.reference
             table.add_row(label, i.kind, name, i.pack_ref or "", _human_size(i.size_bytes),
                           _human_size(i.unique_bytes) if i.unique_bytes is not None else "", i.reason)
     out.print(table)
+    if young:
+        out.print(f"kept {len(young)} build leftovers younger than the grace period "
+                  f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)", highlight=False)
     for note in report.notes:
         out.print(f"note: {note}", highlight=False)
+    for error in report.errors:
+        err.print(f"[red]error:[/red] {error}", highlight=False)
     counts = f"{len(report.removed)} removed, {len(report.skipped)} skipped, {len(report.kept)} kept"
     if report.dry_run:
         out.print(f"dry run, nothing removed: {counts.replace('removed', 'would be removed', 1)}; "
@@ -360,6 +368,20 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
     return 1
 
 
+def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    from .service import serve
+
+    if args.socket and args.port:
+        raise InvalidSpecError("give --socket or --port, not both", field="serve")
+    where = args.socket or f"http://{args.host}:{args.port or 8765}"
+    err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it")
+    try:
+        serve(args.packs_dir, socket=args.socket, host=args.host, port=args.port or 8765, manager=manager)
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the signal it shut down on: a requested stop is a clean exit
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------------
 
 
@@ -433,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus", type=float)
     p.add_argument("--network", help="none (default), bridge or a named network")
     p.add_argument("--json", action="store_true", help="print the whole ExecutionResult as JSON")
+
+    p = add("serve", cmd_serve, "Serve executions over HTTP (Unix socket or loopback) with warm pools")
+    p.add_argument("--packs-dir", required=True)
+    p.add_argument("--socket", help="a Unix socket path (recommended)")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address with --port")
+    p.add_argument("--port", type=int, help="a TCP port on --host (default 8765 without --socket)")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
     cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")

@@ -294,8 +294,11 @@ class Engine:
 
     # -- action containers --------------------------------------------------------------------
 
-    def create_container(self, run: ContainerRun) -> str:
-        """Create (not start) a hardened container for one action; return its ID."""
+    def create_container(self, run: ContainerRun, *, auto_remove: bool = False) -> str:
+        """Create (not start) a hardened container for one action; return its ID.
+
+        ``auto_remove``: the engine removes it as soon as it exits, as ``docker run --rm`` does.
+        """
         limits = run.limits
         memory = parse_size(limits.memory) if limits.memory else None
         host_config = self.api.create_host_config(
@@ -310,6 +313,7 @@ class Engine:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,  # tini as PID 1 reaps zombies, so a fork bomb cannot leave the pids slot full
+            auto_remove=auto_remove,
             mounts=[docker.types.Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in run.mounts],
         )
         with translate_errors(f"creating a container from {run.image}"):
@@ -388,6 +392,20 @@ class Engine:
         except requests.exceptions.ReadTimeout:
             return None
 
+    def saw_oom(self, container_id: str, since: float) -> bool:
+        """Whether the engine reported an OOM kill in the container since ``since`` (epoch s).
+
+        Read from the engine's event log, which keeps it after an auto-removed container is
+        gone and reports it while a warm container still runs (OOMKilled is set only at exit).
+        """
+        with translate_errors("reading the engine's events"):
+            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",
+                                     filters={"container": container_id, "event": "oom"}, decode=True)
+            try:
+                return any(True for _ in events)
+            finally:
+                events.close()
+
     def container_state(self, container_id: str) -> dict[str, Any] | None:
         try:
             with translate_errors(f"inspecting {container_id[:12]}"):
@@ -402,10 +420,9 @@ class Engine:
                 with translate_errors(f"removing container {container_id[:12]}"):
                     self.api.remove_container(container_id, force=True)
                 return True
-            except EngineError as exc:
-                if "No such container" in str(exc) or "not found" in str(exc):
-                    return True
-                if "already in progress" in str(exc):
+            except (EngineError, ImageInUseError) as exc:
+                # Gone already, or the engine is removing it (auto-remove): either way it goes.
+                if any(s in str(exc) for s in ("No such container", "not found", "already in progress")):
                     return True
             except EngineUnavailableError:
                 pass

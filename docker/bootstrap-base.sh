@@ -22,14 +22,22 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
 rm -rf "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
        "$rootfs"/usr/share/locale/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* \
        "$rootfs"/var/cache/debconf/*-old "$rootfs"/var/log/* "$rootfs"/tmp/* || true
-find "$rootfs"/usr/lib/python3* -name __pycache__ -prune -exec rm -rf {} + 2>/dev/null || true
+# Keep (and complete) the standard library's bytecode: containers run with a read-only root and
+# never write it, so without it every action would compile what it imports, at every start.
+chroot "$rootfs" /usr/bin/python3 -m compileall -q -j 0 /usr/lib/python3 "/usr/lib/python$(chroot "$rootfs" /usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')" >/dev/null 2>&1 || true
 
 py_version=$(chroot "$rootfs" /usr/bin/python3 -c 'import platform; print(platform.python_version())')
+# The image's identity for content hashes: what it is made of (suite, every package version, this
+# script), not when or where it was made, so two hosts bootstrapping alike agree on it and pack
+# images built on one are found on the other; any change of content gives a new identity.
+identity=$( { echo "$suite"; chroot "$rootfs" dpkg-query -W -f '${Package}=${Version}\n' | sort; sha256sum < "$0"; } \
+  | sha256sum | cut -c1-64)
 
 tar --numeric-owner -C "$rootfs" -c . | docker import \
   --change "LABEL io.attune.containers.base=true" \
   --change "LABEL io.attune.containers.python.version=$py_version" \
   --change "LABEL io.attune.containers.base.suite=$suite" \
+  --change "LABEL io.attune.containers.base.identity=sha256:$identity" \
   --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
   --change 'CMD ["python3"]' \
   - "$ref" >/dev/null

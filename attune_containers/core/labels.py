@@ -28,6 +28,7 @@ LOCK = PREFIX + "lock"
 # Set by `base bootstrap` on the base images it makes (docker/bootstrap-base.sh).
 BASE_MARKER = PREFIX + "base"
 BASE_PYTHON_VERSION = PYTHON_VERSION
+BASE_IDENTITY = PREFIX + "base.identity"
 
 OCI_CREATED = "org.opencontainers.image.created"
 OCI_TITLE = "org.opencontainers.image.title"

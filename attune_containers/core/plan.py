@@ -6,13 +6,13 @@ canonical JSON document of everything that decides the image's content:
 
 - the normalized requirements (sorted, deduplicated, canonical names; order and formatting of the
   pack's text do not matter) and any allowed pip option lines;
-- the base image reference and its exact Python version;
+- the base image reference, its exact Python version and its identity (what it is made of: the
+  bootstrap label, else the registry digest, else the local image ID), so a changed base rebuilds;
 - the installer and the index URLs (credentials removed), the Dockerfile template and build files,
   and ``HASH_FORMAT``, bumped whenever the image layout changes in a way the template does not show.
 
 Not in it: the pack ref (two packs with one spec share a hash, each under its own name), the extra
-CA bundle (it changes how we download, not what we install) and anything time-dependent. The base
-image's local ID is left out too, so that one spec gives one hash on every machine.
+CA bundle (it changes how we download, not what we install) and anything time-dependent.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .render import BuildOptions, build_context, render_dockerfile, template_sou
 from .spec import ValidatedSpec
 from .versions import BaseImage
 
-HASH_FORMAT = 2
+HASH_FORMAT = 3
 TAG_LENGTH = 16
 
 
@@ -59,7 +59,8 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "runtime": spec.runtime,
         "requirements": [r.canonical() for r in spec.requirements],
         "pip_options": list(spec.pip_options),
-        "python": {"minor": base.minor, "version": base.python_version, "base_image": base.reference},
+        "python": {"minor": base.minor, "version": base.python_version, "base_image": base.reference,
+                   "base_identity": base.identity},
         "installer": options.installer,
         "index_url": _without_credentials(options.index_url) if options.index_url else None,
         "extra_index_urls": [_without_credentials(u) for u in options.extra_index_urls],

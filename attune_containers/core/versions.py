@@ -17,6 +17,9 @@ class BaseImage(BaseModel):
     reference: str
     # The exact interpreter version (``3.11.2``) once the image has been inspected.
     python_version: str | None = None
+    # What the image is made of, the same on every host that has the same image: our bootstrap
+    # label, else the registry digest, else (a locally built image) its ID. Part of the hash.
+    identity: str | None = None
     image_id: str | None = None
     present: bool = False
 

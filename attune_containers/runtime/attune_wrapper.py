@@ -16,19 +16,15 @@ other process of this user is killed and /tmp emptied; leftovers mark the contai
 """
 
 import ast
-import asyncio
-import inspect
 import json
 import os
 import runpy
 import select
-import shutil
 import signal
 import struct
 import sys
 import threading
 import time
-import traceback
 import types
 
 MAGIC = b"\x00ATC"
@@ -64,6 +60,8 @@ def read_request(fd):
 
 
 def error_document(exc):
+    import traceback
+
     return {"status": "error", "error": {
         "type": type(exc).__name__,
         "message": str(exc),
@@ -113,7 +111,9 @@ def child(request, result_fd):
         else:
             namespace = runpy.run_path(path, run_name="attune_action_module")
             value = namespace[name](**parameters)
-            if inspect.iscoroutine(value):
+            if isinstance(value, types.CoroutineType):
+                import asyncio  # only for async actions: a heavy import
+
                 value = asyncio.run(value)
             outcome = {"status": "success", "result": value}
     except SystemExit as exc:
@@ -186,6 +186,8 @@ def empty_tmp():
         path = os.path.join("/tmp", name)
         try:
             if os.path.isdir(path) and not os.path.islink(path):
+                import shutil
+
                 shutil.rmtree(path)
             else:
                 os.unlink(path)

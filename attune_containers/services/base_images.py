@@ -53,6 +53,7 @@ class BaseImageCatalog:
                 minor=minor,
                 reference=reference,
                 python_version=self._exact_version(reference, attrs),
+                identity=_identity(attrs),
                 image_id=attrs["Id"],
                 present=True,
             )
@@ -94,6 +95,14 @@ class BaseImageCatalog:
         )
         found = output.strip().splitlines()[-1] if code == 0 and output.strip() else ""
         return found if _VERSION.fullmatch(found) else None
+
+
+def _identity(attrs: dict) -> str:
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    if labels.get(L.BASE_IDENTITY):
+        return labels[L.BASE_IDENTITY]
+    digests = sorted(d.split("@", 1)[1] for d in attrs.get("RepoDigests") or [] if "@" in d)
+    return digests[0] if digests else attrs["Id"]
 
 
 def bootstrap(minor: str, *, repository: str = BOOTSTRAP_REPOSITORY) -> str:

@@ -44,6 +44,7 @@ from ..engine import Engine
 from ..errors import (
     AttuneContainersError,
     ContainerInUseError,
+    EngineError,
     EngineUnavailableError,
     EnvironmentNotFoundError,
     ImageInUseError,
@@ -88,6 +89,7 @@ class PruneReport(BaseModel):
     reclaimed_exact: bool = True
     estimated_bytes: int = Field(0, description="Sum of unique_bytes of what was (would be) removed")
     notes: list[str] = Field(default_factory=list)
+    errors: list[str] = Field(default_factory=list, description="Engine failures; their items are in skipped")
 
 
 @dataclass
@@ -208,6 +210,9 @@ class Pruner:
                 except EnvironmentNotFoundError:
                     run.report.skipped.append(run.image_item(verdict, "gone meanwhile"))
                     return
+                except EngineError as exc:
+                    run.fail(run.image_item(verdict), exc)
+                    return
                 run.removed_images.add(image.id)
                 if not alone and attrs.get("Parent"):
                     run.exposed.add(attrs["Parent"])
@@ -258,6 +263,9 @@ class Pruner:
                 except ContainerInUseError as exc:
                     run.report.skipped.append(item.model_copy(update={"reason": f"the engine refused: {exc}"}))
                     continue
+                except EngineError as exc:
+                    run.fail(item, exc)
+                    continue
             run.report.removed.append(item)
 
     # -- pass 3: dangling images of ours ------------------------------------------------------
@@ -300,6 +308,9 @@ class Pruner:
                     continue
                 except EnvironmentNotFoundError:
                     continue
+                except EngineError as exc:
+                    run.fail(item, exc)
+                    continue
                 run.removed_images.add(image_id)
             run.report.removed.append(item)
 
@@ -340,6 +351,11 @@ class _Run:
     container_sizes: dict[str, int] = field(default_factory=dict)
     removed_images: set[str] = field(default_factory=set)
     exposed: set[str] = field(default_factory=set)  # parents left top-level by a removal
+
+    def fail(self, item: PruneItem, exc: Exception) -> None:
+        # One failed removal does not stop the others; the report says what happened to each.
+        self.report.errors.append(f"{item.reference if item.reference != '<none>' else item.id}: {exc}")
+        self.report.skipped.append(item.model_copy(update={"reason": f"the engine failed: {exc}"}))
 
     def grace(self, settings: Any) -> timedelta:
         if self.policy.leftover_grace is not None:

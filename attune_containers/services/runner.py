@@ -227,7 +227,9 @@ class ActionRunner:
             # Hold the image's lock until the container exists: a prune cannot take the image away
             # between "ensured" and "in use".
             with self.manager.image_lock(info.image, timeout=60):
-                container_id = self.engine.create_container(run)
+                # Removed by the engine the moment it exits (as docker run --rm); the finally
+                # below covers a container that never started or was interrupted.
+                container_id = self.engine.create_container(run, auto_remove=True)
                 self._remember(container_id)
             self.usage.touch(info.id)
             return self._attach_and_wait(container_id, limits, request, execution_id, action, info.image)
@@ -246,11 +248,6 @@ class ActionRunner:
             self.usage.touch(info.id)
             collector = ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0)
             timed_out, elapsed = container.execute(request, collector, limits.timeout or 300)
-            if not timed_out and (collector.done is None or (collector.done or {}).get("signal") == 9):
-                # Killed under the action: the engine records an OOM kill in OOMKilled only when
-                # the container exits, so it goes now (it would not be reused anyway).
-                self.engine.kill(container.id)
-                self.engine.wait(container.id, timeout=10)
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image)
             done = collector.done or {}
@@ -278,6 +275,18 @@ class ActionRunner:
             user=f"{APP_UID}:{APP_UID}",
         )
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
+
+    def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
+        """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so."""
+        packs = discover_packs(self.packs_dir)
+        if pack_ref not in packs:
+            raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
+        pack = self._pack_at(pack_ref, packs[pack_ref])
+        info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+        policy = self.settings.pool.merged(pack.pool)
+        if policy.prewarm and policy.reuse and policy.min_idle:
+            self.prewarm(pack_ref)
+        return info
 
     def pool_stats(self) -> list[dict]:
         return [pool.stats() for pool in self.pools.pools()]
@@ -313,13 +322,13 @@ class ActionRunner:
             self._live.discard(container_id)
 
 
-def oom_killed(engine: Engine, container_id: str, suspicious: bool) -> bool:
-    """The engine's OOMKilled state; polled briefly when the signs point to it, since the engine
-    reports it after the kill. An exit code of 137 alone is not proof."""
-    deadline = time.monotonic() + (OOM_POLL_SECONDS if suspicious else 0)
+def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
+    """Whether the engine saw an OOM kill in the container: its OOMKilled state or its event log,
+    polled briefly since the engine reports it after the kill. Exit code 137 alone is no proof."""
+    deadline = time.monotonic() + OOM_POLL_SECONDS
     while True:
         state = engine.container_state(container_id) or {}
-        if state.get("OOMKilled"):
+        if state.get("OOMKilled") or engine.saw_oom(container_id, since):
             return True
         if time.monotonic() >= deadline:
             return False
@@ -345,7 +354,7 @@ def finish(engine: Engine, container_id: str, collector: ExecutionCollector, lim
         return failed(ExecutionStatus.timeout, "Timeout",
                       f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s")
     suspicious = collector.done is None or done.get("signal") == 9 or exit_code == 137
-    if suspicious and oom_killed(engine, container_id, suspicious):
+    if suspicious and oom_killed(engine, container_id, time.time() - elapsed):
         return failed(ExecutionStatus.oom, "OutOfMemory", f"the action exceeded its memory limit of {limits.memory}")
     if collector.result_too_large:
         return failed(ExecutionStatus.failed, "ResultTooLarge",

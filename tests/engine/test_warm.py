@@ -13,9 +13,9 @@ import yaml
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.runner import LABEL_POOL, LABEL_RUN, ActionRunner
+from attune_containers.services.runner import LABEL_OWNER, LABEL_POOL, LABEL_RUN, ActionRunner, owner_id
 
-from .test_runner import TRICKY
+from .test_runner import TRICKY, max_overlap
 
 PACKS = Path(__file__).resolve().parent.parent / "packs"
 
@@ -34,7 +34,8 @@ def runner(settings, engine):
 
 
 def pool_containers(engine) -> list[str]:
-    return sorted(c["Id"] for c in engine.list_containers({LABEL_RUN: "true", LABEL_POOL: "true"}))
+    """This process's warm containers (other test runs may share the engine)."""
+    return sorted(c["Id"] for c in engine.list_containers({LABEL_RUN: "true", LABEL_POOL: "true", LABEL_OWNER: owner_id()}))
 
 
 def comparable(result) -> dict:
@@ -114,16 +115,17 @@ def test_limits_hold_in_warm_containers(runner, monkeypatch):
 def test_the_pool_respects_its_size_bound(settings, engine):
     runner = warm_runner(settings, engine, max_size=2)
     try:
-        peak, results = 0, []
+        results = []
         threads = [threading.Thread(target=lambda: results.append(runner.run("probe.sleep", {"seconds": 1})))
                    for _ in range(5)]
         for t in threads:
             t.start()
-        while any(t.is_alive() for t in threads):
-            peak = max(peak, len(pool_containers(engine)))
-            time.sleep(0.05)
+        for t in threads:
+            t.join()
         assert len(results) == 5 and all(r.status is ExecutionStatus.succeeded for r in results)
-        assert 1 <= peak <= 2
+        assert max_overlap(results) == 2
+        (stats,) = runner.pool_stats()
+        assert stats["created"] == 2 and len(pool_containers(engine)) == 2
     finally:
         runner.close()
 

@@ -35,11 +35,11 @@ def test_hash_matches_the_documented_canonical_document():
         return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
 
     document = {
-        "format": 2,
+        "format": 3,
         "runtime": "python",
         "requirements": ["flask>=2", "requests==2.31.0"],
         "pip_options": [],
-        "python": {"minor": "3.11", "version": "3.11.2", "base_image": "python:3.11-slim"},
+        "python": {"minor": "3.11", "version": "3.11.2", "base_image": "python:3.11-slim", "base_identity": None},
         "installer": "pip",
         "index_url": "https://mirror.example/simple",
         "extra_index_urls": [],
@@ -234,3 +234,12 @@ def test_damaged_labels_degrade_gracefully():
     assert info.requirements == [] and info.installed_dependencies == []
     assert info.created_at == datetime.fromtimestamp(0, timezone.utc)
     assert info.is_valid is False
+
+
+def test_hash_changes_with_the_base_image_identity():
+    """A rebuilt or updated base (new packages, a new digest) must rebuild the pack's image."""
+    one = BASE.model_copy(update={"identity": "sha256:" + "1" * 64})
+    two = BASE.model_copy(update={"identity": "sha256:" + "2" * 64})
+    s = spec("requests==2.31.0")
+    assert dependency_hash(s, one, BuildOptions()) != dependency_hash(s, two, BuildOptions())
+    assert dependency_hash(s, one, BuildOptions()) == dependency_hash(s, one.model_copy(), BuildOptions())
