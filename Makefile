@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export ATTUNE__CONTAINERS__CONFIG ?= $(CURDIR)/attune-containers.toml
 
-.PHONY: demo test unit engine base venv clean-images
+.PHONY: demo test unit bench engine base venv clean-images
 
 demo: base
 	$(BIN)/python examples/demo.py
@@ -17,6 +17,10 @@ test: base
 
 unit: venv
 	$(BIN)/pytest tests/unit
+
+# Per-action overhead (bare process, cold, warm, service, docker run --rm) as ratios of one run.
+bench: base
+	$(BIN)/python benchmarks/run.py
 
 venv: $(STAMP)
 

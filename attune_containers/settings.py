@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
     registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
     allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
+    build_no_cache: bool = Field(False, description="Ignore the engine's layer cache (cold builds, benchmarks)")
     build_memory: str | None = Field("4g", description="Memory limit of each build container")
     build_timeout: int = Field(1800, description="Seconds a build may take")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")

@@ -1,4 +1,5 @@
-"""The main job end to end: each example pack becomes an image, and its action runs inside it.
+"""The main job end to end: each example pack becomes an image, and its action runs inside it, in a
+fresh container and then in a warm one.
 
 Run by `make demo` once the engine and the base images are set up. The packs pin different
 versions of one library (requests) and ask for different Pythons; each action reports what it saw.
@@ -17,6 +18,12 @@ from attune_containers.services.runner import ActionRunner
 PACKS = Path(__file__).resolve().parent / "packs"
 
 
+def timed(fn):
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
 def main() -> int:
     runner = ActionRunner(PACKS)
     failures = 0
@@ -29,12 +36,18 @@ def main() -> int:
         started = time.perf_counter()
         runner.manager.ensure_environment(pack.pack_ref, spec)
         again = time.perf_counter() - started
-        result = runner.run(f"{pack_ref}.versions", {"greeting": f"hello from {pack_ref}"})
+        params = {"greeting": f"hello from {pack_ref}"}
+        cold = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=False))
+        runner.run(f"{pack_ref}.versions", params, warm=True)  # starts the pack's warm container
+        warm = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=True))
         print(f"{pack_ref}: Python range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
               f"-> {info.image} (Python {info.runtime_version})")
         print(f"  image ready in {ensured:.2f} s; ensured again in {again * 1000:.2f} ms")
-        print(f"  run: {result.status.value} in {result.duration_ms} ms -> {result.result}")
-        failures += not result.succeeded
+        print(f"  result: {cold[0].result}")
+        print(f"  cold run {cold[0].status.value} in {cold[1] * 1000:.0f} ms; warm run {warm[0].status.value} "
+              f"in {warm[1] * 1000:.0f} ms, same result: {warm[0].result == cold[0].result}")
+        failures += not (cold[0].succeeded and warm[0].succeeded)
+    runner.close()
     return 1 if failures else 0
 
 

@@ -284,6 +284,7 @@ class ContainerDependencyManager:
                 timeout=self.settings.build_timeout,
                 on_log=on_log,
                 network_mode="none",  # everything it installs is in the context
+                nocache=self.settings.build_no_cache,
             )
         try:
             record = json.loads(self.engine.read_file(image_id, INSTALLED_RECORD))

@@ -198,7 +198,9 @@ class Pool:
 
     def _start(self) -> WarmContainer:
         with self._create_lock():
-            container_id = self.engine.create_container(self.run)
+            # Auto-removed as it exits: a destroyed, crashed or engine-restarted container goes by
+            # itself, whatever happens to this process.
+            container_id = self.engine.create_container(self.run, auto_remove=True)
         try:
             streams = self.engine.attach(container_id)
             self.engine.start(container_id)
