@@ -87,7 +87,9 @@ class PruneReport(BaseModel):
     skipped: list[PruneItem] = Field(default_factory=list, description="Selected but not safe to remove")
     reclaimed_bytes: int = 0
     reclaimed_exact: bool = True
-    estimated_bytes: int = Field(0, description="Sum of unique_bytes of what was (would be) removed")
+    estimated_bytes: int = Field(
+        0, description="Sum of unique_bytes of what was (would be) removed: a lower bound, as layers "
+                       "shared only among removed images count in none of them")
     notes: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list, description="Engine failures; their items are in skipped")
 
