@@ -47,6 +47,31 @@ def config_file() -> Path | None:
     return None
 
 
+# Settings whose value, when a higher-precedence source gives it, replaces lower ones whole: a set
+# of base images is one choice. (Limits and pool policy do merge field by field.)
+REPLACED_WHOLE = ("base_images",)
+
+
+class _Shadowed(PydanticBaseSettingsSource):
+    """A settings source that drops the REPLACED_WHOLE fields a higher source already gives."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, higher: list[PydanticBaseSettingsSource]) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+        self.higher = higher
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is what is used
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict:
+        values = dict(self.inner())
+        given_above = {key for source in self.higher for key in source()}
+        for key in REPLACED_WHOLE:
+            if key in given_above:
+                values.pop(key, None)
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
@@ -144,7 +169,10 @@ class Settings(BaseSettings):
         path = config_file()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        # pydantic-settings deep-merges mappings across sources; a mapping given at a higher level
+        # must replace the lower one instead (base_images from the environment replaces the config
+        # file's, it does not add to it).
+        return tuple(_Shadowed(source, sources[:i]) for i, source in enumerate(sources))
 
     @field_validator("pool")
     @classmethod

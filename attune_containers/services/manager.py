@@ -26,7 +26,7 @@ from ..core.render import INSTALLED_RECORD, INTERPRETER
 from ..core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from ..core.versions import choose_python
 from ..engine import Engine, LogSink
-from ..errors import AttuneContainersError, BuildError, EnvironmentNotFoundError
+from ..errors import AttuneContainersError, BuildError, EnvironmentNotFoundError, ImageInUseError
 from ..settings import Settings
 from .base_images import BaseImageCatalog
 from .wheels import LockedDistribution, WheelCache
@@ -184,14 +184,32 @@ class ContainerDependencyManager:
         return sorted(found, key=lambda i: (i.created_at, i.image), reverse=True)
 
     def remove_environment(self, pack_ref: str) -> list[str]:
-        """Remove every image of the pack; return their references. Images in use stay (error)."""
+        """Remove every image of the pack; return their references.
+
+        Never forced: an image a container (running or stopped) still uses makes this fail with
+        ImageInUseError, naming it, after the others were removed.
+        """
         validate_pack_ref(pack_ref)
-        removed = []
-        for info in self._environments_of(pack_ref):
-            self.engine.remove_image(info.id, force=True)
-            removed.append(info.image)
-        self._forget(pack_ref)
+        removed, in_use = [], []
+        try:
+            for info in self._environments_of(pack_ref):
+                try:
+                    self.engine.remove_image(info.id)
+                    removed.append(info.image)
+                except ImageInUseError:
+                    in_use.append(info.image)
+        finally:
+            self._forget(pack_ref)
+        if in_use:
+            raise ImageInUseError(
+                f"{', '.join(in_use)} of pack {pack_ref!r} is used by a container; stop it first "
+                f"(removed: {', '.join(removed) or 'nothing'})"
+            )
         return removed
+
+    def forget_image(self, image_id: str) -> None:
+        """Drop what memory holds about one image (it was removed behind this manager's back)."""
+        self.forget_images({image_id})
 
     def cleanup(self, keep_recent: int) -> list[str]:
         """Remove all but the newest ``keep_recent`` images of each pack; the current one is kept
@@ -237,12 +255,6 @@ class ContainerDependencyManager:
                 f"{labels.get(L.DEPENDENCY_HASH)!r}, not {plan.pack_ref!r}; remove it"
             )
         return L.environment_from_image(attrs["Id"], plan.image, labels, attrs.get("Size"))
-
-    def _build(self, plan: BuildPlan, on_log: LogSink | None) -> EnvironmentInfo:
-        # While a build runs, its intermediate images look like leftovers: the gate keeps the
-        # pruner's leftover cleaning away until it is done.
-        with self._gate.shared():
-            return self._build_now(plan, on_log)
 
     def _pull_or_build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None) -> tuple[EnvironmentInfo, str]:
         if self.settings.registry:

@@ -36,7 +36,7 @@ from ..core.spec import EnvironmentInfo
 from ..core.protocol import ExecutionCollector, encode_request
 from ..core.render import APP_UID, INTERPRETER
 from ..engine import ContainerRun, Engine
-from ..errors import AttuneContainersError, EngineUnavailableError, InvalidSpecError
+from ..errors import AttuneContainersError, EngineUnavailableError, EnvironmentNotFoundError, InvalidSpecError
 from ..settings import Settings
 from .manager import ContainerDependencyManager
 from .pool import Pool, PoolRegistry, pool_key
@@ -189,6 +189,18 @@ class ActionRunner:
             )
 
         try:
+            return self._run_in_image(action, pack, limits, request, execution_id, warm, failure)
+        except EnvironmentNotFoundError:
+            # Memory vouched for an image that another process pruned since: forget it and
+            # resolve again (rebuilding or pulling it if need be), once.
+            try:
+                return self._run_in_image(action, pack, limits, request, execution_id, warm, failure)
+            except EnvironmentNotFoundError as exc:
+                return failure(ExecutionStatus.error, "EnvironmentNotFoundError", str(exc))
+
+    def _run_in_image(self, action: ActionDefinition, pack: PackDefinition, limits: ResourceLimits,
+                      request: bytes, execution_id: str, warm: bool | None, failure: Any) -> ExecutionResult:
+        try:
             info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
         except EngineUnavailableError as exc:
             return failure(ExecutionStatus.error, "EngineUnavailable", str(exc))
@@ -215,6 +227,9 @@ class ActionRunner:
             if use_pool:
                 return self._run_warm(run, info, policy, limits, request, execution_id, action)
             return self._run_cold(run, info, limits, request, execution_id, action)
+        except EnvironmentNotFoundError:
+            self.manager.forget_image(info.id)
+            raise
         except EngineUnavailableError as exc:
             return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image)
         except AttuneContainersError as exc:

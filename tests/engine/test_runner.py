@@ -321,6 +321,17 @@ def test_a_killed_callers_container_is_swept_by_the_next_runner(settings, engine
     assert gone_soon(engine, **owned_by(process))
 
 
+def test_an_image_pruned_behind_the_runners_back_is_resolved_again(settings, engine):
+    from attune_containers.services.manager import ContainerDependencyManager
+
+    runner = ActionRunner(PACKS, ContainerDependencyManager(cold(settings), engine))
+    first = runner.run("pins_old.six_version")
+    assert first.result == "1.16.0"
+    engine.remove_image(first.image, force=True)  # another process pruned it; memory still vouches
+    again = runner.run("pins_old.six_version")
+    assert again.status is ExecutionStatus.succeeded and again.result == "1.16.0", again.error
+
+
 def test_cli_exit_codes(engine):
     ok = cli_run("probe.echo", "--params", '{"x": 1}', "--json")
     out, _ = ok.communicate(timeout=120)

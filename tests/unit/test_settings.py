@@ -145,3 +145,21 @@ def test_invalid_index_urls_are_refused(url):
         Settings(pip_index_url=url)
     with pytest.raises(ValidationError):
         Settings(pip_extra_index_urls=[url])
+
+
+def test_base_images_given_above_replace_the_files_whole(config, monkeypatch):
+    """A set of base images is one choice: env or code replace the file's, never add to it (a
+    merge once let a test claim a shared host's base image it never meant to use)."""
+    config('[base_images]\n"3.9" = "file/python:3.9"\n"3.11" = "file/python:3.11"\n')
+    assert Settings().base_images == {"3.9": "file/python:3.9", "3.11": "file/python:3.11"}
+    assert Settings(base_images={"3.13": "code/python:3.13"}).base_images == {"3.13": "code/python:3.13"}
+    monkeypatch.setenv("ATTUNE__CONTAINERS__BASE_IMAGES", '{"3.12": "env/python:3.12"}')
+    assert Settings().base_images == {"3.12": "env/python:3.12"}
+
+
+def test_limits_merge_field_by_field_across_sources(config, monkeypatch):
+    """Limits are single settings: the file's memory and the environment's CPUs both apply."""
+    config('[limits]\nmemory = "512m"\n')
+    monkeypatch.setenv("ATTUNE__CONTAINERS__LIMITS", '{"cpus": 2}')
+    limits = Settings().limits
+    assert (limits.memory, limits.cpus, limits.pids) == ("512m", 2.0, 128)
