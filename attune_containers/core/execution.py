@@ -7,9 +7,9 @@ import re
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from ..errors import InvalidSpecError
+from .layering import Layered
 
 MiB = 1024 * 1024
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bkmg]?)i?b?", re.IGNORECASE)
@@ -27,11 +27,9 @@ def parse_size(value: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-class ResourceLimits(BaseModel):
+class ResourceLimits(Layered):
     """Every limit of one run. All fields optional so that layers can be merged:
     settings defaults < pack (``meta.container_limits``) < action YAML (``timeout``) < the run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     memory: str | None = Field(None, description="Memory, swap equal to memory (no swap), e.g. 256m")
     cpus: float | None = Field(None, gt=0, le=256)
@@ -59,25 +57,6 @@ class ResourceLimits(BaseModel):
         if v == "host" or v.startswith("container:") or not _NETWORK.fullmatch(v):
             raise ValueError(f"network {v!r} is not allowed: use none, bridge or a named network")
         return v
-
-    def merged(self, *overrides: ResourceLimits | None) -> ResourceLimits:
-        """These limits with each override's set fields on top, in order."""
-        data = self.model_dump()
-        for override in overrides:
-            if override is not None:
-                data.update(override.model_dump(exclude_none=True))
-        return ResourceLimits(**data)
-
-    @classmethod
-    def from_pack(cls, value: Any, where: str) -> ResourceLimits | None:
-        if value is None:
-            return None
-        try:
-            return cls.model_validate(value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise InvalidSpecError(first["msg"], field=f"{where}.{loc}" if loc else where) from None
 
 
 DEFAULT_LIMITS = ResourceLimits(

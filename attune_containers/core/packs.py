@@ -117,7 +117,7 @@ def _definition(
     version = document.get("version")
     label = document.get("label")
     limits = ResourceLimits.from_pack(meta.get("container_limits"), "meta.container_limits")
-    pool = PoolSettings.from_pack(meta.get("container_pool"))
+    pool = PoolSettings.from_pack(meta.get("container_pool"), "meta.container_pool")
     return PackDefinition(
         pack_ref=pack_ref,
         label=str(label) if label is not None else None,

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from ..errors import InvalidSpecError
+from .layering import Layered
 
 
-class PoolSettings(BaseModel):
+class PoolSettings(Layered):
     """All fields optional so a pack can override single ones (``meta.container_pool``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reuse: bool | None = Field(None, description="Serve executions from warm containers (false: always cold)")
     min_idle: int | None = Field(None, ge=0, le=64, description="Idle containers kept ready")
@@ -20,24 +16,6 @@ class PoolSettings(BaseModel):
     idle_timeout: float | None = Field(None, gt=0, description="Seconds an idle container (above min_idle) lives")
     max_executions: int | None = Field(None, ge=1, description="Executions one container serves before replacement")
     prewarm: bool | None = Field(None, description="Start min_idle containers when the environment is ensured")
-
-    def merged(self, *overrides: PoolSettings | None) -> PoolSettings:
-        data = self.model_dump()
-        for override in overrides:
-            if override is not None:
-                data.update(override.model_dump(exclude_none=True))
-        return PoolSettings(**data)
-
-    @classmethod
-    def from_pack(cls, value: Any, where: str = "meta.container_pool") -> PoolSettings | None:
-        if value is None:
-            return None
-        try:
-            return cls.model_validate(value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise InvalidSpecError(first["msg"], field=f"{where}.{loc}" if loc else where) from None
 
 
 DEFAULT_POOL = PoolSettings(reuse=True, min_idle=0, max_size=4, idle_timeout=300, max_executions=200, prewarm=False)
