@@ -128,9 +128,9 @@ def main() -> int:
     report = {
         "methods": results,
         "ratios": {
-            "warm / python3 start (goal <= 3)": med["warm container"] / med["python -c pass"],
+            "warm / python start (goal <= 3)": med["warm container"] / med["python -c pass"],
             "warm / bare process": med["warm container"] / med["bare process"],
-            "service / python3 start": med["service"] / med["python -c pass"],
+            "service / python start": med["service"] / med["python -c pass"],
             "cold / docker run --rm (goal <= 1)": med["cold path"] / med["docker run --rm"],
             "cold / warm": med["cold path"] / med["warm container"],
         },
