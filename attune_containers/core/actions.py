@@ -66,8 +66,9 @@ def split_action_ref(action_ref: str, pack_refs: set[str] | dict[str, Any]) -> t
     return pack_ref, name
 
 
-def load_action(packs_dir: Path, action_ref: str) -> ActionDefinition:
-    packs = discover_packs(packs_dir)
+def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None = None) -> ActionDefinition:
+    """The action ``action_ref`` of the tree; ``packs`` is a discover_packs result to reuse."""
+    packs = discover_packs(packs_dir) if packs is None else packs
     pack_ref, name = split_action_ref(action_ref, packs)
     pack_dir = packs[pack_ref]
     actions_dir = pack_dir / "actions"

@@ -96,6 +96,7 @@ class ActionRunner:
         self._live_lock = threading.Lock()
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
         self.pools = PoolRegistry()
+        self._tree: tuple[int | None, dict[str, Path]] | None = None
         _RUNNERS.add(self)
         if sweep:
             self.sweep_leftovers()
@@ -122,7 +123,7 @@ class ActionRunner:
         execution_id = execution_id or uuid.uuid4().hex
         if not _EXECUTION_ID.fullmatch(execution_id):
             raise InvalidSpecError(f"{execution_id!r} is not a valid execution id", field="execution_id")
-        action = load_action(self.packs_dir, action_ref)
+        action = load_action(self.packs_dir, action_ref, self._packs_tree())
         pack = self._pack(action)
         effective = self.settings.limits.merged(pack.limits, ResourceLimits(timeout=action.timeout), limits)
         request = _request(action, parameters, secrets, effective,
@@ -160,6 +161,17 @@ class ActionRunner:
         return removed
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _packs_tree(self) -> dict[str, Path]:
+        # Scanned again only when a pack folder is added, removed or renamed (the root's mtime).
+        try:
+            stamp = self.packs_dir.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        cached = self._tree
+        if cached is None or cached[0] != stamp or stamp is None:
+            cached = self._tree = (stamp, discover_packs(self.packs_dir))
+        return cached[1]
 
     def _pack(self, action: ActionDefinition) -> PackDefinition:
         return self._pack_at(action.pack_ref, action.pack_dir)
@@ -276,7 +288,7 @@ class ActionRunner:
 
     def prewarm(self, pack_ref: str, count: int | None = None, *, limits: ResourceLimits | None = None) -> int:
         """Start warm containers for a pack ahead of need (``count`` defaults to its min_idle)."""
-        packs = discover_packs(self.packs_dir)
+        packs = self._packs_tree()
         if pack_ref not in packs:
             raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
@@ -293,7 +305,7 @@ class ActionRunner:
 
     def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
         """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so."""
-        packs = discover_packs(self.packs_dir)
+        packs = self._packs_tree()
         if pack_ref not in packs:
             raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -350,3 +351,16 @@ def test_cli_exit_codes(engine):
         capture_output=True, text=True, timeout=120,
         env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
     assert unreachable.returncode == 3, unreachable.stderr
+
+
+def test_a_pack_added_to_the_tree_is_found_without_a_restart(settings, engine, tmp_path):
+    from attune_containers.services.manager import ContainerDependencyManager
+
+    tree = tmp_path / "packs"
+    shutil.copytree(PACKS / "probe", tree / "probe")
+    runner = ActionRunner(tree, ContainerDependencyManager(cold(settings), engine), sweep=False)
+    assert runner.run("probe.echo", {"a": 1}).result == {"a": 1}
+    with pytest.raises(InvalidSpecError):
+        runner.run("pins_new.six_version")
+    shutil.copytree(PACKS / "pins_new", tree / "pins_new")  # the tree's scan is cached until it changes
+    assert runner.run("pins_new.six_version").result == "1.17.0"
