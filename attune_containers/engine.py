@@ -502,6 +502,16 @@ class AttachedStreams:
             self._buffer = self._buffer[8 + size:]
         return frames
 
+    def has_pending(self) -> bool:
+        """Whether something (output, or EOF) waits to be read, without waiting for it."""
+        if self.closed:
+            return True
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()

@@ -77,7 +77,7 @@ def render_dockerfile(base: BaseImage, options: BuildOptions) -> str:
     )
 
 
-def builder_env_script(options: BuildOptions) -> str:
+def fetch_env_script(options: BuildOptions) -> str:
     """``env.sh``, sourced by the fetch step: index URLs and the CA bundle for pip.
 
     It never enters an image: the build itself has no network and needs neither.

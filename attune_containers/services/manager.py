@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -146,7 +145,7 @@ class ContainerDependencyManager:
 
     def get_environment(self, pack_ref: str) -> EnvironmentInfo | None:
         """The pack's current image: the one last ensured here, else its newest."""
-        environments = self._environments_of(pack_ref)
+        environments = self.list_environments(pack_ref)
         if not environments:
             return None
         current = self._current.get(pack_ref)
@@ -192,7 +191,7 @@ class ContainerDependencyManager:
         validate_pack_ref(pack_ref)
         removed, in_use = [], []
         try:
-            for info in self._environments_of(pack_ref):
+            for info in self.list_environments(pack_ref):
                 try:
                     self.engine.remove_image(info.id)
                     removed.append(info.image)
@@ -240,9 +239,6 @@ class ContainerDependencyManager:
                 self._cache.pop(key, None)
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _environments_of(self, pack_ref: str) -> list[EnvironmentInfo]:
-        return self.list_environments(pack_ref)
 
     def _find(self, plan: BuildPlan) -> EnvironmentInfo | None:
         attrs = self.engine.inspect_image(plan.image)

@@ -15,7 +15,6 @@ one replaces it when needed. Pools are keyed by the pack's image and the contain
 from __future__ import annotations
 
 import contextlib
-import select
 import threading
 import time
 from collections.abc import Callable
@@ -40,13 +39,7 @@ class WarmContainer:
 
     def alive(self) -> bool:
         """An idle container has nothing to say: anything readable means it ended or misbehaved."""
-        if self.streams.closed:
-            return False
-        try:
-            readable, _, _ = select.select([self.streams._sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+        return not self.streams.has_pending()
 
     def execute(self, request: bytes, collector: ExecutionCollector, timeout: float) -> tuple[bool, float]:
         """Serve one request; return (timed out, seconds). Frames past the end are a fault."""

@@ -10,7 +10,6 @@ output. The container is removed on every path out, an interrupt included.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
 import socket
@@ -221,20 +220,9 @@ class ActionRunner:
 
         policy = self.settings.pool.merged(pack.pool)
         use_pool = policy.reuse if warm is None else warm
-        labels = {LABEL_RUN: "true", LABEL_PACK_REF: action.pack_ref, LABEL_OWNER: owner_id()}
-        if use_pool:
-            labels[LABEL_POOL] = "true"
-        else:
-            labels.update({LABEL_EXECUTION_ID: execution_id, LABEL_ACTION_REF: action.action_ref})
-        run = ContainerRun(
-            image=info.id,
-            command=[INTERPRETER, "-I", "-B", WRAPPER],
-            limits=limits,
-            environment={},  # per-execution variables travel in the request, on both paths
-            labels=labels,
-            mounts=[(str(action.pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
-            user=f"{APP_UID}:{APP_UID}",
-        )
+        per_run = {LABEL_EXECUTION_ID: execution_id, LABEL_ACTION_REF: action.action_ref}
+        run = _container_run(action.pack_ref, action.pack_dir, info.id, limits,
+                             {LABEL_POOL: "true"} if use_pool else per_run)
         try:
             if use_pool:
                 return self._run_warm(run, info, policy, limits, request, execution_id, action)
@@ -295,12 +283,7 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.limits.merged(pack.limits, limits)
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
-        run = ContainerRun(
-            image=info.id, command=[INTERPRETER, "-I", "-B", WRAPPER], limits=effective, environment={},
-            labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, LABEL_OWNER: owner_id(), LABEL_POOL: "true"},
-            mounts=[(str(packs[pack_ref]), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
-            user=f"{APP_UID}:{APP_UID}",
-        )
+        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {LABEL_POOL: "true"})
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
     def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
@@ -347,6 +330,20 @@ class ActionRunner:
     def _forget(self, container_id: str) -> None:
         with self._live_lock:
             self._live.discard(container_id)
+
+
+def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: ResourceLimits,
+                   labels: dict[str, str]) -> ContainerRun:
+    """The container of one pack's runner loop, cold or warm: same image, limits and mounts."""
+    return ContainerRun(
+        image=image_id,
+        command=[INTERPRETER, "-I", "-B", WRAPPER],
+        limits=limits,
+        environment={},  # per-execution variables travel in the request, on both paths
+        labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, LABEL_OWNER: owner_id(), **labels},
+        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
+        user=f"{APP_UID}:{APP_UID}",
+    )
 
 
 def oom_killed(engine: Engine, container_id: str, since: float) -> bool:

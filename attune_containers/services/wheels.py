@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from ..core.execution import ResourceLimits
 from ..core.plan import BuildPlan
-from ..core.render import APP_UID, TEMPLATES_DIR, builder_env_script, template_source
+from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
 from ..settings import Settings
@@ -46,8 +46,6 @@ class LockedDistribution(BaseModel):
 class FetchedWheels(BaseModel):
     wheels: list[Path]
     tools: list[Path]
-    downloaded: list[str]
-    cached: list[str]
 
     def lock(self) -> list[LockedDistribution]:
         return sorted((_locked(path) for path in self.wheels), key=lambda d: d.name)
@@ -77,19 +75,16 @@ class WheelCache:
         for folder in (work / "wheels", work / "tools", config):
             folder.mkdir(parents=True)
         (work / "requirements.txt").write_text("".join(line + "\n" for line in plan.spec.requirement_lines()))
-        (config / "env.sh").write_text(builder_env_script(plan.options))
+        (config / "env.sh").write_text(fetch_env_script(plan.options))
         if plan.options.ca_bundle:
             (config / "extra-ca.pem").write_text(plan.options.ca_bundle)
         for path in (work, work / "wheels", work / "tools"):
             os.chown(path, APP_UID, APP_UID)
         try:
-            output = self._run(plan, work, offline, on_log)
-            lines = output.splitlines()
+            self._run(plan, work, offline, on_log)
             fetched = FetchedWheels(
                 wheels=sorted((work / "wheels").glob("*.whl")),
                 tools=sorted((work / "tools").glob("*.whl")),
-                downloaded=[line.split()[-1] for line in lines if line.startswith("fetch: downloaded ")],
-                cached=[line.split()[-1] for line in lines if line.startswith("fetch: cached ")],
             )
             for path in [*fetched.wheels, *fetched.tools]:
                 _touch(self.wheelhouse / path.name)
@@ -133,7 +128,7 @@ class WheelCache:
         run = ContainerRun(
             image=plan.base.reference,
             # env.sh carries the CA bundle and index settings (every value quoted by
-            # builder_env_script; nothing from the pack is in it), so it is sourced by a shell.
+            # fetch_env_script; nothing from the pack is in it), so it is sourced by a shell.
             command=["/bin/sh", "-c", ". /attune-build/config/env.sh && exec python3 -I /attune-fetch/fetch.py"],
             limits=ResourceLimits(
                 memory=self.settings.build_memory, cpus=None, pids=512, nofile=4096,

@@ -13,7 +13,6 @@ from attune_containers.core import labels as L
 from attune_containers.core.spec import DependencySpec
 from attune_containers.errors import BuildError, EngineError, PythonVersionUnavailableError
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.settings import Settings
 
 from ..support import images_of, unique_ref
 
@@ -80,7 +79,6 @@ def test_build_only_settings_never_reach_the_final_image(settings, engine, tmp_p
 
 
 def test_concurrent_threads_build_once(settings, engine):
-    manager = ContainerDependencyManager(settings, engine)
     pack_ref = unique_ref("threads")
     spec = DependencySpec(dependencies=["six==1.16.0"], min_version="3.13")
     builds: list[str] = []
@@ -113,7 +111,6 @@ CHILD = """
 import json, sys
 from attune_containers.core.spec import DependencySpec
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.settings import Settings
 settings = Settings.model_validate_json(sys.argv[1])
 built = []
 info = ContainerDependencyManager(settings).ensure_environment(

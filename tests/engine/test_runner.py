@@ -252,6 +252,18 @@ def test_bad_action_refs_are_invalid_input(runner, action_ref):
         runner.run(action_ref)
 
 
+def run_side_by_side(runner, count: int, action_ref: str = "probe.sleep", parameters=None) -> list:
+    """``count`` runs from as many threads at once; their results."""
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(runner.run(action_ref, parameters or {"seconds": 1})))
+               for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def max_overlap(results) -> int:
     """The most executions that ran at the same moment, from the actions' own clocks."""
     edges = sorted([(r.result["started"], 1) for r in results] + [(r.result["ended"], -1) for r in results])
@@ -266,13 +278,7 @@ def test_many_threads_share_a_bounded_number_of_containers(settings, engine):
     from attune_containers.services.manager import ContainerDependencyManager
 
     runner = ActionRunner(PACKS, ContainerDependencyManager(cold(settings), engine), max_concurrent=2)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(runner.run("probe.sleep", {"seconds": 1})))
-               for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_side_by_side(runner, 5)
     assert len(results) == 5 and all(r.status is ExecutionStatus.succeeded for r in results)
     assert max_overlap(results) == 2
 

@@ -15,7 +15,7 @@ from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.runner import LABEL_OWNER, LABEL_POOL, LABEL_RUN, ActionRunner, owner_id
 
-from .test_runner import TRICKY, max_overlap
+from .test_runner import TRICKY, max_overlap, run_side_by_side
 
 PACKS = Path(__file__).resolve().parent.parent / "packs"
 
@@ -115,13 +115,7 @@ def test_limits_hold_in_warm_containers(runner, monkeypatch):
 def test_the_pool_respects_its_size_bound(settings, engine):
     runner = warm_runner(settings, engine, max_size=2)
     try:
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(runner.run("probe.sleep", {"seconds": 1})))
-                   for _ in range(5)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_side_by_side(runner, 5)
         assert len(results) == 5 and all(r.status is ExecutionStatus.succeeded for r in results)
         assert max_overlap(results) == 2
         (stats,) = runner.pool_stats()

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from attune_containers.core.plan import make_plan
-from attune_containers.core.render import BuildOptions, builder_env_script, render_dockerfile
+from attune_containers.core.render import BuildOptions, fetch_env_script, render_dockerfile
 from attune_containers.core.spec import DependencySpec, validate_spec
 from attune_containers.core.versions import BaseImage
 
@@ -156,15 +156,15 @@ def test_context_holds_no_pack_text_and_no_build_configuration():
 
 def test_env_script_holds_the_build_configuration():
     """The fetch step's env.sh carries the CA bundle path and the index URLs, for pip."""
-    env_sh = builder_env_script(BuildOptions(ca_bundle=CA, index_url="https://u:pw@mirror.example/simple",
+    env_sh = fetch_env_script(BuildOptions(ca_bundle=CA, index_url="https://u:pw@mirror.example/simple",
                                              extra_index_urls=("https://extra.example/simple",)))
     assert "extra-ca.pem" in env_sh and "PIP_CERT=" in env_sh and "SSL_CERT_FILE=" in env_sh
     assert "PIP_INDEX_URL=https://u:pw@mirror.example/simple" in env_sh
     assert "PIP_EXTRA_INDEX_URL=https://extra.example/simple" in env_sh
-    assert "extra-ca.pem" not in builder_env_script(BuildOptions())
+    assert "extra-ca.pem" not in fetch_env_script(BuildOptions())
 
 
 def test_env_script_quotes_urls():
     """An index URL with shell metacharacters cannot break out of env.sh."""
     options = BuildOptions(index_url="https://mirror.example/simple?a=1&b=$(id)")
-    assert "'https://mirror.example/simple?a=1&b=$(id)'" in builder_env_script(options)
+    assert "'https://mirror.example/simple?a=1&b=$(id)'" in fetch_env_script(options)
