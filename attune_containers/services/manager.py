@@ -61,6 +61,7 @@ class ContainerDependencyManager:
         self._cache_lock = threading.Lock()
         # The image each pack resolved to last in this process: its "current" environment.
         self._current: dict[str, str] = {}
+        self._current_lock = threading.Lock()
         # The same across processes (the pruner reads it), and the gate builds hold shared.
         self._records = CurrentImages(self.settings.state_dir)
         self._gate = BuildGate(self.settings.state_dir)
@@ -334,10 +335,15 @@ class ContainerDependencyManager:
         )
 
     def _make_current(self, pack_ref: str, image: str) -> None:
-        # Only a change touches the disk: the cache-hit path stays free of writes.
-        if self._current.get(pack_ref) != image:
-            self._records.set(pack_ref, image)
-            self._current[pack_ref] = image
+        # Only a change touches the disk: the cache-hit path stays free of writes. The check, the
+        # record and the memory change together: two threads interleaving them could leave the
+        # record naming one image while memory names the other, and the memory then hides it.
+        if self._current.get(pack_ref) == image:
+            return
+        with self._current_lock:
+            if self._current.get(pack_ref) != image:
+                self._records.set(pack_ref, image)
+                self._current[pack_ref] = image
 
     def _remember(self, key: tuple[str, str], info: EnvironmentInfo) -> None:
         with self._cache_lock:

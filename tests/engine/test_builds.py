@@ -111,6 +111,7 @@ CHILD = """
 import json, sys
 from attune_containers.core.spec import DependencySpec
 from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.settings import Settings
 settings = Settings.model_validate_json(sys.argv[1])
 built = []
 info = ContainerDependencyManager(settings).ensure_environment(
