@@ -7,17 +7,19 @@ action ref resolves by the longest pack ref that prefixes it, not by its first d
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import InvalidSpecError
 from .pack_ref import validate_pack_ref
-from .packs import PACK_FILE, _read_text
+from .packs import PACK_FILE, PackFileMissing, check_pack_file, read_pack_file
+from .safe_yaml import BoundedYAMLError, load_yaml
 
+MAX_TIMEOUT = 7 * 24 * 3600  # as ResourceLimits.timeout; the operator's max_limits may cap it lower
 _ACTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _ENTRY_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -72,22 +74,33 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
     pack_ref, name = split_action_ref(action_ref, packs)
     pack_dir = packs[pack_ref]
     actions_dir = pack_dir / "actions"
-    yaml_path = next((p for p in (actions_dir / f"{name}.yaml", actions_dir / f"{name}.yml") if p.exists()), None)
-    if yaml_path is None:
+    # Every component from the pack's folder on is checked, existence too (actions/ itself may be
+    # a link out of the pack: nothing beyond it is looked at).
+    for candidate in (f"{name}.yaml", f"{name}.yml"):
+        try:
+            text = read_pack_file(pack_dir, ["actions", candidate])
+        except PackFileMissing:
+            continue
+        yaml_path = actions_dir / candidate
+        break
+    else:
         raise InvalidSpecError(f"pack {pack_ref!r} has no action {name!r} (no actions/{name}.yaml)", field="action_ref")
     try:
-        document = yaml.safe_load(_read_text(yaml_path))
-    except yaml.YAMLError as exc:
+        document = load_yaml(text)
+    except BoundedYAMLError as exc:
         raise InvalidSpecError(f"{yaml_path} cannot be parsed: {exc}", field="action") from None
     if not isinstance(document, dict):
         raise InvalidSpecError(f"{yaml_path} must hold a mapping", field="action")
     runner = str(document.get("runner_type", "python"))
     if runner not in PYTHON_RUNNERS:
         raise InvalidSpecError(f"runner_type {runner!r} is not a Python runner", field="runner_type")
-    entry_point, function = _entry_point(document.get("entry_point"), actions_dir)
+    entry_point, function = _entry_point(document.get("entry_point"), pack_dir)
     timeout = document.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
-        raise InvalidSpecError(f"must be a positive number of seconds, got {timeout!r}", field="timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT):
+        # .nan and .inf are YAML floats too; refused here, not as a ValidationError later.
+        raise InvalidSpecError(f"must be a positive number of seconds up to {MAX_TIMEOUT}, got {timeout!r}",
+                               field="timeout")
     properties = ((document.get("parameters") or {}).get("properties") or {}) if isinstance(document.get("parameters"), dict) else {}
     secrets = tuple(sorted(k for k, v in properties.items() if isinstance(v, dict) and v.get("secret") is True))
     return ActionDefinition(
@@ -97,7 +110,7 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
     )
 
 
-def _entry_point(value: Any, actions_dir: Path) -> tuple[str, str | None]:
+def _entry_point(value: Any, pack_dir: Path) -> tuple[str, str | None]:
     if not isinstance(value, str) or not value:
         raise InvalidSpecError("must name the action's file", field="entry_point")
     file_part, _, function = value.partition(":")
@@ -106,8 +119,9 @@ def _entry_point(value: Any, actions_dir: Path) -> tuple[str, str | None]:
     parts = PurePosixPath(file_part).parts
     if not parts or file_part.startswith("/") or any(not _ENTRY_PART.fullmatch(p) or p in (".", "..") for p in parts):
         raise InvalidSpecError(f"{file_part!r} must be a relative path inside actions/", field="entry_point")
-    path = actions_dir.joinpath(*parts)
-    if path.is_symlink() or not path.is_file() or actions_dir.resolve() not in path.resolve().parents:
-        raise InvalidSpecError(f"actions/{file_part} is not a regular file of the pack", field="entry_point")
+    try:
+        check_pack_file(pack_dir, ["actions", *parts])  # no link on any component, from the pack's folder on
+    except InvalidSpecError:
+        raise InvalidSpecError(f"actions/{file_part} is not a regular file of the pack", field="entry_point") from None
     return "/".join(parts), function or None
 

@@ -15,17 +15,20 @@ come only from the object form.
 
 from __future__ import annotations
 
-import json
+import errno
+import os
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidSpecError
 from .execution import ResourceLimits
 from .pooling import PoolSettings
 from .pack_ref import validate_pack_ref
+from .safe_yaml import BoundedYAMLError, load_json, load_yaml
 from .spec import DependencySpec
 
 MAX_PACK_FILE_BYTES = 1024 * 1024
@@ -58,7 +61,7 @@ def load_pack(location: str | Path) -> PackDefinition:
     if not path.exists():
         raise InvalidSpecError(f"{path} does not exist", field="pack")
     if path.suffix == ".json":
-        return pack_from_api(_parse(path, json.loads), source=str(path))
+        return pack_from_api(_parse(path.parent, path.name, load_json), source=str(path))
     if path.name in (PACK_FILE, "pack.yml"):
         return _load_pack_dir(path.parent, pack_file=path)
     raise InvalidSpecError(
@@ -75,15 +78,13 @@ def pack_from_api(document: Any, *, source: str = "api") -> PackDefinition:
 
 def _load_pack_dir(directory: Path, pack_file: Path | None = None) -> PackDefinition:
     pack_file = pack_file or directory / PACK_FILE
-    if not pack_file.exists() and (directory / "pack.yml").exists():
+    if pack_file.name == PACK_FILE and not _present(directory, PACK_FILE) and _present(directory, "pack.yml"):
         pack_file = directory / "pack.yml"
-    document = _parse(pack_file, yaml.safe_load)
+    document = _parse(directory, pack_file.name, load_yaml)
     if not isinstance(document, dict):
         raise InvalidSpecError(f"{pack_file} must hold a mapping", field="pack.yaml")
-    requirements_path = directory / REQUIREMENTS_FILE
-    # is_symlink too: a dangling link must be refused, not taken for "no requirements.txt".
-    present = requirements_path.is_symlink() or requirements_path.exists()
-    extra = _read_text(requirements_path) if present else None
+    # A link (even a dangling one) is refused by read_pack_file, not taken for "no requirements.txt".
+    extra = read_pack_file(directory, [REQUIREMENTS_FILE]) if _present(directory, REQUIREMENTS_FILE) else None
     return _definition(
         document,
         source=str(pack_file),
@@ -155,26 +156,93 @@ def _spec(data: dict[str, Any]) -> DependencySpec:
         ) from None
 
 
-def _read_text(path: Path) -> str:
-    # A pack is hostile: never follow a link out of it, never read something huge or binary.
-    if path.is_symlink() or not path.is_file():
-        raise InvalidSpecError(f"{path} must be a regular file, not a link or a directory", field=path.name)
-    if path.stat().st_size > MAX_PACK_FILE_BYTES:
-        raise InvalidSpecError(f"{path} is larger than {MAX_PACK_FILE_BYTES} bytes", field=path.name)
+class PackFileMissing(InvalidSpecError):
+    """The file (or a folder on its way) does not exist in the pack."""
+
+
+def _present(directory: Path, name: str) -> bool:
+    """Whether ``name`` exists in ``directory`` as anything, a dangling link included."""
+    return os.path.lexists(directory / name)
+
+
+def _open_in_pack(root: Path, parts: Sequence[str]) -> int:
+    """A descriptor for ``root/parts...``, opened component by component with O_NOFOLLOW.
+
+    A pack is hostile: a link anywhere on the way (``actions -> /etc``), not only at the last
+    component, could lead out of it. Walking with directory descriptors refuses every link and
+    leaves no window between checking a path and opening it.
+    """
+    if not parts or any(p in ("", ".", "..") or "/" in p or "\0" in p for p in parts):
+        raise InvalidSpecError(f"{'/'.join(parts)!r} is not a path inside the pack", field=parts[-1] if parts else "pack")
+    where = "/".join(parts)
     try:
-        return path.read_text(encoding="utf-8")
+        dir_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidSpecError(f"{root} cannot be opened: {exc.strerror}", field="pack") from None
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                fd = os.open(part, flags, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR) or (exc.errno == errno.ENXIO and last):
+                    raise InvalidSpecError(
+                        f"{root / where}: {'/'.join(parts[: i + 1])} is a link or not a "
+                        f"{'regular file' if last else 'directory'}; links are not followed in a pack",
+                        field=parts[-1]) from None
+                if exc.errno == errno.ENOENT:
+                    raise PackFileMissing(f"{root / where} does not exist", field=parts[-1]) from None
+                raise InvalidSpecError(f"{root / where} cannot be opened: {exc.strerror}", field=parts[-1]) from None
+            os.close(dir_fd)
+            dir_fd = fd
+        fd, dir_fd = dir_fd, -1
+        return fd
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+
+
+def check_pack_file(root: Path, parts: Sequence[str]) -> None:
+    """Refuse unless ``root/parts...`` is a regular file reached without following any link."""
+    fd = _open_in_pack(root, parts)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidSpecError(f"{root.joinpath(*parts)} must be a regular file, not a link or a directory",
+                                   field=parts[-1])
+    finally:
+        os.close(fd)
+
+
+def read_pack_file(root: Path, parts: Sequence[str], limit: int = MAX_PACK_FILE_BYTES) -> str:
+    """The UTF-8 text of a regular file inside the pack folder ``root``, at most ``limit`` bytes."""
+    path = root.joinpath(*parts)
+    fd = _open_in_pack(root, parts)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise InvalidSpecError(f"{path} must be a regular file, not a link or a directory", field=path.name)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(limit + 1)  # never more than the bound, whatever the file claims
+    if len(data) > limit:
+        raise InvalidSpecError(f"{path} is larger than {limit} bytes", field=path.name)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidSpecError(f"{path} is not UTF-8 text", field=path.name) from None
 
 
-def _parse(path: Path, loader: Any) -> Any:
-    if not path.exists():
-        raise InvalidSpecError(f"{path} does not exist", field=path.name)
-    text = _read_text(path)
+def _read_text(path: Path) -> str:
+    # Kept for callers outside this module: the file's own folder is the boundary.
+    return read_pack_file(path.parent, [path.name])
+
+
+def _parse(root: Path, name: str, loader: Any) -> Any:
+    path = root / name
+    text = read_pack_file(root, [name])
     try:
         return loader(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise InvalidSpecError(f"{path} cannot be parsed: {exc}", field=path.name) from None
+    except BoundedYAMLError as exc:
+        raise InvalidSpecError(f"{path} cannot be parsed: {exc}", field=name) from None
 
 
 class PackTreeEntry(BaseModel):
@@ -203,8 +271,14 @@ def scan_pack_tree(directory: str | Path) -> list[PackTreeEntry]:
         raise InvalidSpecError(f"{root} is not a directory", field="packs_dir")
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if folder.is_symlink():
+            # As discover_packs: a pack folder is a folder of the tree, not a link to elsewhere.
+            entries.append(PackTreeEntry(folder=folder, error=f"{folder} is a link, not a pack folder"))
+            continue
         try:
             entries.append(PackTreeEntry(folder=folder, pack=load_pack(folder)))
         except (InvalidSpecError, OSError) as exc:
             entries.append(PackTreeEntry(folder=folder, error=str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one bad pack is one invalid row, never the end of a run
+            entries.append(PackTreeEntry(folder=folder, error=f"{folder} cannot be loaded: {type(exc).__name__}"))
     return entries
