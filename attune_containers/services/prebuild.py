@@ -1,7 +1,9 @@
 """Pre-building a whole packs tree (CI): every pack's image, in parallel, each at most once.
 
-For each pack: reuse the local image, else pull it from the registry, else build it; then, with
-``push``, make sure the registry has it. One pack failing never stops the others; an invalid pack is
+For each pack: reuse the local image, else build it; then, with ``push``, push it and record the
+digest the registry stored it under. CI never pulls: an image already under the tag in the
+registry may be anyone's, so it is never adopted; the push replaces it with ours, and the trusted
+manifest (``manifest``) names ours by digest for the workers. One pack failing never stops the others; an invalid pack is
 reported as invalid, not as a crash.
 """
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 from ..core.packs import scan_pack_tree
 from ..errors import AttuneContainersError, InvalidSpecError
 from .manager import ContainerDependencyManager
+from .manifest import TrustedImage, TrustManifest
 
 Outcome = str  # built | reused | pulled | failed | invalid
 EventSink = Callable[[str, str, str], None]  # (pack_ref, state, detail)
@@ -30,6 +33,9 @@ class PackBuildReport(BaseModel):
     dependency_hash: str | None = None
     image: str | None = None
     pushed: str | None = None
+    digest: str | None = None
+    pushed_by_digest: str | None = None
+    image_id: str | None = None
     seconds: float = 0.0
     size_bytes: int | None = None
     error: str | None = None
@@ -55,10 +61,15 @@ def build_all(
     push: bool = False,
     offline: bool | None = None,
     on_event: EventSink | None = None,
+    manifest: str | Path | None = None,
 ) -> PrebuildReport:
+    """Build every pack under ``packs_dir``; with ``push``, publish each, and with ``manifest``
+    write the trusted manifest of what was pushed (merged into the file's earlier entries)."""
     entries = scan_pack_tree(packs_dir)
     if push and not manager.settings.registry:
         raise InvalidSpecError("--push needs a registry (ATTUNE__CONTAINERS__REGISTRY)", field="registry")
+    if manifest is not None and not push:
+        raise InvalidSpecError("--manifest records what --push pushed: give --push too", field="manifest")
     notify = on_event or (lambda pack_ref, state, detail: None)
 
     def one(entry) -> PackBuildReport:
@@ -81,19 +92,51 @@ def build_all(
         notify(pack.pack_ref, "started", plan.image)
         try:
             ensured = manager.ensure(
-                pack.pack_ref, pack.spec, offline=offline,
+                pack.pack_ref, pack.spec, offline=offline, pull=False,
                 on_log=lambda line: notify(pack.pack_ref, "log", line),
             )
-            report = report.model_copy(update={"outcome": ensured.outcome, "size_bytes": ensured.info.size_bytes})
+            report = report.model_copy(update={"outcome": ensured.outcome, "size_bytes": ensured.info.size_bytes,
+                                               "image_id": ensured.info.id})
             if push:
                 notify(pack.pack_ref, "pushing", plan.image)
-                report = report.model_copy(update={"pushed": manager.push(ensured.info)})
+                pushed = manager.publish(ensured.info)
+                if pushed.digest is None:
+                    raise AttuneContainersError(f"the registry did not say which digest it stored {pushed.reference} under")
+                report = report.model_copy(update={"pushed": pushed.reference, "digest": pushed.digest,
+                                                   "pushed_by_digest": pushed.by_digest})
         except AttuneContainersError as exc:
             report = report.model_copy(update={"outcome": "failed", "error": str(exc)})
         report = report.model_copy(update={"seconds": round(time.monotonic() - started, 2)})
         notify(pack.pack_ref, report.outcome, report.error or report.image or "")
         return report
 
+    def guarded(entry) -> PackBuildReport:
+        # An unexpected error in one pack is that pack's failure: the others still build and report.
+        try:
+            return one(entry)
+        except Exception as exc:  # noqa: BLE001
+            notify(entry.pack_ref, "failed", f"{type(exc).__name__}: {exc}")
+            return PackBuildReport(pack_ref=entry.pack_ref, folder=str(entry.folder), outcome="failed",
+                                   error=f"{type(exc).__name__}: {exc}")
+
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="prebuild") as pool:
-        reports = list(pool.map(one, entries))
-    return PrebuildReport(packs=reports)
+        reports = list(pool.map(guarded, entries))
+    result = PrebuildReport(packs=reports)
+    if manifest is not None:
+        write_manifest(result, manifest)
+    return result
+
+
+def write_manifest(report: PrebuildReport, path: str | Path) -> TrustManifest:
+    """Record every pack this run pushed, by digest, into the trusted manifest at ``path``
+    (entries of packs not in this run stay)."""
+    path = Path(path)
+    existing = TrustManifest.load(path) if path.exists() else TrustManifest()
+    packs = dict(existing.packs)
+    for p in report.packs:
+        if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image:
+            packs[p.pack_ref] = TrustedImage(dependency_hash=p.dependency_hash, image=p.image,
+                                             reference=p.pushed_by_digest, image_id=p.image_id)
+    manifest = TrustManifest(packs=packs)
+    manifest.save(path)
+    return manifest
