@@ -51,6 +51,7 @@ from ..errors import (
 )
 from .build_gate import BuildGate
 from .manager import ContainerDependencyManager
+from .ownership import live_images
 from .usage import UsageLog
 
 __all__ = ["ImageEntry", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
@@ -197,6 +198,13 @@ class Pruner:
             if (not policy.include_current and policy.packs_dir is None
                     and image.reference in self.manager.current_images().get(image.pack_ref, ())):
                 run.report.kept.append(run.image_item(verdict, "became the current image of its pack meanwhile"))
+                return
+            # A live worker's image, whatever the pack's "current" record says (another worker with
+            # another packs tree may have made another image current): its next run needs it.
+            workers = live_images(self.settings.state_dir)
+            holders = workers.get(image.reference) or workers.get(image.id)
+            if holders:
+                run.report.skipped.append(run.image_item(verdict, f"in use by a live worker ({', '.join(holders)})"))
                 return
             users = self.engine.find_containers(ancestor=image.id)
             if users:

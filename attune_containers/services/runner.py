@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 import re
+import secrets as tokens
 import socket
 import threading
 import time
@@ -32,12 +33,14 @@ from ..core.execution import (
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
 from ..core.spec import EnvironmentInfo
-from ..core.protocol import ExecutionCollector, encode_request
+from ..core.protocol import ExecutionCollector, encode_frame, encode_request
 from ..core.render import APP_UID, INTERPRETER
 from ..engine import ContainerRun, Engine
 from ..errors import AttuneContainersError, EngineUnavailableError, EnvironmentNotFoundError, InvalidSpecError
 from ..settings import Settings
+from . import ownership
 from .manager import ContainerDependencyManager
+from .ownership import LABEL_LEASE
 from .pool import Pool, PoolRegistry, pool_key
 from .usage import UsageLog
 
@@ -59,6 +62,11 @@ RESERVED_ENV = {"ATTUNE_EXECUTION_ID", "ATTUNE_ACTION_REF", "ATTUNE_PACK_REF", "
 
 # The engine sets OOMKilled after the exit is reported; poll this long before believing "no".
 OOM_POLL_SECONDS = 1.0
+# The supervisor in the container ends an execution at its deadline; the worker waits this much
+# longer before it stops believing the container and kills it.
+DEADLINE_GRACE_SECONDS = 3.0
+# The supervisor starts as root with these capabilities only, to run each execution as APP_UID.
+SUPERVISOR_CAPABILITIES = ("SETUID", "SETGID", "KILL")
 
 _RUNNERS: weakref.WeakSet[ActionRunner] = weakref.WeakSet()
 
@@ -70,7 +78,14 @@ def _close_all_runners() -> None:
 
 
 def owner_id() -> str:
+    """``host:pid`` of this process: for humans (``docker ps``), never proof of anything: another
+    PID namespace has the same host name and its own pids. Ownership is the lease (ownership.py)."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_labels() -> dict[str, str]:
+    """The labels that say whose a container is: this process's lease id, and host:pid for humans."""
+    return {LABEL_OWNER: owner_id(), LABEL_LEASE: ownership.process_id()}
 
 
 class ActionRunner:
@@ -96,6 +111,8 @@ class ActionRunner:
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
         self.pools = PoolRegistry()
         self._tree: tuple[int | None, dict[str, Path]] | None = None
+        # Held before any container exists: a sweeper can prove this process alive (ownership.py).
+        self.lease = ownership.acquire(self.settings.state_dir, self.engine)
         _RUNNERS.add(self)
         if sweep:
             self.sweep_leftovers()
@@ -138,25 +155,37 @@ class ActionRunner:
         for container_id in live:
             self.engine.remove_container(container_id, attempts=3)
             self._forget(container_id)
+        self.lease.withdraw(self)  # its images are no longer in use by it: prunable
 
     def sweep_leftovers(self) -> list[str]:
-        """Remove run containers left by processes of this host that no longer exist (a killed
-        worker, an engine restart). Containers of live processes are left alone."""
-        removed = []
-        host = socket.gethostname()
+        """Remove run containers whose owner is provably dead: its lease (ownership.py) is in this
+        state directory and its lock is free (the kernel released it when the owner died, however
+        it died). A container is never removed for its state (``created`` is how every container
+        starts), nor for a host:pid label (another PID namespace reuses both). Containers of an
+        unknown lease (another state directory, another host on this engine) and old ones labelled
+        only host:pid are left alone: ``prune`` removes them once stopped past the grace period."""
+        removed: list[str] = []
         try:
             containers = self.engine.list_containers([LABEL_RUN])
         except AttuneContainersError:
             return removed
+        by_owner: dict[str, list[str]] = {}
         for summary in containers:
-            owner = (summary.get("Labels") or {}).get(LABEL_OWNER, "")
-            owner_host, _, pid = owner.rpartition(":")
-            mine = owner == owner_id()
-            if owner_host != host or mine:
-                continue
-            if not pid.isdigit() or not _alive(int(pid)) or summary.get("State") in ("exited", "dead", "created"):
-                if self.engine.remove_container(summary["Id"]):
-                    removed.append(summary["Id"])
+            lease_id = (summary.get("Labels") or {}).get(LABEL_LEASE)
+            if lease_id and lease_id != ownership.process_id():
+                by_owner.setdefault(lease_id, []).append(summary["Id"])
+        left = set(by_owner)
+        for lease_id, ids in by_owner.items():
+            # The dead owner's lock is held while its containers go: one sweeper acts on it at a time.
+            with ownership.dead_owner(self.settings.state_dir, lease_id) as dead:
+                if not dead:
+                    continue
+                gone = [c for c in ids if self.engine.remove_container(c, attempts=3)]
+                removed.extend(gone)
+                if len(gone) == len(ids):
+                    ownership.forget(self.settings.state_dir, lease_id)
+                    left.discard(lease_id)
+        ownership.collect(self.settings.state_dir, keep=left)
         return removed
 
     # -- internals ----------------------------------------------------------------------------
@@ -213,6 +242,7 @@ class ActionRunner:
                       request: bytes, execution_id: str, warm: bool | None, failure: Any) -> ExecutionResult:
         try:
             info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+            self.lease.use(self, pack.pack_ref, info.image, info.id)  # in use: never pruned
         except EngineUnavailableError as exc:
             return failure(ExecutionStatus.error, "EngineUnavailable", str(exc))
         except AttuneContainersError as exc:
@@ -261,8 +291,10 @@ class ActionRunner:
         reusable = False
         try:
             self.usage.touch(info.id)
-            collector = ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0)
-            timed_out, elapsed = container.execute(request, collector, limits.timeout or 300)
+            control = _control(limits, last=False)
+            collector = _collector(limits, control)
+            timed_out, elapsed = container.execute(encode_request(control, request), collector,
+                                                   (limits.timeout or 300) + DEADLINE_GRACE_SECONDS)
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image)
             done = collector.done or {}
@@ -283,6 +315,7 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.limits.merged(pack.limits, limits)
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+        self.lease.use(self, pack.pack_ref, info.image, info.id)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {LABEL_POOL: "true"})
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
@@ -293,6 +326,7 @@ class ActionRunner:
             raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+        self.lease.use(self, pack.pack_ref, info.image, info.id)
         policy = self.settings.pool.merged(pack.pool)
         if policy.prewarm and policy.reuse and policy.min_idle:
             self.prewarm(pack_ref)
@@ -308,7 +342,8 @@ class ActionRunner:
 
     def _attach_and_wait(self, container_id: str, limits: ResourceLimits, request: bytes,
                          execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:
-        collector = ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0)
+        control = _control(limits, last=True)
+        collector = _collector(limits, control)
 
         def on_frame(stream: int, data: bytes) -> None:
             if stream == 1:
@@ -318,7 +353,7 @@ class ActionRunner:
 
         # One request, then EOF: the runner loop serves it and ends.
         exit_code, timed_out, elapsed = self.engine.run_attached(
-            container_id, request, limits.timeout or 300, on_frame)
+            container_id, encode_request(control, request), (limits.timeout or 300) + DEADLINE_GRACE_SECONDS, on_frame)
         return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
                       execution_id=execution_id, action_ref=action.action_ref, image=image,
                       container_exit=exit_code)
@@ -337,12 +372,15 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
     """The container of one pack's runner loop, cold or warm: same image, limits and mounts."""
     return ContainerRun(
         image=image_id,
-        command=[INTERPRETER, "-I", "-B", WRAPPER],
+        # -S: no site-packages in the supervisor, so no code of the pack runs in it (the child
+        # imports site after dropping to APP_UID).
+        command=[INTERPRETER, "-I", "-S", "-B", WRAPPER, str(APP_UID)],
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
-        labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, LABEL_OWNER: owner_id(), **labels},
+        labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, **owner_labels(), **labels},
         mounts=[(str(pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
-        user=f"{APP_UID}:{APP_UID}",
+        user="0:0",
+        cap_add=SUPERVISOR_CAPABILITIES,
     )
 
 
@@ -365,6 +403,7 @@ def finish(engine: Engine, container_id: str, collector: ExecutionCollector, lim
     """The ExecutionResult of one execution, the same for the cold and the warm path."""
     done = collector.done or {}
     exit_code = done.get("exit_code", container_exit)
+    timed_out = timed_out or done.get("timed_out") is True
     common = dict(
         execution_id=execution_id, action_ref=action_ref, exit_code=exit_code,
         duration_ms=int(elapsed * 1000), stdout=collector.stdout.text(), stderr=collector.stderr.text(),
@@ -377,6 +416,9 @@ def finish(engine: Engine, container_id: str, collector: ExecutionCollector, lim
     if timed_out:
         return failed(ExecutionStatus.timeout, "Timeout",
                       f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s")
+    if collector.protocol_error:
+        return failed(ExecutionStatus.error, "ProtocolError",
+                      "the container's output broke the runner protocol; the container was destroyed")
     suspicious = collector.done is None or done.get("signal") == 9 or exit_code == 137
     if suspicious and oom_killed(engine, container_id, time.time() - elapsed):
         return failed(ExecutionStatus.oom, "OutOfMemory", f"the action exceeded its memory limit of {limits.memory}")
@@ -416,9 +458,21 @@ def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, sec
         "environment": environment,
     }
     try:
-        return encode_request(document)
+        return encode_frame(document)
     except (TypeError, ValueError) as exc:
         raise InvalidSpecError(f"parameters and secrets must be JSON: {exc}", field="parameters") from None
+
+
+def _control(limits: ResourceLimits, *, last: bool) -> dict[str, Any]:
+    """What the supervisor needs of one execution; the nonce is unknown to the action's process,
+    so a done frame that echoes it was written by the supervisor."""
+    return {"nonce": tokens.token_hex(16), "timeout": limits.timeout or 300,
+            "result_limit": limits.result_limit or 0, "last": last}
+
+
+def _collector(limits: ResourceLimits, control: dict[str, Any]) -> ExecutionCollector:
+    return ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0,
+                              nonce=control["nonce"])
 
 
 def _environment(execution_id: str, action: ActionDefinition, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -435,12 +489,3 @@ def _environment(execution_id: str, action: ActionDefinition, extra: Mapping[str
         env[name] = value
     return env
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

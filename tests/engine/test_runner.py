@@ -283,8 +283,10 @@ def test_many_threads_share_a_bounded_number_of_containers(settings, engine):
     assert max_overlap(results) == 2
 
 
-def cli_run(*args: str, **kw) -> subprocess.Popen:
+def cli_run(*args: str, state_dir=None, **kw) -> subprocess.Popen:
     env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX}
+    if state_dir is not None:  # a sweeper proves an owner dead by its lease in the shared state dir
+        env["ATTUNE__CONTAINERS__STATE_DIR"] = str(state_dir)
     return subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "run", *args, "--packs-dir", str(PACKS)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
@@ -318,7 +320,7 @@ def test_an_interrupted_caller_leaves_no_container(engine, signum):
 def test_a_killed_callers_container_is_swept_by_the_next_runner(settings, engine):
     from attune_containers.services.manager import ContainerDependencyManager
 
-    process = cli_run("probe.sleep", "--params", '{"seconds": 120}')
+    process = cli_run("probe.sleep", "--params", '{"seconds": 120}', state_dir=settings.state_dir)
     left = wait_for_container(engine, process)
     process.kill()
     process.communicate(timeout=60)
