@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,10 +21,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .core.execution import DEFAULT_LIMITS, ResourceLimits
+from .core.execution import DEFAULT_LIMITS, DEFAULT_MAX_LIMITS, ResourceLimits, check_within_caps, effective_limits
 from .core.pooling import DEFAULT_POOL, PoolSettings
 from .core.render import BuildOptions
 from .core.spec import RequirementPolicy
+from .errors import InvalidSpecError
 
 ENV_PREFIX = "ATTUNE__CONTAINERS__"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -99,6 +100,12 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
     registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
     allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
+    trusted_manifest: Path | None = Field(
+        None, description="JSON manifest (written by `build --all --push --manifest`) of the registry images, "
+                          "by digest, this host trusts; a pulled image must match it")
+    trust_registry_tags: bool = Field(
+        False, description="UNSAFE: run an image pulled from the registry by its tag when no trusted manifest "
+                           "names it (anyone who can push to the registry then chooses the code that runs)")
     build_no_cache: bool = Field(False, description="Ignore the engine's layer cache (cold builds, benchmarks)")
     build_memory: str | None = Field("4g", description="Memory limit of each build container")
     build_timeout: int = Field(1800, description="Seconds a build may take")
@@ -110,6 +117,23 @@ class Settings(BaseSettings):
     )
     max_concurrent_runs: int = Field(4, ge=1, description="Executions one runner serves at once")
     pool: PoolSettings = Field(default_factory=lambda: DEFAULT_POOL, description="Warm containers, per pack")
+    max_limits: ResourceLimits = Field(
+        default_factory=lambda: DEFAULT_MAX_LIMITS,
+        description="Caps: a pack, action or request may lower limits freely, raise them only up to these",
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="Networks besides none that a pack or request may ask for (e.g. bridge); empty: none only",
+    )
+    # The local service (`attune-containers serve`).
+    service_socket_group: str | None = Field(
+        None, description="Group that may use the service's Unix socket (mode 0660); default: owner only (0600)")
+    service_token_file: Path | None = Field(
+        None, description="File holding the service's bearer token (not readable by others)")
+    service_token: SecretStr | None = Field(
+        None, description="The service's bearer token itself (prefer service_token_file)")
+    service_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body the service reads")
+    service_max_queued: int = Field(64, ge=1, description="Executions waiting for a slot before the service answers 503")
 
     @field_validator("image_prefix")
     @classmethod
@@ -184,6 +208,37 @@ class Settings(BaseSettings):
     def _limits(cls, v: ResourceLimits) -> ResourceLimits:
         # Fields left out of the configured limits keep their defaults.
         return DEFAULT_LIMITS.merged(v)
+
+    @field_validator("max_limits")
+    @classmethod
+    def _max_limits(cls, v: ResourceLimits) -> ResourceLimits:
+        if v.network is not None:
+            raise ValueError("max_limits has no network: networks are allowed by allowed_networks")
+        return DEFAULT_MAX_LIMITS.merged(v)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _allowed_networks(cls, v: list[str]) -> list[str]:
+        for name in v:
+            ResourceLimits(network=name)  # host and container:<id> stay impossible whatever is configured
+        return v
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> Settings:
+        # The operator's own defaults must respect the operator's caps: a clear error at start-up
+        # beats every run of every pack being refused.
+        try:
+            check_within_caps(self.limits, self.max_limits, self.allowed_networks, "limits")
+        except InvalidSpecError as exc:
+            raise ValueError(f"{exc.field}: {exc}") from None
+        return self
+
+    def run_limits(self, *, pack: ResourceLimits | None = None, action: ResourceLimits | None = None,
+                   request: ResourceLimits | None = None) -> ResourceLimits:
+        """The limits of one run: these defaults, then the pack's, the action's and the request's,
+        each only within ``max_limits`` and ``allowed_networks`` (InvalidSpecError otherwise)."""
+        return effective_limits(self.limits, self.max_limits, self.allowed_networks,
+                                [("meta.container_limits", pack), ("action", action), ("limits", request)])
 
     def requirement_policy(self) -> RequirementPolicy:
         return RequirementPolicy(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from ..errors import InvalidSpecError
 from .layering import Layered
 
 MiB = 1024 * 1024
@@ -71,6 +73,56 @@ DEFAULT_LIMITS = ResourceLimits(
     network="none",
     tmp_size="64m",
 )
+
+# The operator's caps (setting ``max_limits``): a pack, an action or a request may lower any limit
+# freely but raise it only up to these. Generous for real actions, small enough that one pack cannot
+# take the host: 2 GiB is 8x the default memory, an hour is 12x the default timeout.
+DEFAULT_MAX_LIMITS = ResourceLimits(
+    memory="2g",
+    cpus=4.0,
+    pids=1024,
+    nofile=4096,
+    timeout=3600,
+    stdout_limit=64 * MiB,
+    stderr_limit=64 * MiB,
+    result_limit=16 * MiB,
+    tmp_size="512m",
+)
+_SIZE_FIELDS = ("memory", "tmp_size")
+
+
+def _magnitude(field: str, value: Any) -> float:
+    return parse_size(value) if field in _SIZE_FIELDS else value
+
+
+def check_within_caps(layer: ResourceLimits, caps: ResourceLimits, allowed_networks: Iterable[str],
+                      where: str) -> None:
+    """Refuse a layer that asks for more than the operator allows (refused, not clamped: an action
+    silently given less than it asked for fails in ways that are hard to trace)."""
+    allowed = set(allowed_networks)
+    for field, value in layer.model_dump(exclude_none=True).items():
+        if field == "network":
+            if value != "none" and value not in allowed:
+                raise InvalidSpecError(
+                    f"network {value!r} is not allowed: the operator allows none"
+                    + "".join(f", {n}" for n in sorted(allowed)) + " (setting allowed_networks)",
+                    field=f"{where}.network")
+            continue
+        cap = getattr(caps, field)
+        if cap is not None and _magnitude(field, value) > _magnitude(field, cap):
+            raise InvalidSpecError(
+                f"{field} {value!r} is above the operator's cap of {cap!r} (setting max_limits.{field})",
+                field=f"{where}.{field}")
+
+
+def effective_limits(defaults: ResourceLimits, caps: ResourceLimits, allowed_networks: Iterable[str],
+                     layers: Sequence[tuple[str, ResourceLimits | None]]) -> ResourceLimits:
+    """The limits of one run: ``defaults`` (the operator's, trusted) with each named layer on top,
+    in order, every layer first checked against the caps and the network allow-list."""
+    for where, layer in layers:
+        if layer is not None:
+            check_within_caps(layer, caps, allowed_networks, where)
+    return defaults.merged(*(layer for _, layer in layers))
 
 
 class ExecutionStatus(str, Enum):

@@ -141,7 +141,7 @@ class ActionRunner:
             raise InvalidSpecError(f"{execution_id!r} is not a valid execution id", field="execution_id")
         action = load_action(self.packs_dir, action_ref, self._packs_tree())
         pack = self._pack(action)
-        effective = self.settings.limits.merged(pack.limits, ResourceLimits(timeout=action.timeout), limits)
+        effective = self.settings.run_limits(pack=pack.limits, action=ResourceLimits(timeout=action.timeout), request=limits)
         request = _request(action, parameters, secrets, effective,
                            _environment(execution_id, action, environment))
         with self._slots:
@@ -313,7 +313,7 @@ class ActionRunner:
             raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
         policy = self.settings.pool.merged(pack.pool)
-        effective = self.settings.limits.merged(pack.limits, limits)
+        effective = self.settings.run_limits(pack=pack.limits, request=limits)
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
         self.lease.use(self, pack.pack_ref, info.image, info.id)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {LABEL_POOL: "true"})

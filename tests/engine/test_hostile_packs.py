@@ -68,3 +68,25 @@ def test_an_actions_folder_linked_out_of_the_pack_is_refused_without_echo(tmp_pa
     result = cli("run", "p.passwd", "--packs-dir", str(tree), state_dir=tmp_path / "state")
     assert result.returncode == 2, result.stderr
     assert "link" in result.stderr and "HOST-ONLY" not in result.stderr + result.stdout
+
+
+def test_a_pack_that_raises_its_own_limits_is_refused_before_anything_runs(tmp_path, engine):
+    """Issue 9: meta.container_limits asked for 64 GiB, a million pids and any named network."""
+    tree = tmp_path / "packs"
+    for name, limits in (("greedy_mem", "memory: 64g"), ("greedy_pids", "pids: 1000000"),
+                         ("greedy_net", "network: some_lan")):
+        d = tree / name
+        (d / "actions").mkdir(parents=True)
+        (d / "pack.yaml").write_text(f"ref: {name}\nmeta:\n  container_limits:\n    {limits}\n")
+        (d / "actions" / "x.yaml").write_text("entry_point: x.py\n")
+        (d / "actions" / "x.py").write_text("def run():\n    return 1\n")
+    for name, needle in (("greedy_mem", "'64g' is above the operator's cap of '2g'"),
+                         ("greedy_pids", "1000000 is above the operator's cap of 1024"),
+                         ("greedy_net", "allowed_networks")):
+        result = cli("run", f"{name}.x", "--packs-dir", str(tree), state_dir=tmp_path / "state")
+        assert result.returncode == 2 and needle in result.stderr, (name, result.stderr)
+        assert "meta.container_limits" in result.stderr
+    # The operator may raise the caps (and allow networks): then the same packs are within them.
+    raised = cli("run", "greedy_pids.x", "--packs-dir", str(tree), state_dir=tmp_path / "state",
+                 env={"ATTUNE__CONTAINERS__MAX_LIMITS": '{"pids": 1000000}'})
+    assert raised.returncode == 0, raised.stderr

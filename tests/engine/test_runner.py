@@ -158,10 +158,21 @@ def test_fork_bomb_is_contained_and_the_host_stays_responsive(runner, engine):
     assert host_latencies and max(host_latencies) < 5
 
 
-def test_network_is_off_by_default_and_can_be_asked_for(runner):
+def test_network_is_off_by_default_and_can_be_asked_for(runner, settings, engine):
     off = runner.run("probe.network")
     assert off.status is ExecutionStatus.succeeded and off.result["connected"] is False, off.result
-    on = runner.run("probe.network", limits=ResourceLimits(network="bridge"))
+    # Only from the operator's allow-list (empty by default): a request alone cannot turn it on.
+    with pytest.raises(InvalidSpecError) as refused:
+        runner.run("probe.network", limits=ResourceLimits(network="bridge"))
+    assert refused.value.field == "limits.network"
+    from attune_containers.services.manager import ContainerDependencyManager
+
+    allowing = cold(settings).model_copy(update={"allowed_networks": ["bridge"]})
+    allowed = ActionRunner(PACKS, ContainerDependencyManager(allowing, engine), sweep=False)
+    try:
+        on = allowed.run("probe.network", limits=ResourceLimits(network="bridge"))
+    finally:
+        allowed.close()
     assert on.result["connected"] is True, on.result
     with pytest.raises(ValueError):
         ResourceLimits(network="host")
