@@ -155,7 +155,7 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
 
         overall = progress.add_task("all packs", total=len(scan_pack_tree(args.all)))
         report = build_all(manager, args.all, jobs=args.jobs, push=args.push, offline=args.offline or None,
-                           on_event=on_event)
+                           on_event=on_event, manifest=args.manifest)
     if args.json:
         _print_json(report.model_dump(mode="json"))
     else:
@@ -274,15 +274,19 @@ def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -
 
 
 def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    removed = manager.remove_environment(args.pack_ref)
+    # Only this configuration's images (image_prefix), each by its own tag; never forced.
+    removal = manager.remove_images(args.pack_ref, image=args.image, dry_run=args.dry_run)
     if args.json:
-        _print_json({"removed": removed})
-    elif removed:
-        for ref in removed:
-            out.print(f"removed {ref}")
+        _print_json({"removed": removal.removed, "refused": removal.refused, "dry_run": args.dry_run})
     else:
-        out.print(f"no image for pack {args.pack_ref!r}")
-    return 0
+        verb = "would remove" if args.dry_run else "removed"
+        for ref in removal.removed:
+            out.print(f"{verb} {ref}", highlight=False)
+        for ref, cause in removal.refused.items():
+            err.print(f"[red]not removed[/red] {ref}: {cause}", highlight=False)
+        if not removal.removed and not removal.refused:
+            out.print(f"no image for pack {args.pack_ref!r} under {manager.settings.image_prefix}/", highlight=False)
+    return 1 if removal.refused else 0
 
 
 def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -345,7 +349,8 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
     runner = ActionRunner(args.packs_dir, manager)
     with err.status(f"running {args.action_ref}", spinner="dots"):
         # One run per process: a warm container would only outlive it, so the CLI runs cold.
-        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment, warm=False)
+        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment,
+                            execution_id=args.execution_id, warm=False)
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -412,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", metavar="PACKS_DIR", help="every pack under this tree, in parallel")
     p.add_argument("--jobs", type=int, default=2, help="builds at once with --all (default 2)")
     p.add_argument("--push", action="store_true", help="push to the registry (ATTUNE__CONTAINERS__REGISTRY)")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="with --all --push: write the trusted manifest (each pack's pushed image by digest) "
+                        "that workers read from ATTUNE__CONTAINERS__TRUSTED_MANIFEST")
     p.add_argument("--offline", action="store_true", help="use the wheel cache only, networking off")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
     p.add_argument("--json", action="store_true")
@@ -439,8 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
     p.add_argument("--json", action="store_true")
 
-    p = add("rm", cmd_rm, "Remove every image of a pack")
+    p = add("rm", cmd_rm, "Remove a pack's images (of this image_prefix only)")
     p.add_argument("pack_ref")
+    p.add_argument("--image", metavar="HASH", help="only the image whose dependency hash (tag) or image ID starts with this")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
     p.add_argument("--json", action="store_true")
 
     p = add("run", cmd_run, "Run an action in its pack's image and print its result")
@@ -451,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secrets-file", help="secrets from a JSON file (never on the command line)")
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="an extra environment variable")
     p.add_argument("--timeout", type=float, help="seconds (default: the action's, else 300)")
+    p.add_argument("--execution-id", help="the caller's id of this execution (default: a new one); a container label")
     p.add_argument("--memory", help="e.g. 256m (swap is never allowed)")
     p.add_argument("--cpus", type=float)
     p.add_argument("--network", help="none (default), bridge or a named network")

@@ -30,6 +30,7 @@ from .errors import (
     EngineError,
     EngineUnavailableError,
     EnvironmentNotFoundError,
+    ImageConflictError,
     ImageInUseError,
 )
 
@@ -117,8 +118,20 @@ class Engine:
     def remove_image(self, reference: str, *, force: bool = False, noprune: bool = False) -> None:
         """Remove an image. Unforced, the engine refuses (ImageInUseError) while a container uses
         it; ``noprune`` keeps its untagged parents."""
-        with translate_errors(f"removing {reference}"):
-            self.api.remove_image(reference, force=force, noprune=noprune)
+        try:
+            with translate_errors(f"removing {reference}"):
+                self.api.remove_image(reference, force=force, noprune=noprune)
+        except ImageInUseError as exc:
+            # The engine's 409 has several causes; only some are a container.
+            text = str(exc)
+            if "being used by" in text or "is using its referenced image" in text:
+                raise
+            if "referenced in multiple repositories" in text:
+                raise ImageConflictError(f"{text} (the image has other tags besides the one removed; "
+                                         "no container uses it)") from None
+            if "dependent child images" in text:
+                raise ImageConflictError(f"{text} (other images are built on it)") from None
+            raise ImageConflictError(text) from None
 
     def disk_usage(self) -> dict[str, Any]:
         """The engine's own accounting (``docker system df``): LayersSize, Images[].Size and
@@ -131,20 +144,31 @@ class Engine:
             self.api.tag(image_id, repository, tag)
 
     def pull(self, reference: str) -> None:
-        """Pull an image; credentials come from the engine's own login (~/.docker/config.json)."""
-        repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
+        """Pull an image, by tag (``repo:tag``) or by digest (``repo@sha256:...``, which the
+        registry cannot answer with other content); credentials come from the engine's own login
+        (~/.docker/config.json)."""
+        if "@" in reference:
+            repository, tag = reference.split("@", 1)
+        else:
+            repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
         with translate_errors(f"pulling {reference}"):
             for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
                 if "error" in status:
                     raise EngineError(f"pulling {reference}: {status['error']}")
 
-    def push(self, reference: str) -> None:
-        """Push an image; credentials come from the engine's own login, never printed."""
+    def push(self, reference: str) -> str | None:
+        """Push an image; return the manifest digest the registry stored it under (``sha256:...``).
+        Credentials come from the engine's own login, never printed."""
         repository, tag = reference.rsplit(":", 1)
+        digest = None
         with translate_errors(f"pushing {reference}"):
             for status in self.api.push(repository, tag=tag, stream=True, decode=True):
                 if "error" in status:
                     raise EngineError(f"pushing {reference}: {status['error']}")
+                aux = status.get("aux")
+                if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+                    digest = aux["Digest"]
+        return digest
 
     def in_registry(self, reference: str) -> bool:
         """Whether the registry holds ``reference`` (a manifest look-up: nothing is pulled)."""
@@ -311,6 +335,7 @@ class Engine:
             read_only=True,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={parse_size(limits.tmp_size or '64m')},mode=1777"},
             cap_drop=["ALL"],
+            cap_add=list(run.cap_add) or None,
             security_opt=["no-new-privileges"],
             init=True,  # tini as PID 1 reaps zombies, so a fork bomb cannot leave the pids slot full
             auto_remove=auto_remove,
@@ -449,6 +474,9 @@ class ContainerRun:
     mounts: list[tuple[str, str, bool]]  # (host source, container target, read only)
     user: str
     working_dir: str = "/tmp"
+    # Capabilities kept on top of an empty set: the runner loop's supervisor needs SETUID, SETGID
+    # and KILL to run each execution as another uid and end it; nothing else ever gets any.
+    cap_add: tuple[str, ...] = ()
 
 
 class AttachedStreams:

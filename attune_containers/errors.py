@@ -62,5 +62,11 @@ class ImageInUseError(AttuneContainersError):
     """The engine refused to remove an image because a container uses it."""
 
 
+class ImageConflictError(ImageInUseError):
+    """The engine refused to remove an image (409) for another reason than a container using it:
+    it has other tags, or images built on it. The message carries the engine's own cause.
+    (A subclass of ImageInUseError so that every "refused, never forced" path still holds.)"""
+
+
 class ContainerInUseError(AttuneContainersError):
     """The engine refused to remove a container because it is running."""

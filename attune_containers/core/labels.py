@@ -5,6 +5,7 @@ Labels, not image names, are the source of truth: lookups filter on ``MANAGED`` 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timezone
 
@@ -24,6 +25,12 @@ BASE_IMAGE = PREFIX + "base.image"
 INSTALLER = PREFIX + "installer"
 # The exact distributions (name, version, wheel file, sha256) the image was built from.
 LOCK = PREFIX + "lock"
+# The repository (``<image_prefix>/<name>``) the image was built for: which configuration made it.
+REPOSITORY = PREFIX + "repository"
+# Build identity: a digest of the image's own filesystem layers and run configuration, taken from
+# the unlabelled image at the labelling step (``content_identity``). An image built FROM ours
+# inherits every label, this one too, but not our layers and config: it no longer verifies.
+CONTENT = PREFIX + "content"
 
 # Set by `base bootstrap` on the base images it makes (docker/bootstrap-base.sh).
 BASE_MARKER = PREFIX + "base"
@@ -57,6 +64,38 @@ def environment_from_image(image_id: str, reference: str, labels: dict[str, str]
         is_valid=bool(labels.get(DEPENDENCY_HASH)) and bool(labels.get(PYTHON_VERSION)),
         size_bytes=size_bytes,
     )
+
+
+def content_identity(attrs: dict) -> str:
+    """The digest ``CONTENT`` binds an image to: its RootFS layers (diff IDs, which push and pull
+    keep) and the configuration a container runs with. Labels are not part of it, so the label
+    step that adds it does not change it; any layer or run setting a derived image adds does."""
+    config = attrs.get("Config") or {}
+    document = {
+        "layers": list((attrs.get("RootFS") or {}).get("Layers") or []),
+        "env": config.get("Env") or [],
+        "user": config.get("User") or "",
+        "workdir": config.get("WorkingDir") or "",
+        "cmd": config.get("Cmd") or [],
+        "entrypoint": config.get("Entrypoint") or [],
+        "volumes": sorted((config.get("Volumes") or {}).keys()),
+        "shell": config.get("Shell") or [],
+        "onbuild": config.get("OnBuild") or [],
+        "stopsignal": config.get("StopSignal") or "",
+        "healthcheck": config.get("Healthcheck") or {},
+    }
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def is_built_by_us(attrs: dict) -> bool:
+    """Whether an image (its engine inspect document) is a pack image as our build made it: the
+    managed labels are there and ``CONTENT`` matches the image's own layers and configuration, so
+    the labels are not inherited by an image built FROM one of ours."""
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    if labels.get(MANAGED) != "true" or not labels.get(PACK_REF) or not labels.get(DEPENDENCY_HASH):
+        return False
+    return bool(labels.get(CONTENT)) and labels.get(CONTENT) == content_identity(attrs)
 
 
 def _json_list(value: str | None) -> list[str]:

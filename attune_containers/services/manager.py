@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -19,18 +20,27 @@ from filelock import FileLock
 from pydantic import BaseModel
 
 from ..core import labels as L
-from ..core.pack_ref import validate_pack_ref
-from ..core.plan import BuildPlan, make_plan
+from ..core.pack_ref import image_name_for, validate_pack_ref
+from ..core.plan import TAG_LENGTH, BuildPlan, make_plan
 from ..core.render import INSTALLED_RECORD, INTERPRETER
 from ..core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from ..core.versions import choose_python
 from ..engine import Engine, LogSink
-from ..errors import AttuneContainersError, BuildError, EnvironmentNotFoundError, ImageInUseError
+from ..errors import (
+    AttuneContainersError,
+    BuildError,
+    EnvironmentNotFoundError,
+    ImageConflictError,
+    ImageInUseError,
+    InvalidSpecError,
+)
 from ..settings import Settings
 from .base_images import BaseImageCatalog
 from .wheels import LockedDistribution, WheelCache
 from .build_gate import BuildGate
 from .current import CurrentImages
+from .manifest import TrustedImage, TrustManifest
+from .provenance import BuildLogIds, BuildRecord
 
 
 class ExecutablePath(BaseModel):
@@ -38,6 +48,25 @@ class ExecutablePath(BaseModel):
 
     image: str
     interpreter: str
+
+
+class Pushed(BaseModel):
+    """What ``publish`` put in the registry: by tag, and by the digest it stored it under."""
+
+    reference: str
+    digest: str | None
+    image_id: str
+
+    @property
+    def by_digest(self) -> str | None:
+        return f"{self.reference.rsplit(':', 1)[0]}@{self.digest}" if self.digest else None
+
+
+class Removal(BaseModel):
+    """``remove_environment``'s account: what went (or would go), and what the engine refused."""
+
+    removed: list[str]
+    refused: dict[str, str] = {}
 
 
 class Ensured(BaseModel):
@@ -65,6 +94,8 @@ class ContainerDependencyManager:
         # The same across processes (the pruner reads it), and the gate builds hold shared.
         self._records = CurrentImages(self.settings.state_dir)
         self._gate = BuildGate(self.settings.state_dir)
+        # The IDs this configuration's builds made: how its leftovers are told from others'.
+        self.builds = BuildRecord(self.settings.state_dir)
 
     # -- planning (pure apart from base image facts) -------------------------------------------
 
@@ -87,9 +118,13 @@ class ContainerDependencyManager:
         return self.ensure(pack_ref, spec, on_log=on_log).info
 
     def ensure(
-        self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None, offline: bool | None = None
+        self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None, offline: bool | None = None,
+        pull: bool = True,
     ) -> Ensured:
-        """``ensure_environment`` that also says how the image came to be (reused, pulled, built)."""
+        """``ensure_environment`` that also says how the image came to be (reused, pulled, built).
+
+        ``pull=False`` never takes an image from the registry (CI: it only publishes what it built).
+        """
         plan = self.plan(pack_ref, spec)
         key = (pack_ref, plan.dependency_hash)
         with self._cache_lock:
@@ -102,7 +137,7 @@ class ContainerDependencyManager:
                     # Another thread or process may have made it while we waited.
                     info = self._find(plan)
                     if info is None:
-                        info, outcome = self._pull_or_build(plan, on_log, offline)
+                        info, outcome = self._pull_or_build(plan, on_log, offline, pull)
                     # Recorded before the lock goes: a pruner that takes it next sees it is current.
                     self._make_current(pack_ref, info.image)
             self._remember(key, info)
@@ -110,21 +145,28 @@ class ContainerDependencyManager:
         return Ensured(info=info, outcome=outcome)
 
     def push(self, info: EnvironmentInfo) -> str:
-        """Make sure the registry holds ``info``'s image; return its reference there."""
+        """Push ``info``'s image to the registry; return its reference there (by tag)."""
+        return self.publish(info).reference
+
+    def publish(self, info: EnvironmentInfo) -> Pushed:
+        """Push ``info``'s image (always: whatever the tag holds now is not trusted to be it) and
+        return the reference and the digest the registry stored it under, for a trusted manifest."""
         registry = self.settings.registry
         if not registry:
             raise AttuneContainersError("no registry is configured (ATTUNE__CONTAINERS__REGISTRY)")
+        attrs = self.engine.inspect_image(info.image)
+        if attrs is None or attrs["Id"] != info.id or not L.is_built_by_us(attrs):
+            raise AttuneContainersError(f"{info.image} is not the image built for pack {info.pack_ref!r}; not pushed")
         remote = f"{registry}/{info.image}"
-        if not self.engine.in_registry(remote):
-            repository, tag = remote.rsplit(":", 1)
-            self.engine.tag(info.id, repository, tag)
-            try:
-                self.engine.push(remote)
-            finally:
-                # The registry-qualified tag was only a vehicle for the push.
-                with contextlib.suppress(AttuneContainersError):
-                    self.engine.remove_image(remote)
-        return remote
+        repository, tag = remote.rsplit(":", 1)
+        self.engine.tag(info.id, repository, tag)
+        try:
+            digest = self.engine.push(remote)
+        finally:
+            # The registry-qualified tag was only a vehicle for the push.
+            with contextlib.suppress(AttuneContainersError):
+                self.engine.remove_image(remote)
+        return Pushed(reference=remote, digest=digest, image_id=info.id)
 
     def lock_lines(self, info: EnvironmentInfo) -> list[str]:
         """The image's lock as a requirements file: every distribution pinned with its sha256."""
@@ -145,14 +187,15 @@ class ContainerDependencyManager:
         return self._find(plan) is None
 
     def get_environment(self, pack_ref: str) -> EnvironmentInfo | None:
-        """The pack's current image: the one last ensured here, else its newest."""
+        """The pack's current image of this configuration: the one last ensured by this process,
+        else by any process sharing ``state_dir``, else its newest."""
         environments = self.list_environments(pack_ref)
         if not environments:
             return None
-        current = self._current.get(pack_ref)
-        for info in environments:
-            if info.image == current:
-                return info
+        for current in (self._current.get(pack_ref), self._records.get(pack_ref)):
+            for info in environments:
+                if current is not None and info.image == current:
+                    return info
         return environments[0]
 
     def get_executable_path(self, pack_ref: str) -> ExecutablePath:
@@ -172,40 +215,98 @@ class ContainerDependencyManager:
         return code == 0 and output.strip() == info.runtime_version
 
     def list_environments(self, pack_ref: str | None = None) -> list[EnvironmentInfo]:
-        """Every pack image of ours (or of one pack), newest first."""
+        """Every pack image of this configuration (or of one pack), newest first.
+
+        An image is one only when it is tagged exactly ``<image_prefix>/<name of its pack_ref>:
+        <its dependency hash>`` and its labels are its own (``labels.is_built_by_us``): images of
+        other prefixes, and images built FROM ours (they inherit our labels), are not listed.
+        """
         labels = {L.MANAGED: "true"}
         if pack_ref is not None:
             labels[L.PACK_REF] = pack_ref
         found = []
         for summary in self.engine.list_images(labels):
-            info = _info_from_summary(summary, self.settings.image_prefix)
+            reference = self._our_reference(summary.get("RepoTags") or [], summary.get("Labels") or {})
+            if reference is None:
+                continue
+            attrs = self.engine.inspect_image(summary["Id"])
+            if attrs is None or not L.is_built_by_us(attrs):
+                continue
+            info = L.environment_from_image(summary["Id"], reference, summary.get("Labels") or {}, summary.get("Size"))
             if info is not None and (pack_ref is None or info.pack_ref == pack_ref):
                 found.append(info)
         return sorted(found, key=lambda i: (i.created_at, i.image), reverse=True)
 
-    def remove_environment(self, pack_ref: str) -> list[str]:
-        """Remove every image of the pack; return their references.
-
-        Never forced: an image a container (running or stopped) still uses makes this fail with
-        ImageInUseError, naming it, after the others were removed.
-        """
-        validate_pack_ref(pack_ref)
-        removed, in_use = [], []
+    def expected_reference(self, labels: dict[str, str]) -> str | None:
+        """The one reference a pack image with these labels has in this configuration."""
+        pack_ref, dependency_hash = labels.get(L.PACK_REF), labels.get(L.DEPENDENCY_HASH) or ""
+        if not pack_ref or not re.fullmatch(r"[0-9a-f]{64}", dependency_hash):
+            return None
         try:
-            for info in self.list_environments(pack_ref):
-                try:
-                    self.engine.remove_image(info.id)
+            name = image_name_for(pack_ref)
+        except (AttuneContainersError, ValueError):
+            return None
+        return f"{self.settings.image_prefix}/{name}:{dependency_hash[:TAG_LENGTH]}"
+
+    def _our_reference(self, tags: list[str], labels: dict[str, str]) -> str | None:
+        expected = self.expected_reference(labels)
+        return expected if expected is not None and expected in tags else None
+
+    def remove_environment(self, pack_ref: str) -> list[str]:
+        """Remove every image of the pack in this configuration; return their references.
+
+        Only this configuration's images (``list_environments``), each by its reference: a second
+        tag elsewhere keeps the image for its other owner. Never forced: an image a container
+        (running or stopped) still uses makes this fail with ImageInUseError, naming it and the
+        engine's own cause, after the others were removed.
+        """
+        removal = self.remove_images(pack_ref)
+        if removal.refused:
+            causes = "; ".join(f"{ref}: {cause}" for ref, cause in removal.refused.items())
+            error = ImageInUseError if all("used by" in c for c in removal.refused.values()) else ImageConflictError
+            raise error(f"the engine refused to remove images of pack {pack_ref!r}: {causes} "
+                        f"(removed: {', '.join(removal.removed) or 'nothing'})")
+        return removal.removed
+
+    def remove_images(self, pack_ref: str, *, image: str | None = None, dry_run: bool = False) -> Removal:
+        """Remove the pack's images of this configuration (or only the one whose dependency hash,
+        tag or image ID starts with ``image``); ``dry_run`` removes nothing and says what would go.
+        Refusals are collected with the engine's own cause, never forced."""
+        validate_pack_ref(pack_ref)
+        environments = self.list_environments(pack_ref)
+        if image is not None:
+            wanted = image.removeprefix("sha256:").lower()
+            if not re.fullmatch(r"[0-9a-f]{4,64}", wanted):
+                raise InvalidSpecError("give a dependency hash, tag or image ID (at least 4 hex digits)", field="image")
+            environments = [e for e in environments
+                            if e.dependency_hash.startswith(wanted) or e.id.removeprefix("sha256:").startswith(wanted)]
+            if not environments:
+                raise EnvironmentNotFoundError(f"pack {pack_ref!r} has no image {image!r} under {self.settings.image_prefix}/")
+        removed, refused = [], {}
+        if dry_run:
+            for info in environments:
+                users = self.engine.find_containers(ancestor=info.id)
+                if users:
+                    refused[info.image] = "used by container " + ", ".join(
+                        (c.get("Names") or [c["Id"][:12]])[0].lstrip("/") for c in users[:3])
+                else:
                     removed.append(info.image)
-                except ImageInUseError:
-                    in_use.append(info.image)
+            return Removal(removed=removed, refused=refused)
+        try:
+            for info in environments:
+                try:
+                    # By reference: only our tag goes; the image itself goes with its last tag.
+                    self.engine.remove_image(info.image)
+                    removed.append(info.image)
+                except ImageConflictError as exc:
+                    refused[info.image] = str(exc)
+                except ImageInUseError as exc:
+                    refused[info.image] = f"used by a container ({exc})"
+                except EnvironmentNotFoundError:
+                    pass  # gone meanwhile
         finally:
             self._forget(pack_ref)
-        if in_use:
-            raise ImageInUseError(
-                f"{', '.join(in_use)} of pack {pack_ref!r} is used by a container; stop it first "
-                f"(removed: {', '.join(removed) or 'nothing'})"
-            )
-        return removed
+        return Removal(removed=removed, refused=refused)
 
     def forget_image(self, image_id: str) -> None:
         """Drop what memory holds about one image (it was removed behind this manager's back)."""
@@ -242,6 +343,10 @@ class ContainerDependencyManager:
     # -- internals ----------------------------------------------------------------------------
 
     def _find(self, plan: BuildPlan) -> EnvironmentInfo | None:
+        """The local image under the plan's tag, when it is ours for this plan: built by us (its
+        labels are its own, not inherited) and, when the trusted manifest names this pack and
+        spec, exactly the image the manifest names. Anything else under the tag is not used (a
+        build or a verified pull replaces the tag)."""
         attrs = self.engine.inspect_image(plan.image)
         if attrs is None:
             return None
@@ -251,14 +356,31 @@ class ContainerDependencyManager:
                 f"{plan.image} exists but belongs to pack {labels.get(L.PACK_REF)!r} with hash "
                 f"{labels.get(L.DEPENDENCY_HASH)!r}, not {plan.pack_ref!r}; remove it"
             )
+        if not L.is_built_by_us(attrs):
+            return None
+        trusted = self._trusted(plan)
+        if trusted is not None and attrs["Id"] != trusted.image_id:
+            return None
         return L.environment_from_image(attrs["Id"], plan.image, labels, attrs.get("Size"))
 
-    def _pull_or_build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None) -> tuple[EnvironmentInfo, str]:
-        if self.settings.registry:
-            pulled = self._pull(plan)
+    def _trusted(self, plan: BuildPlan) -> TrustedImage | None:
+        if self.settings.trusted_manifest is None:
+            return None
+        return TrustManifest.load(self.settings.trusted_manifest).entry(plan.pack_ref, plan.dependency_hash)
+
+    def _pull_or_build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None,
+                       pull: bool = True) -> tuple[EnvironmentInfo, str]:
+        refused = None
+        if self.settings.registry and pull:
+            try:
+                pulled = self._pull(plan)
+            except UntrustedImageError as exc:
+                pulled, refused = None, exc
             if pulled is not None:
                 return pulled, "pulled"
         if not self.settings.allow_build:
+            if refused is not None:
+                raise refused
             where = f"in the registry {self.settings.registry}" if self.settings.registry else "on this host"
             raise AttuneContainersError(
                 f"{plan.image} for pack {plan.pack_ref!r} is not {where}, and building is not allowed "
@@ -267,21 +389,82 @@ class ContainerDependencyManager:
         return self._build(plan, on_log, self.settings.offline if offline is None else offline), "built"
 
     def _pull(self, plan: BuildPlan) -> EnvironmentInfo | None:
-        remote = f"{self.settings.registry}/{plan.image}"
-        if not self.engine.in_registry(remote):
+        """The plan's image from the registry, only as the operator trusts it.
+
+        With a trusted manifest entry for this pack and spec: pulled by its digest (the registry
+        cannot answer that with other content), then its ID and labels must be the recorded ones.
+        Without one, a tag proves nothing: nothing is pulled (UntrustedImageError says why) unless
+        ``trust_registry_tags`` (unsafe) is set. None: the registry does not have it.
+        """
+        trusted = self._trusted(plan)
+        if trusted is not None:
+            if trusted.image != plan.image:
+                raise UntrustedImageError(
+                    f"the trusted manifest names {trusted.image} for pack {plan.pack_ref!r}, not {plan.image}")
+            remote = trusted.reference
+        elif self.settings.trust_registry_tags:
+            remote = f"{self.settings.registry}/{plan.image}"
+            if not self.engine.in_registry(remote):
+                return None
+        else:
+            where = (f"the trusted manifest {self.settings.trusted_manifest} has no entry for pack "
+                     f"{plan.pack_ref!r} with dependency hash {plan.dependency_hash[:12]}"
+                     if self.settings.trusted_manifest else "no trusted manifest is configured")
+            raise UntrustedImageError(
+                f"{plan.image} for pack {plan.pack_ref!r} was not pulled from {self.settings.registry}: {where}, "
+                "and a tag in a registry proves nothing about who built the image. Give the manifest "
+                "`attune-containers build --all --push --manifest FILE` wrote "
+                "(ATTUNE__CONTAINERS__TRUSTED_MANIFEST=FILE), or set ATTUNE__CONTAINERS__TRUST_REGISTRY_TAGS=true "
+                "(unsafe: whoever can push to the registry chooses the code that runs)")
+        try:
+            self.engine.pull(remote)
+        except EnvironmentNotFoundError:
+            if trusted is not None:
+                raise UntrustedImageError(f"{remote}, the trusted image of pack {plan.pack_ref!r}, is not in the "
+                                          "registry; nothing else is taken in its place") from None
             return None
-        self.engine.pull(remote)
-        repository, tag = plan.image.rsplit(":", 1)
-        self.engine.tag(remote, repository, tag)
+        except AttuneContainersError as exc:
+            if trusted is not None:
+                raise UntrustedImageError(f"pulling {remote}, the trusted image of pack {plan.pack_ref!r}, "
+                                          f"failed: {exc}; nothing else is taken in its place") from None
+            raise
+        try:
+            attrs = self.engine.inspect_image(remote)
+            if attrs is None:
+                raise UntrustedImageError(f"{remote} was pulled but is not on this host")
+            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            problems = []
+            if trusted is not None and attrs["Id"] != trusted.image_id:
+                problems.append(f"its ID is {attrs['Id']}, the manifest says {trusted.image_id}")
+            if labels.get(L.PACK_REF) != plan.pack_ref or labels.get(L.DEPENDENCY_HASH) != plan.dependency_hash:
+                problems.append(f"its labels name pack {labels.get(L.PACK_REF)!r} with hash "
+                                f"{labels.get(L.DEPENDENCY_HASH)!r}")
+            if not L.is_built_by_us(attrs):
+                problems.append("its labels are not its own (not a pack image as our build makes it)")
+            if problems:
+                raise UntrustedImageError(f"refused {remote} for pack {plan.pack_ref!r}: {'; '.join(problems)}")
+            repository, tag = plan.image.rsplit(":", 1)
+            self.engine.tag(attrs["Id"], repository, tag)
+        except BaseException:
+            with contextlib.suppress(AttuneContainersError):
+                self.engine.remove_image(remote)
+            raise
         with contextlib.suppress(AttuneContainersError):
             self.engine.remove_image(remote)  # keep one name per image: the local one
-        return self._find(plan)  # refuses an image whose labels do not match the plan
+        return self._find(plan)
 
     def _build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool = False) -> EnvironmentInfo:
         # While a build runs, its intermediate images look like leftovers: the gate keeps the
         # pruner's leftover cleaning away until it is done.
-        with self._gate.shared():
-            return self._build_now(plan, on_log, offline)
+        ids = BuildLogIds(on_log)
+        try:
+            with self._gate.shared():
+                info = self._build_now(plan, ids, offline)
+            ids.ids.append(info.id)
+            return info
+        finally:
+            # This configuration's build identity: its leftovers are these, and no one else's.
+            self.builds.add(ids.ids)
 
     def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
         with self.wheels.fetch(plan, offline=offline, on_log=on_log) as fetched:
@@ -300,6 +483,9 @@ class ContainerDependencyManager:
             installed = [f"{d['name']}=={d['version']}" for d in record]
             labels = plan.labels(installed, datetime.now(timezone.utc).replace(microsecond=0))
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
+            # Build identity: bound to this image's own layers and config (not to a derived one's).
+            labels[L.REPOSITORY] = plan.repository
+            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id) or {})
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
             labelled = self.engine.build(
@@ -371,11 +557,8 @@ def _label_context(image_id: str) -> bytes:
     return buffer.getvalue()
 
 
-def _info_from_summary(summary: dict[str, Any], prefix: str) -> EnvironmentInfo | None:
-    tags = [t for t in summary.get("RepoTags") or [] if t != "<none>:<none>"]
-    ours = [t for t in tags if t.startswith(prefix + "/")]
-    reference = (ours or tags or [summary["Id"]])[0]
-    return L.environment_from_image(summary["Id"], reference, summary.get("Labels") or {}, summary.get("Size"))
+class UntrustedImageError(AttuneContainersError):
+    """An image in the registry was not taken: nothing the operator trusts vouches for it."""
 
 
 class DependencyManagerRegistry:

@@ -38,7 +38,9 @@ from pydantic import BaseModel, Field
 from ..core import labels as L
 from ..core.packs import scan_pack_tree
 from ..core.prune_policy import PackImage, PrunePolicy, Verdict, format_duration, select_images
-from ..core.render import ATTUNE_DIR
+from ..core.pack_ref import image_name_for
+from ..core.render import ATTUNE_DIR, BuildOptions, render_dockerfile
+from ..core.versions import BaseImage
 from ..core.spec import EnvironmentInfo
 from ..engine import Engine
 from ..errors import (
@@ -56,8 +58,7 @@ from .usage import UsageLog
 
 __all__ = ["ImageEntry", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
 
-# Steps only our Dockerfile template makes (templates/Dockerfile.j2): the builder stage works in
-# /attune-build, both stages write /opt/attune.
+# Our Dockerfile template (templates/Dockerfile.j2) writes here; kept for callers of old.
 OUR_BUILD_STEPS = ("/attune-build/", f" {ATTUNE_DIR}")
 # States of a container that is not running.
 STOPPED = ["created", "exited", "dead"]
@@ -213,7 +214,8 @@ class Pruner:
             if not policy.dry_run:
                 try:
                     # Never forced: the engine itself refuses if a container appeared meanwhile.
-                    self.engine.remove_image(image.id, noprune=not alone)
+                    # By reference: a second tag (another configuration's) keeps the image for it.
+                    self.engine.remove_image(image.reference, noprune=not alone)
                 except ImageInUseError as exc:
                     run.report.skipped.append(run.image_item(verdict, f"the engine refused: {exc}"))
                     return
@@ -235,12 +237,14 @@ class Pruner:
     # -- pass 2: stopped containers of ours ---------------------------------------------------
 
     def _remove_containers(self, run: _Run, lineage: _Lineage) -> None:
-        prefix = self.settings.image_prefix + "/"
+        ours = {i.id for i in self.manager.list_environments()}
+        built = self.manager.builds.ids()
         for summary in self.engine.find_containers(statuses=STOPPED):
             image_id = summary.get("ImageID") or ""
             image_labels = lineage.labels.get(image_id)
-            on_ours = lineage.base_of(image_id) is not None or any(
-                t.startswith(prefix) for t in lineage.tags.get(image_id, ()))
+            # Only containers of this configuration's images: its pack images, or images its own
+            # builds made. Base images are shared by every configuration: not a sign of ours.
+            on_ours = image_id in ours or self.manager.builds.contains(image_id, built)
             if image_labels is None or not on_ours:
                 continue  # another configuration's image, or one we cannot see
             # A container inherits its image's labels: only labels it was given itself make it ours.
@@ -282,6 +286,7 @@ class Pruner:
 
     def _remove_dangling(self, run: _Run, lineage: _Lineage) -> None:
         grace = run.grace(self.settings)
+        built = self.manager.builds.ids()
         for summary in self.engine.list_images(dangling=True):
             image_id = summary["Id"]
             base = lineage.base_of(image_id)
@@ -291,9 +296,14 @@ class Pruner:
             size, unique = run.sizes.get(image_id, (summary.get("Size"), None))
             item = PruneItem(kind="build-leftover", id=image_id, reference="<none>",
                              pack_ref=labels.get(L.PACK_REF), reason="", size_bytes=size, unique_bytes=unique)
-            if labels.get(L.MANAGED) == "true":
+            recorded = self.manager.builds.contains(image_id, built)
+            if labels.get(L.MANAGED) == "true" and (recorded or self._built_here(image_id, labels)):
                 what = f"untagged image of pack {labels.get(L.PACK_REF)!r}"
-            elif lineage.has_our_steps(image_id, base):
+            elif labels.get(L.MANAGED) == "true" and labels.get(L.REPOSITORY) and self._built_by_us(image_id):
+                continue  # a pack image of another configuration (another image_prefix): not ours
+            elif labels.get(L.MANAGED) != "true" and lineage.has_our_steps(image_id, base):
+                if not recorded:
+                    continue  # a build stage of another configuration's build: not ours
                 what = f"build stage on {base}"
             else:
                 run.report.skipped.append(item.model_copy(update={
@@ -323,6 +333,19 @@ class Pruner:
                     continue
                 run.removed_images.add(image_id)
             run.report.removed.append(item)
+
+    def _built_by_us(self, image_id: str) -> bool:
+        attrs = self.engine.inspect_image(image_id)
+        return attrs is not None and L.is_built_by_us(attrs)
+
+    def _built_here(self, image_id: str, labels: dict[str, str]) -> bool:
+        """An untagged pack image of this configuration: its labels are its own (not inherited by
+        an image built FROM a pack image) and name a repository under our image_prefix."""
+        try:
+            expected = f"{self.settings.image_prefix}/{image_name_for(labels.get(L.PACK_REF) or '')}"
+        except (AttuneContainersError, ValueError):
+            return False
+        return labels.get(L.REPOSITORY) == expected and self._built_by_us(image_id)
 
     # -- the packs ----------------------------------------------------------------------------
 
@@ -394,6 +417,7 @@ class _Lineage:
             if attrs is not None:
                 self.bases[attrs["Id"]] = reference
         self._history_length: dict[str, int] = {}
+        self._steps: dict[str, set[str]] = {}
 
     def base_of(self, image_id: str) -> str | None:
         seen: set[str] = set()
@@ -406,12 +430,65 @@ class _Lineage:
         return None
 
     def has_our_steps(self, image_id: str, base: str) -> bool:
-        """Whether the steps above ``base`` include one only our Dockerfile makes."""
+        """Whether every step above ``base`` is exactly a step of our Dockerfile on that base
+        (compared instruction by instruction, not by substring: ``/opt/attune`` is not
+        ``/opt/attunement-dashboard``, and one foreign step makes the image someone else's)."""
         if base not in self._history_length:
             self._history_length[base] = len(self.engine.image_history(base))
+            self._steps[base] = our_dockerfile_steps(base)
         history = self.engine.image_history(image_id)  # newest first; the base's steps are last
         own = history[: max(len(history) - self._history_length[base], 0)]
-        return any(marker in (step.get("CreatedBy") or "") for step in own for marker in OUR_BUILD_STEPS)
+        return bool(own) and all(history_step(step.get("CreatedBy") or "") in self._steps[base] for step in own)
+
+
+def our_dockerfile_steps(base_reference: str) -> set[str]:
+    """Every instruction (normalized as ``history_step`` reads them back) that our Dockerfile
+    template makes on ``base_reference``, with either installer; FROM lines make no step."""
+    steps = set()
+    for installer in ("pip", "uv"):
+        text = render_dockerfile(BaseImage(minor="3.0", reference=base_reference), BuildOptions(installer=installer))
+        for instruction in _instructions(text):
+            keyword, _, rest = instruction.partition(" ")
+            keyword = keyword.upper()
+            if keyword == "FROM":
+                continue
+            if keyword in ("COPY", "ADD"):
+                rest = rest.split()[-1] if rest.split() else ""
+            steps.add(f"{keyword} {' '.join(rest.split())}")
+    return steps
+
+
+def history_step(created_by: str) -> str:
+    """A history entry's CreatedBy as an instruction: ``RUN <command>``, ``COPY <destination>``,
+    ``ENV ...``, whitespace collapsed. Docker's classic builder writes ``/bin/sh -c #(nop) X`` for
+    metadata steps, ``|N ARG=.. /bin/sh -c <command>`` for RUN, ``COPY dir:<sha> in <dest>``."""
+    text = re.sub(r"^\|\d+ (?:\S+=\S* )*", "", created_by.strip())
+    if text.startswith("/bin/sh -c #(nop) "):
+        text = text[len("/bin/sh -c #(nop) "):].strip()
+        m = re.fullmatch(r"(COPY|ADD) (?:(?:dir|file|multi):[0-9a-f]+|\S+) in (\S+)", text)
+        if m:
+            return f"{m.group(1)} {m.group(2)}"
+        keyword, _, rest = text.partition(" ")
+        return f"{keyword} {' '.join(rest.split())}"
+    if text.startswith("/bin/sh -c "):
+        return "RUN " + " ".join(text[len("/bin/sh -c "):].split())
+    return "? " + text
+
+
+def _instructions(dockerfile: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    found, current = [], ""
+    for line in dockerfile.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        found.append((current + line).strip())
+        current = ""
+    if current.strip():
+        found.append(current.strip())
+    return found
 
 
 def _sizes(usage: dict[str, Any]) -> dict[str, tuple[int | None, int | None]]:
