@@ -251,6 +251,21 @@ def dead_owner(state_dir: str | Path, lease_id: str) -> Iterator[bool]:
         os.close(fd)
 
 
+def owner_alive(state_dir: str | Path, lease_id: str | None) -> bool:
+    """Whether the owner of ``lease_id`` is provably alive: its lease in this state directory is
+    locked. False for no id, a malformed one, or one without a lease here."""
+    if not isinstance(lease_id, str) or not LEASE_ID.fullmatch(lease_id):
+        return False
+    path = owners_dir(state_dir) / f"{lease_id}.lock"
+    if not path.exists():
+        return False
+    fd = _try_lock(path)
+    if fd is None:
+        return path.exists()  # held (or deleted meanwhile by its owner's clean exit)
+    os.close(fd)
+    return False
+
+
 def forget(state_dir: str | Path, lease_id: str) -> None:
     """Delete a dead owner's lease (call inside ``dead_owner`` once nothing of it is left)."""
     if LEASE_ID.fullmatch(lease_id):
