@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .core.execution import ExecutionStatus, ResourceLimits
-from .core.packs import PackDefinition, load_pack, pack_from_api
+from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
 from .core.prune_policy import PrunePolicy, parse_duration
 from .errors import AttuneContainersError, InvalidSpecError
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
@@ -36,10 +36,15 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _pack(location: str) -> PackDefinition:
     if location == "-":
+        from .core.safe_yaml import BoundedYAMLError, load_json
+
+        text = sys.stdin.read(MAX_PACK_FILE_BYTES + 1)  # bounded like a pack file: size and nesting
+        if len(text) > MAX_PACK_FILE_BYTES:
+            raise InvalidSpecError(f"standard input is larger than {MAX_PACK_FILE_BYTES} bytes", field="pack")
         try:
-            return pack_from_api(json.load(sys.stdin), source="stdin")
-        except json.JSONDecodeError as exc:
-            raise InvalidSpecError(f"standard input is not JSON: {exc}", field="pack") from None
+            return pack_from_api(load_json(text), source="stdin")
+        except BoundedYAMLError as exc:
+            raise InvalidSpecError(f"standard input is not a pack document: {exc}", field="pack") from None
     return load_pack(location)
 
 
@@ -378,10 +383,14 @@ def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 
     if args.socket and args.port:
         raise InvalidSpecError("give --socket or --port, not both", field="serve")
-    where = args.socket or f"http://{args.host}:{args.port or 8765}"
-    err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it")
+
+    def announce(where: str) -> None:  # once every check passed and the socket exists
+        err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it",
+                  highlight=False)
+
     try:
-        serve(args.packs_dir, socket=args.socket, host=args.host, port=args.port or 8765, manager=manager)
+        serve(args.packs_dir, socket=args.socket, host=args.host, port=args.port or 8765, manager=manager,
+              allow_remote=args.allow_remote, announce=announce)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it shut down on: a requested stop is a clean exit
     return 0
@@ -472,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="a Unix socket path (recommended)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address with --port")
     p.add_argument("--port", type=int, help="a TCP port on --host (default 8765 without --socket)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="let --host be a non-loopback address; needs a token (service_token_file)")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
     cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
