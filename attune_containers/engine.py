@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -22,9 +23,11 @@ from typing import IO, Any
 import docker
 import docker.errors
 import requests.exceptions
+import urllib3.exceptions
 
 from .core.execution import ResourceLimits, parse_size
 from .errors import (
+    AttuneContainersError,
     BuildError,
     ContainerInUseError,
     EngineError,
@@ -188,7 +191,7 @@ class Engine:
         tag: str | None = None,
         labels: dict[str, str] | None = None,
         memory: str | int | None = None,
-        timeout: int | None = None,
+        timeout: float | None = None,
         on_log: LogSink | None = None,
         network_mode: str | None = None,
         nocache: bool = False,
@@ -197,37 +200,79 @@ class Engine:
 
         Intermediate containers are removed whatever happens (``forcerm``); a tag is applied by the
         engine only when the build succeeded, so a failed build never leaves a tagged image.
+
+        ``timeout`` is wall-clock seconds for the whole build (not a read timeout: a build that
+        prints a line now and then is still stopped). At the deadline the stream is closed, which
+        makes the engine cancel the build, and the step's container is removed if it is still there.
         """
         tail: collections.deque[str] = collections.deque(maxlen=400)
         image_id: str | None = None
         if isinstance(memory, str):
             memory = docker.utils.parse_bytes(memory)
         limits = {"memory": memory, "memswap": memory} if memory else None
-        with translate_errors("building an image"):
-            stream = self.api.build(
-                fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
-                custom_context=True,
-                tag=tag,
-                labels=labels,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                timeout=timeout,
-                container_limits=limits,
-                network_mode=network_mode,
-                nocache=nocache,
-            )
-            for chunk in stream:
-                if "stream" in chunk:
-                    for line in chunk["stream"].splitlines():
-                        tail.append(line)
-                        if on_log is not None:
-                            on_log(line)
-                elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
-                    image_id = chunk["aux"]["ID"]
-                elif "error" in chunk:
-                    raise BuildError(f"the build failed: {chunk['error'].strip()}", telling_lines(list(tail)))
+        started = time.monotonic()
+        expired = threading.Event()
+        running: list[str] = []  # the step container the engine reported last ("Running in ...")
+        watchdog: threading.Timer | None = None
+        try:
+            with translate_errors("building an image"):
+                stream = self.api.build(
+                    fileobj=io.BytesIO(context) if isinstance(context, bytes) else context,
+                    custom_context=True,
+                    tag=tag,
+                    labels=labels,
+                    rm=True,
+                    forcerm=True,
+                    pull=False,
+                    decode=True,
+                    timeout=max(1, int(timeout)) + 5 if timeout else None,
+                    container_limits=limits,
+                    network_mode=network_mode,
+                    nocache=nocache,
+                )
+                if timeout:
+                    # The SDK's stream holds the HTTP response; shutting its socket down ends the
+                    # read at once, and the engine cancels a build whose client went away.
+                    response = (getattr(stream, "gi_frame", None) and stream.gi_frame.f_locals.get("response"))
+
+                    def expire() -> None:
+                        expired.set()
+                        with contextlib.suppress(Exception):
+                            response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+                        with contextlib.suppress(Exception):
+                            response.close()
+
+                    watchdog = threading.Timer(max(0.0, timeout - (time.monotonic() - started)), expire)
+                    watchdog.daemon = True
+                    watchdog.start()
+                for chunk in stream:
+                    if "stream" in chunk:
+                        for line in chunk["stream"].splitlines():
+                            tail.append(line)
+                            if line.startswith(" ---> Running in "):
+                                running[:] = [line.rsplit(" ", 1)[-1]]
+                            if on_log is not None:
+                                on_log(line)
+                    elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+                        image_id = chunk["aux"]["ID"]
+                    elif "error" in chunk:
+                        raise BuildError(f"the build failed: {chunk['error'].strip()}", telling_lines(list(tail)))
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError,
+                urllib3.exceptions.HTTPError) as exc:
+            if not expired.is_set():
+                raise BuildError(f"the connection to the engine broke during the build: {type(exc).__name__}",
+                                 telling_lines(list(tail))) from None
+        except AttuneContainersError:
+            if not expired.is_set():
+                raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+        if expired.is_set():
+            for container_id in running:
+                self.remove_container(container_id, attempts=3)
+            raise BuildError(f"the build took longer than {int(timeout or 0)} s (build_timeout) and was stopped",
+                             telling_lines(list(tail)))
         if image_id is None:
             raise BuildError("the build ended without an image", telling_lines(list(tail)))
         return image_id
@@ -268,23 +313,41 @@ class Engine:
             raise ContainerInUseError(str(exc)) from None
         return True
 
-    def read_file(self, image: str, path: str) -> bytes:
-        """A file's bytes from an image, without starting a container."""
+    def read_file(self, image: str, path: str, *, max_bytes: int = 16 * 1024 * 1024) -> bytes:
+        """A file's bytes from an image, without starting a container.
+
+        What an image holds was written by code we do not trust: the size is checked before
+        anything is read (the engine's stat, then the tar header, then the bytes themselves), and
+        only a regular file is returned. Larger than ``max_bytes``: EngineError, nothing read.
+        """
+        too_large = f"{path} in {image} is larger than {max_bytes} bytes"
         with translate_errors(f"reading {path} from {image}"):
             container = self.api.create_container(
                 image, command=["/nonexistent"], network_disabled=True, labels={HELPER_LABEL: "read-file"}
             )
             try:
-                stream, _ = self.api.get_archive(container["Id"], path)
-                archive = io.BytesIO(b"".join(stream))
+                stream, info = self.api.get_archive(container["Id"], path)
+                if int((info or {}).get("size") or 0) > max_bytes:
+                    raise EngineError(too_large)
+                archive = io.BytesIO()
+                for chunk in stream:
+                    archive.write(chunk)
+                    if archive.tell() > max_bytes + 64 * 1024:  # the tar's own headers and padding
+                        raise EngineError(too_large)
+                archive.seek(0)
             finally:
                 self.api.remove_container(container["Id"], force=True)
-        with tarfile.open(fileobj=archive) as tar:
-            member = tar.next()
-            extracted = tar.extractfile(member) if member is not None else None
-            if extracted is None:
-                raise EngineError(f"{path} in {image} is not a regular file")
-            return extracted.read()
+        try:
+            with tarfile.open(fileobj=archive) as tar:
+                member = tar.next()
+                if member is None or not member.isreg():
+                    raise EngineError(f"{path} in {image} is not a regular file")
+                if member.size > max_bytes:
+                    raise EngineError(too_large)
+                extracted = tar.extractfile(member)
+                return extracted.read(max_bytes + 1) if extracted is not None else b""
+        except tarfile.TarError as exc:
+            raise EngineError(f"reading {path} from {image}: not a well-formed archive ({exc})") from None
 
     def run_once(self, image: str, command: list[str], *, timeout: int = 60) -> tuple[int, str]:
         """Run a short hardened command in ``image``; return (exit code, combined output).

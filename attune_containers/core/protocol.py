@@ -1,12 +1,16 @@
 """The protocol between the worker and the in-container runner loop
 (``attune_containers/runtime/attune_wrapper.py``), worker side.
 
-Requests go in on the container's stdin as ``length(4, big endian) JSON``. Everything comes back
-on the container's stdout as frames ``MAGIC kind(1) length(4) payload``: ``o``/``e`` chunks of the
-action's stdout/stderr, ``r`` the outcome document, ``d`` the end of one execution.
+Each request goes in on the container's stdin as two frames ``length(4, big endian) JSON``: the
+control frame the supervisor reads (nonce, deadline, result limit) and the payload it passes unread
+to the execution's child (action, parameters, secrets, environment). Everything comes back on the
+container's stdout as frames ``MAGIC kind(1) length(4) payload``: ``o``/``e`` chunks of the action's
+stdout/stderr, ``r`` chunks of the outcome document, ``d`` the end of one execution.
 
-Memory stays bounded whatever the action prints: output beyond a cap is counted, not kept, and a
-result beyond its cap is counted and skipped rather than buffered.
+Nothing read here is trusted further than its bounds: only the four kinds are accepted, a done frame
+is small and must echo the request's nonce (which the action's process never sees), and memory stays
+bounded whatever arrives: output beyond a cap is counted, not kept; a result beyond its cap is
+counted and skipped. Any violation is a protocol error: the execution fails and its container goes.
 """
 
 from __future__ import annotations
@@ -18,11 +22,18 @@ from typing import Any
 MAGIC = b"\x00ATC"
 HEADER = len(MAGIC) + 1 + 4
 OUTPUT, ERRORS, RESULT, DONE = b"o", b"e", b"r", b"d"
+KINDS = (OUTPUT, ERRORS, RESULT, DONE)
+DONE_LIMIT = 4096  # the done document is a handful of numbers
 
 
-def encode_request(document: dict[str, Any]) -> bytes:
+def encode_frame(document: dict[str, Any]) -> bytes:
     body = json.dumps(document, ensure_ascii=False, allow_nan=False).encode("utf-8")
     return struct.pack(">I", len(body)) + body
+
+
+def encode_request(control: dict[str, Any], payload: bytes) -> bytes:
+    """One request: the supervisor's control frame, then the child's payload (``encode_frame``)."""
+    return encode_frame(control) + payload
 
 
 class CappedBuffer:
@@ -57,7 +68,8 @@ class CappedBuffer:
 class ExecutionCollector:
     """What one execution sent back, capped, assembled from the frames as they arrive."""
 
-    def __init__(self, stdout_limit: int, stderr_limit: int, result_limit: int) -> None:
+    def __init__(self, stdout_limit: int, stderr_limit: int, result_limit: int, nonce: str | None = None) -> None:
+        self.nonce = nonce
         self.stdout = CappedBuffer(stdout_limit)
         self.stderr = CappedBuffer(stderr_limit)
         self.result_limit = result_limit + 4096  # the outcome document wraps the result
@@ -72,10 +84,11 @@ class ExecutionCollector:
 
     @property
     def result_too_large(self) -> bool:
-        return self.result_size > self.result_limit
+        reported = (self.done or {}).get("result_bytes")
+        return self.result_size > self.result_limit or (isinstance(reported, int) and reported > self.result_limit)
 
     def outcome(self) -> dict[str, Any] | None:
-        if self.done is None or self.result_too_large or not self._result:
+        if self.done is None or self.protocol_error or self.result_too_large or not self._result:
             return None
         try:
             document = json.loads(b"".join(self._result))
@@ -100,6 +113,10 @@ class ExecutionCollector:
                     return b""
                 self._kind = self._pending[len(MAGIC): len(MAGIC) + 1]
                 (self._remaining,) = struct.unpack(">I", self._pending[len(MAGIC) + 1: HEADER])
+                if self._kind not in KINDS or (self._kind == DONE and self._remaining > DONE_LIMIT):
+                    self._kind = None
+                    self._raw()
+                    return b""
                 self._pending = self._pending[HEADER:]
                 if self._remaining == 0:
                     self._end_frame()
@@ -130,12 +147,18 @@ class ExecutionCollector:
             try:
                 done = json.loads(b"".join(self._done_parts) or b"{}")
             except ValueError:
+                done = None
+            if not isinstance(done, dict) or (self.nonce is not None and done.get("nonce") != self.nonce):
+                # Not the end of this execution: the stream is not what the supervisor writes.
+                self.protocol_error = True
                 done = {}
-            self.done = done if isinstance(done, dict) else {}
+            self.done = done
         self._kind = None
 
     def _raw(self) -> None:
-        # Bytes that are not frames: the loop itself broke. Keep them as output, never as a result.
+        # Bytes that are not frames: the loop itself broke. Keep them (capped) as output, never as
+        # a result, and end the execution: nothing more from this stream is believed.
         self.protocol_error = True
         self.stdout.write(self._pending)
         self._pending = b""
+        self.done = {}

@@ -1,43 +1,76 @@
-"""The in-container runner loop: serves executions of one pack's actions, one at a time.
-Standard library only, Python 3.9+. Both paths use it: a cold run sends one request and closes
-stdin; a warm container keeps it open and sends many.
+"""The in-container runner loop (the supervisor): serves executions of one pack's actions, one at a
+time. Standard library only, Python 3.9+. Cold runs send one request marked last; warm containers
+keep stdin open and send many. Started as ``python -I -S -B attune_wrapper.py EXEC_UID``.
 
-Protocol (decoded by attune_containers/core/protocol.py):
-- stdin, request frames: ``length(4, big endian) JSON`` with {"action": {...}, "parameters",
-  "secrets", "environment"}; EOF ends the loop.
+Protocol (the worker's side is attune_containers/core/protocol.py):
+- stdin: per execution a control frame ``length(4, big endian) JSON`` ({"nonce", "timeout",
+  "result_limit", "last"}) and a payload frame ``length(4) JSON`` ({"action", "parameters",
+  "secrets", "environment"}). The supervisor parses the control frame only; the payload goes
+  unread to the execution's child. EOF ends the loop.
 - stdout, frames only: ``MAGIC kind(1) length(4) payload``. Per execution: ``o``/``e`` chunks of
-  the action's stdout/stderr, then ``r`` (the outcome document), then ``d`` (done: exit code,
-  signal, whether the container is still clean enough to reuse).
+  the action's stdout/stderr, ``r`` chunks of the outcome document, then ``d`` (done), which only
+  the supervisor writes and which echoes the request's nonce.
 
-Each execution runs in a forked child with its own stdin (the parameters, for script actions),
-stdout and stderr pipes and a private result pipe, so nothing the action prints can corrupt its
-result, and no Python state survives from one execution to the next. After each execution every
-other process of this user is killed and /tmp emptied; leftovers mark the container unclean.
+Why it is built this way (SECURITY.md has the whole threat model):
+- The supervisor runs as root with only CAP_SETUID, CAP_SETGID and CAP_KILL (the engine layer
+  drops every other capability, with no-new-privileges and a read-only root), under ``-I -S``: no
+  site-packages, so no code of the pack (a ``.pth`` file, a library) ever runs in it.
+- Each execution runs in a child forked *before* its request is read, which drops to EXEC_UID at
+  once. Another uid cannot ptrace, signal or open the supervisor's ``/proc`` entries (nor tini's),
+  and the child closes every descriptor but its own pipes, so it cannot reach the worker's stream.
+- The supervisor never holds request data in memory a later child could inherit: payloads and
+  outputs move through one preallocated buffer (``os.readv``/``os.writev``, no copies), zeroed
+  after each execution.
+- The deadline is kept here as well as by the worker: an execution ends on time even if the
+  worker died. After each execution every process of EXEC_UID is killed; a cleaner running as
+  EXEC_UID (root here has no CAP_FOWNER) empties /tmp, /dev/shm, /dev/mqueue and SysV IPC; the
+  supervisor then checks that all of it is gone. Anything left marks the execution unclean, and
+  the worker destroys the container instead of reusing it.
 """
 
-import ast
 import json
 import os
-import runpy
 import select
 import signal
 import struct
 import sys
-import threading
 import time
-import types
 
 MAGIC = b"\x00ATC"
 RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 BASE_ENV = dict(os.environ)
 OUT = 1
+CONTROL_LIMIT = 64 * 1024
+CLEANER_SECONDS = 10.0
+WRITABLE_STATE = ("/tmp", "/dev/shm", "/dev/mqueue")
+SYSV = ("shm", "msg", "sem")
+
+# Every byte of a request or of an execution's output passes through this one buffer, so nothing
+# of it stays behind in freed heap memory that the next child would inherit.
+BUFFER = bytearray(1 << 16)
+VIEW = memoryview(BUFFER)
+ZEROS = bytes(len(BUFFER))
 
 
-def write_frame(kind, payload):
-    data = MAGIC + kind + struct.pack(">I", len(payload)) + payload
+def scrub():
+    VIEW[:] = ZEROS
+
+
+def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(OUT, view):]
+        view = view[os.write(fd, view):]
+
+
+def write_frame(kind, data=b""):
+    parts = [memoryview(MAGIC + kind + struct.pack(">I", len(data))), memoryview(data)]
+    while parts:
+        written = os.writev(OUT, parts)
+        while parts and written >= len(parts[0]):
+            written -= len(parts[0])
+            parts.pop(0)
+        if parts and written:
+            parts[0] = parts[0][written:]
 
 
 def read_exactly(fd, size):
@@ -51,39 +84,127 @@ def read_exactly(fd, size):
     return b"".join(chunks)
 
 
-def read_request(fd):
+def read_length(fd):
     header = read_exactly(fd, 4)
-    if header is None:
-        return None
-    body = read_exactly(fd, struct.unpack(">I", header)[0])
-    return None if body is None else json.loads(body.decode("utf-8"))
+    return None if header is None else struct.unpack(">I", header)[0]
 
 
-def error_document(exc):
-    import traceback
+def forward(src, size, dst):
+    """Move ``size`` bytes from ``src`` to ``dst`` through the buffer; a dead ``dst`` is drained
+    past so the stream stays in step. False when ``src`` ended first."""
+    while size:
+        count = os.readv(src, [VIEW[:min(size, len(BUFFER))]])
+        if count == 0:
+            return False
+        size -= count
+        if dst is not None:
+            try:
+                write_all(dst, VIEW[:count])
+            except OSError:
+                dst = None
+    return True
 
-    return {"status": "error", "error": {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-    }}
+
+def drop_privileges(uid):
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getgid() != uid:
+        raise PermissionError("the uid did not change")
 
 
-# -- the child: one execution ------------------------------------------------------------------
+def close_other_fds(keep):
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def error_document(kind, message, tb=""):
+    return {"status": "error", "error": {"type": kind, "message": message, "traceback": tb}}
+
+
+# -- the child: one execution, as EXEC_UID -------------------------------------------------------
 
 def top_level_functions(path):
+    import ast
+
     with open(path, "rb") as handle:
         tree = ast.parse(handle.read(), filename=path)
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
-def child(request, result_fd):
+def child_main(uid, request_fd, result_fd, out_fd, err_fd):
+    """Runs in the forked child: never returns."""
+    exit_code = 70
+    try:
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # never the container's stdin: that is the worker's request stream
+        close_other_fds({0, 1, 2, request_fd, result_fd})
+        try:
+            drop_privileges(uid)
+        except OSError as exc:
+            send_result(result_fd, error_document(
+                "IsolationError", "the runner loop cannot drop to the execution uid (%s); it must start "
+                "as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
+            os._exit(71)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write("1000")  # under memory pressure the action dies, not the supervisor
+        except OSError:
+            pass
+        os.chdir("/tmp")
+        import site
+
+        site.main()  # the pack's site-packages, now that only this child's uid runs its code
+        exit_code = run_execution(request_fd, result_fd)
+    finally:
+        os._exit(exit_code)
+
+
+def send_result(fd, document, limit):
+    try:
+        encoded = json.dumps(document).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        encoded = json.dumps(error_document(
+            "ResultNotSerializable", "the action's result is not JSON: %s" % exc)).encode("utf-8")
+    if len(encoded) > limit:
+        encoded = json.dumps(error_document(
+            "ResultTooLarge", "the result is %d bytes; the limit is %d" % (len(encoded), limit))).encode("utf-8")
+    write_all(fd, encoded)
+
+
+def run_execution(request_fd, result_fd):
+    import runpy
+    import types
+
+    chunks = []
+    while True:
+        chunk = os.read(request_fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(request_fd)
+    request = json.loads(b"".join(chunks).decode("utf-8"))
+    del chunks
     action = request["action"]
     parameters = request.get("parameters") or {}
     secrets = request.get("secrets") or {}
     os.environ.clear()
     os.environ.update(BASE_ENV)
     os.environ.update(request.get("environment") or {})
+
+    # Script actions read their parameters as JSON on stdin.
+    stdin = os.memfd_create("attune-parameters")
+    write_all(stdin, json.dumps(parameters).encode("utf-8"))
+    os.lseek(stdin, 0, os.SEEK_SET)
+    os.dup2(stdin, 0)
+    os.close(stdin)
 
     # The secrets helper: `from attune_action import get_secret`. Never the environment.
     helper = types.ModuleType("attune_action")
@@ -99,7 +220,6 @@ def child(request, result_fd):
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
     path = os.path.join(action["pack_dir"], "actions", action["entry_point"])
     sys.path[:0] = [os.path.dirname(path), RUNTIME_DIR]
-    os.chdir("/tmp")
     exit_code = 0
     try:
         defined = top_level_functions(path)
@@ -121,151 +241,232 @@ def child(request, result_fd):
         exit_code = code if isinstance(code, int) else (0 if code is None else 1)
         outcome = {"status": "script"}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured error
+        import traceback
+
         exit_code = 1
-        outcome = error_document(exc)
+        outcome = error_document(type(exc).__name__, str(exc), "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001
             pass
-    try:
-        encoded = json.dumps(outcome).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        exit_code = 1
-        encoded = json.dumps({"status": "error", "error": {
-            "type": "ResultNotSerializable", "message": "the action's result is not JSON: %s" % exc,
-            "traceback": ""}}).encode("utf-8")
-    limit = int(action.get("result_limit", 1024 * 1024))
-    if len(encoded) > limit:
-        exit_code = 1
-        encoded = json.dumps({"status": "error", "error": {
-            "type": "ResultTooLarge",
-            "message": "the result is %d bytes; the limit is %d" % (len(encoded), limit),
-            "traceback": ""}}).encode("utf-8")
-    view = memoryview(encoded)
-    while view:
-        view = view[os.write(result_fd, view):]
-    os._exit(exit_code)
+    send_result(result_fd, outcome, int(action.get("result_limit", 1 << 20)))
+    return exit_code
 
 
-# -- the server: the loop and the clean-up between executions ------------------------------------
+# -- the supervisor ------------------------------------------------------------------------------
 
-def feed(fd, payload):
-    try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-    except OSError:
-        pass  # the action did not read its stdin: fine
-    finally:
-        os.close(fd)
+class Child:
+    """An execution's process, forked and unprivileged before its request arrives."""
+
+    def __init__(self, uid):
+        req_r, self.request = os.pipe()
+        self.stdout, out_w = os.pipe()
+        self.stderr, err_w = os.pipe()
+        self.result, res_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            child_main(uid, req_r, res_w, out_w, err_w)
+        for fd in (req_r, out_w, err_w, res_w):
+            os.close(fd)
+
+    def kill(self):
+        """Kill the child and reap it (an unreaped zombie would count as a leftover)."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(self.pid, 0)
+        return status
+
+
+def others():
+    me = os.getpid()
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) not in (me, 1)]
 
 
 def kill_leftovers():
-    """Kill every other process of ours (a child's children, a fork bomb); return how many."""
-    me = os.getpid()
-
-    def others():
-        return [e for e in os.listdir("/proc") if e.isdigit() and int(e) not in (me, 1)]
-
+    """Kill every process but ourselves and init (root with CAP_KILL reaches every uid); return
+    how many there were."""
     found = len(others())
-    for _ in range(100):
+    for _ in range(200):
         if not others():
             break
         try:
-            os.kill(-1, signal.SIGKILL)  # every process we may signal but ourselves and init
+            os.kill(-1, signal.SIGKILL)
         except ProcessLookupError:
-            break
+            pass
         time.sleep(0.005)
     return found
 
 
-def empty_tmp():
-    clean = True
-    for name in os.listdir("/tmp"):
-        path = os.path.join("/tmp", name)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                import shutil
-
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-        except OSError:
-            clean = False
-    return clean and not os.listdir("/tmp")
-
-
-def execute(request):
-    result_limit = int(request["action"].get("result_limit", 1024 * 1024))
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe()
-    payload = json.dumps(request.get("parameters") or {}).encode("utf-8")
+def clean_state(uid):
+    """Empty every place an execution can leave state, as the execution uid; return what is still
+    there (categories only, never names an action chose), checked again here as root."""
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
-            for fd in (in_w, out_r, err_r, res_r):
-                os.close(fd)
-            os.dup2(in_r, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-            child(request, res_w)
+            close_other_fds({2})
+            drop_privileges(uid)
+            code = 0 if clear_everything() else 1
         finally:
-            os._exit(70)
-    for fd in (in_r, out_w, err_w, res_w):
-        os.close(fd)
-    del request
-    threading.Thread(target=feed, args=(in_w, payload), daemon=True).start()
-    result, result_size = [], 0
-    kinds = {out_r: b"o", err_r: b"e"}
-    open_fds = [out_r, err_r, res_r]
-    status, leftovers = None, 0
+            os._exit(code)
+    deadline = time.monotonic() + CLEANER_SECONDS
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.002)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        status = None
+    kill_leftovers()
+    cleaner_ok = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    return ([] if cleaner_ok else ["cleaner"]) + residue()
+
+
+def clear_everything():
+    import shutil
+
+    ok = True
+    for folder in WRITABLE_STATE:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    # Folders the action made unreadable (mode 000) are ours to open again, top
+                    # down, before the tree can go.
+                    os.chmod(path, 0o700)
+                    for root, dirs, _files in os.walk(path):
+                        for d in dirs:
+                            full = os.path.join(root, d)
+                            if not os.path.islink(full):
+                                os.chmod(full, 0o700)
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+            except OSError:
+                ok = False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        remove = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),
+                  "sem": lambda i: libc.semctl(i, 0, 0)}  # 0 is IPC_RMID
+        for kind in SYSV:
+            for ident in sysv_ids(kind):
+                remove[kind](ident)
+    except (OSError, ImportError):
+        ok = False
+    return ok
+
+
+def sysv_ids(kind):
+    try:
+        with open("/proc/sysvipc/" + kind) as handle:
+            lines = handle.read().splitlines()[1:]
+    except OSError:
+        return []
+    return [int(line.split()[1]) for line in lines if line.strip()]
+
+
+def residue():
+    left = []
+    for folder in WRITABLE_STATE:
+        try:
+            if os.listdir(folder):
+                left.append(folder)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            left.append(folder)
+    left += ["sysv " + kind for kind in SYSV if sysv_ids(kind)]
+    return left + (["processes"] if others() else [])
+
+
+def serve(child, control):
+    """Serve one execution; return whether the container is still clean."""
+    limit = int(control.get("result_limit", 1 << 20)) + 4096
+    timeout = float(control.get("timeout", 300))
+    started = time.monotonic()
+    deadline = started + timeout
+    kinds = {child.stdout: b"o", child.stderr: b"e", child.result: b"r"}
+    open_fds = list(kinds)
+    status, leftovers, timed_out, result_bytes, ended = None, 0, False, 0, 0.0
     while open_fds:
-        ready, _, _ = select.select(open_fds, [], [], 0.05 if status is None else 1.0)
+        now = time.monotonic()
+        if status is None and now >= deadline:
+            timed_out = True
+            status = child.kill()  # the action and all it started end at the deadline
+            leftovers, ended = kill_leftovers(), time.monotonic()
+        wait = max(0.0, min(deadline - now, 0.05)) if status is None else 1.0
+        ready, _, _ = select.select(open_fds, [], [], wait)
         for fd in ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
+            count = os.readv(fd, [VIEW])
+            if count == 0:
                 open_fds.remove(fd)
                 os.close(fd)
-            elif fd == res_r:
-                result_size += len(chunk)
-                if result_size <= result_limit + 4096:
-                    result.append(chunk)
+            elif fd == child.result:
+                # Forwarded while within the limit; beyond it only counted (the worker decides).
+                if result_bytes <= limit:
+                    write_frame(b"r", VIEW[:min(count, limit + 1 - result_bytes)])
+                result_bytes += count
             else:
-                write_frame(kinds[fd], chunk)
+                write_frame(kinds[fd], VIEW[:count])
         if status is None:
-            done, waited = os.waitpid(pid, os.WNOHANG)
+            done, waited = os.waitpid(child.pid, os.WNOHANG)
             if done:
-                # The action is over: whatever it left running goes now, which also closes
-                # any pipe a grandchild still held, so the loop drains and ends.
-                status, leftovers = waited, kill_leftovers()
+                # The action is over: whatever it left running goes now, which also closes any
+                # pipe a grandchild still held, so the loop drains and ends.
+                status, leftovers, ended = waited, kill_leftovers(), time.monotonic()
+        elif not ready and time.monotonic() - ended > 5:
+            break  # a pipe still open long after the end: nothing alive should hold it
+    for fd in open_fds:
+        os.close(fd)
     if status is None:
-        _, status = os.waitpid(pid, 0)
+        status = child.kill()
         leftovers = kill_leftovers()
-    clean = empty_tmp()
+    scrub()
     if os.WIFSIGNALED(status):
         exit_code, killed_by = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
     else:
         exit_code, killed_by = os.WEXITSTATUS(status), None
-    if result_size > result_limit + 4096:
-        document = json.dumps({"status": "error", "error": {
-            "type": "ResultTooLarge", "message": "the result is %d bytes; the limit is %d" % (result_size, result_limit),
-            "traceback": ""}}).encode("utf-8")
-    else:
-        document = b"".join(result) or json.dumps({"status": "none"}).encode("utf-8")
-    write_frame(b"r", document)
+    clean = not timed_out and leftovers == 0 and killed_by is None and exit_code != 71
+    left = clean_state(EXEC_UID) if clean and not control.get("last") else []
+    clean = clean and not left
     write_frame(b"d", json.dumps({
-        "exit_code": exit_code, "signal": killed_by, "leftover_processes": leftovers,
-        "clean": clean and leftovers == 0 and killed_by is None,
+        "nonce": control.get("nonce"), "exit_code": exit_code, "signal": killed_by,
+        "timed_out": timed_out, "leftover_processes": leftovers, "result_bytes": result_bytes,
+        "elapsed": round(time.monotonic() - started, 6), "clean": bool(clean), "residue": left,
     }).encode("utf-8"))
+    return clean
+
+
+def read_control():
+    size = read_length(0)
+    if size is None or size > CONTROL_LIMIT:
+        return None
+    body = read_exactly(0, size)
+    if body is None:
+        return None
+    control = json.loads(body.decode("utf-8"))
+    return control if isinstance(control, dict) else None
+
+
+EXEC_UID = 65532
 
 
 def main():
-    global OUT
+    global OUT, EXEC_UID
+    EXEC_UID = int(sys.argv[1]) if len(sys.argv) > 1 else EXEC_UID
     # Frames go to a private copy of stdout; fd 1 itself points nowhere, so nothing stray in this
     # process can write into the stream.
     OUT = os.dup(1)
@@ -273,10 +474,25 @@ def main():
     os.dup2(devnull, 1)
     os.close(devnull)
     while True:
-        request = read_request(0)
-        if request is None:
+        child = Child(EXEC_UID)  # ready before the request: its start-up is off the critical path
+        control = read_control()
+        size = read_length(0) if control is not None else None
+        if control is None or size is None:
+            child.kill()
+            kill_leftovers()
             return
-        execute(request)
+        delivered = forward(0, size, child.request)
+        os.close(child.request)
+        if not delivered:
+            child.kill()
+            kill_leftovers()
+            return
+        if not serve(child, control) and not control.get("last"):
+            # Not clean: the worker destroys this container; serve nothing more from it.
+            kill_leftovers()
+            return
+        if control.get("last"):
+            return
 
 
 if __name__ == "__main__":

@@ -347,7 +347,8 @@ class ActionRunner:
 
         def on_frame(stream: int, data: bytes) -> None:
             if stream == 1:
-                collector.feed(data)
+                if collector.feed(data):
+                    collector.protocol_error = True  # nothing follows the end of the last execution
             else:
                 collector.stderr.write(data)  # the runner loop's own trouble, if any
 
