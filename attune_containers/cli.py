@@ -78,6 +78,7 @@ def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) ->
 
 def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     pack = _pack(args.pack)
+    manager.settings.run_limits(pack=pack.limits)  # a pack asking more than the operator's caps is invalid here too
     plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
     report = {
         "pack_ref": pack.pack_ref,
