@@ -108,7 +108,11 @@ class Settings(BaseSettings):
                            "names it (anyone who can push to the registry then chooses the code that runs)")
     build_no_cache: bool = Field(False, description="Ignore the engine's layer cache (cold builds, benchmarks)")
     build_memory: str | None = Field("4g", description="Memory limit of each build container")
-    build_timeout: int = Field(1800, description="Seconds a build may take")
+    build_timeout: int = Field(1800, gt=0, description="Wall-clock seconds a whole build may take (fetch and image)")
+    allow_sdist_builds: bool = Field(
+        False, description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
+        "hands back is cached); false: only wheels are used")
+    fetch_max_bytes: int = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
     limits: ResourceLimits = Field(

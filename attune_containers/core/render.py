@@ -96,6 +96,11 @@ def fetch_env_script(options: BuildOptions) -> str:
     if options.extra_index_urls:
         q = shlex.quote(" ".join(options.extra_index_urls))
         lines.append(f"export PIP_EXTRA_INDEX_URL={q} UV_EXTRA_INDEX_URL={q}")
+    # pip ignores a plain-http index unless its host is trusted; the operator configured it.
+    plain = sorted({url.split("/")[2].rsplit("@", 1)[-1] for url in (options.index_url, *options.extra_index_urls)
+                    if url and url.startswith("http://")})
+    if plain:
+        lines.append(f"export PIP_TRUSTED_HOST={shlex.quote(' '.join(plain))}")
     return "\n".join(lines) + "\n"
 
 

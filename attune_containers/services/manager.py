@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -36,7 +37,7 @@ from ..errors import (
 )
 from ..settings import Settings
 from .base_images import BaseImageCatalog
-from .wheels import LockedDistribution, WheelCache
+from .wheels import INSTALLED_RECORD_LIMIT, LockedDistribution, WheelCache, read_installed_record
 from .build_gate import BuildGate
 from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
@@ -467,20 +468,27 @@ class ContainerDependencyManager:
             self.builds.add(ids.ids)
 
     def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
-        with self.wheels.fetch(plan, offline=offline, on_log=on_log) as fetched:
+        # build_timeout is wall-clock for the whole build: the fetch step and both engine builds.
+        deadline = time.monotonic() + self.settings.build_timeout
+        with self.wheels.fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             context = plan.context(fetched.wheels, fetched.tools)
             lock = fetched.lock()
             image_id = self.engine.build(
                 context,
                 memory=self.settings.build_memory,
-                timeout=self.settings.build_timeout,
+                timeout=_remaining(deadline, self.settings.build_timeout),
                 on_log=on_log,
                 network_mode="none",  # everything it installs is in the context
                 nocache=self.settings.build_no_cache,
             )
         try:
-            record = json.loads(self.engine.read_file(image_id, INSTALLED_RECORD))
-            installed = [f"{d['name']}=={d['version']}" for d in record]
+            try:
+                # Written during the build by code from the pack's distributions: bounded, validated.
+                record = read_installed_record(self.engine.read_file(image_id, INSTALLED_RECORD,
+                                                                     max_bytes=INSTALLED_RECORD_LIMIT))
+            except (AttuneContainersError, ValueError) as exc:
+                raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
+            installed = [f"{d.name}=={d.version}" for d in record]
             labels = plan.labels(installed, datetime.now(timezone.utc).replace(microsecond=0))
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # Build identity: bound to this image's own layers and config (not to a derived one's).
@@ -489,7 +497,8 @@ class ContainerDependencyManager:
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
             labelled = self.engine.build(
-                _label_context(image_id), tag=plan.image, labels=labels, timeout=self.settings.build_timeout
+                _label_context(image_id), tag=plan.image, labels=labels,
+                timeout=_remaining(deadline, self.settings.build_timeout),
             )
         except (AttuneContainersError, ValueError, KeyError) as exc:
             with contextlib.suppress(AttuneContainersError):
@@ -540,6 +549,13 @@ class ContainerDependencyManager:
             for key in [k for k in self._cache if k[0] == pack_ref]:
                 self._cache.pop(key, None)
         self._current.pop(pack_ref, None)
+
+
+def _remaining(deadline: float, total: int) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise BuildError(f"the build took longer than {total} s (build_timeout) and was stopped")
+    return left
 
 
 def _label_context(image_id: str) -> bytes:

@@ -2,33 +2,79 @@
 
 The classic builder the SDK drives has no cache mounts, so the download step happens outside the
 Dockerfile: a throwaway container of the pack's own base image (its Python, its platform) runs
-``templates/build/fetch.py`` with the cache mounted, as an unprivileged user with a read-only
-root. It resolves online (or, offline, from the cache alone), takes each distribution from the cache
-when the file is there with the index's hash and downloads only what is missing. The wheels it
-leaves for this build go into the build context; the builder stage installs exactly those files
-with no network at all. The cache is bounded (least recently used files go first) and prunable.
+``templates/build/fetch.py`` as an unprivileged user with a read-only root. The builder stage then
+installs exactly the wheels handed back, with no network at all.
+
+Who may write what (issue 9, 16): the host, which is trusted, owns the cache; the fetch container
+is not trusted with it.
+
+- The container gets the cache **read-only** and no writable mount at all (only a size-bounded
+  tmpfs ``/tmp``). It hands back one tar stream on stdout: a manifest and the files it downloaded
+  or built. The host reads at most ``fetch_max_bytes`` of it into the build's own work folder,
+  refuses any member that is not a regular file with a wheel's name (links and special files are
+  never followed, never even created on the host), and checks each file's sha256.
+- A file enters the cache only from a run in which no distribution's code ran (wheels only, the
+  default), only with the sha256 the index reported, and it **replaces** whatever was there under
+  that name. Its hash is recorded beside the cache (``records/``, never mounted).
+- Every cached file is verified against its record each time a build uses it (hard-linked into the
+  work folder first, so what is verified is what is built). A file that does not match is removed
+  and the fetch runs again, once; offline, the build then fails.
+- Sdists run their build backend. They are refused unless the operator sets ``allow_sdist_builds``;
+  then they are built in the same read-only container, and nothing that run hands back is cached:
+  its wheels reach only this build, and a wheel built from an sdist must have the sdist's name and
+  version.
+- Credentials (an index URL with a password) and the CA bundle reach the container as files in a
+  read-only mount, 0400 and owned by the container's user, inside a work folder that is 0700:
+  never in its environment, labels or command line (``docker inspect`` shows those). The work folder
+  is removed on every exit path; a build killed outright leaves it locked by nobody, and the next
+  fetch, ``cache ls`` or ``cache prune`` removes it, with the dead build's fetch container.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
+import json
 import os
+import re
 import shutil
+import stat
+import tarfile
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import BaseModel
+from filelock import FileLock
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..core.execution import ResourceLimits
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
-from ..engine import ContainerRun, Engine, LogSink, telling_lines
-from ..errors import BuildError
+from ..engine import HELPER_LABEL, ContainerRun, Engine, LogSink, telling_lines
+from ..errors import AttuneContainersError, BuildError
 from ..settings import Settings
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
+# Labels of fetch containers: which cache (this host's, this configuration's) and which work
+# folder they belong to, so a later sweep can tell a dead build's container from a live one's.
+CACHE_LABEL = "io.attune.containers.cache"
+WORK_LABEL = "io.attune.containers.work"
+# Folders of the cache root (``wheelhouse`` and ``tools`` are what fetch containers see).
+KINDS = {"wheels": "wheelhouse", "tools": "tools", "bootstrap": "tools"}
+_WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]{0,250}\.whl")
+_WORK_NAME = re.compile(r"[0-9a-f]{32}")
+# A temporary work folder (not yet locked) younger than this belongs to a build starting now.
+_STARTING_SECONDS = 120.0
+_MANIFEST_LIMIT = 4 * 1024 * 1024
+_LOG_LINE_LIMIT = 4096
 
 
 class LockedDistribution(BaseModel):
@@ -46,9 +92,10 @@ class LockedDistribution(BaseModel):
 class FetchedWheels(BaseModel):
     wheels: list[Path]
     tools: list[Path]
+    locked: list[LockedDistribution] = Field(default_factory=list)
 
     def lock(self) -> list[LockedDistribution]:
-        return sorted((_locked(path) for path in self.wheels), key=lambda d: d.name)
+        return sorted(self.locked, key=lambda d: d.name)
 
 
 class CacheStats(BaseModel):
@@ -58,6 +105,57 @@ class CacheStats(BaseModel):
     max_bytes: int
 
 
+# installed.json of a big environment is tens of kB; anything near this is not ours.
+INSTALLED_RECORD_LIMIT = 4 * 1024 * 1024
+
+
+class InstalledDistribution(BaseModel):
+    """One line of ``installed.json``, which freeze.py writes in the build, where code of the
+    pack's distributions runs (.pth files): read back like pack input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+    version: str = Field(pattern=r"[A-Za-z0-9.!+_-]{1,100}")
+
+
+_INSTALLED_RECORD = TypeAdapter(Annotated[list[InstalledDistribution], Field(max_length=20000)])
+
+
+def read_installed_record(data: bytes) -> list[InstalledDistribution]:
+    """The validated record; ValueError (with the first problem) for anything else."""
+    if len(data) > INSTALLED_RECORD_LIMIT:
+        raise ValueError(f"installed.json is larger than {INSTALLED_RECORD_LIMIT} bytes")
+    try:
+        return _INSTALLED_RECORD.validate_json(data)
+    except ValidationError as exc:
+        raise ValueError(f"installed.json is not a list of {{name, version}}: {_first_error(exc)}") from None
+
+
+class _Entry(BaseModel):
+    """One file of the fetch container's manifest: data from a container, validated as such."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["wheels", "tools", "bootstrap"]
+    filename: str = Field(pattern=_WHEEL_FILE.pattern, max_length=255)
+    name: str = Field(pattern=r"[a-z0-9][a-z0-9-]{0,200}")
+    version: str = Field(pattern=r"[A-Za-z0-9.!+_-]{1,100}")
+    sha256: str = Field(pattern=r"[0-9a-f]{64}")
+    source: Literal["cache", "download", "build"]
+    sdist: str | None = Field(None, max_length=255)
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[_Entry] = Field(max_length=5000)
+
+
+class _Tampered(Exception):
+    """A cached file did not match its record (it was removed); the fetch runs again."""
+
+
 class WheelCache:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
@@ -65,65 +163,59 @@ class WheelCache:
         self.root = settings.cache_dir
         self.wheelhouse = self.root / "wheelhouse"
         self.tools = self.root / "tools"
+        self.records = self.root / "records"
+        self.work_root = self.root / "work"
+        self._cache_id: str | None = None
+
+    # -- the fetch step -----------------------------------------------------------------------
 
     @contextmanager
-    def fetch(self, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None) -> Iterator[FetchedWheels]:
-        """The wheels of ``plan``'s requirements, in a work folder removed after the block."""
+    def fetch(
+        self, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[FetchedWheels]:
+        """The verified wheels of ``plan``'s requirements, in a work folder removed after the block.
+
+        ``deadline`` (``time.monotonic()``) bounds the whole step, container included.
+        """
+        deadline = time.monotonic() + self.settings.build_timeout if deadline is None else deadline
         self._prepare()
-        work = self.root / "work" / uuid.uuid4().hex
-        config = work / "config"
-        for folder in (work / "wheels", work / "tools", config):
-            folder.mkdir(parents=True)
-        (work / "requirements.txt").write_text("".join(line + "\n" for line in plan.spec.requirement_lines()))
-        (config / "env.sh").write_text(fetch_env_script(plan.options))
+        self.sweep()
+        files = {
+            "env.sh": fetch_env_script(plan.options),
+            "requirements.txt": "".join(line + "\n" for line in plan.spec.requirement_lines()),
+        }
         if plan.options.ca_bundle:
-            (config / "extra-ca.pem").write_text(plan.options.ca_bundle)
-        for path in (work, work / "wheels", work / "tools"):
-            os.chown(path, APP_UID, APP_UID)
-        try:
-            self._run(plan, work, offline, on_log)
-            fetched = FetchedWheels(
-                wheels=sorted((work / "wheels").glob("*.whl")),
-                tools=sorted((work / "tools").glob("*.whl")),
-            )
-            for path in [*fetched.wheels, *fetched.tools]:
-                _touch(self.wheelhouse / path.name)
-                _touch(self.tools / path.name)
-            yield fetched
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            self.prune(self.settings.cache_max_bytes)
+            files["extra-ca.pem"] = plan.options.ca_bundle
+        with self._work(files) as work:
+            try:
+                try:
+                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                except _Tampered:
+                    # The altered files are gone from the cache: the second run downloads them
+                    # (or, offline, fails naming what is missing).
+                    for folder in ("ctx", "in"):
+                        shutil.rmtree(work / folder, ignore_errors=True)
+                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                yield fetched
+            finally:
+                self.prune(self.settings.cache_max_bytes)
 
-    def stats(self) -> CacheStats:
-        files = [p for p in self._files()]
-        return CacheStats(directory=self.root, files=len(files), bytes=sum(p.stat().st_size for p in files),
-                          max_bytes=self.settings.cache_max_bytes)
+    def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None,
+                    deadline: float) -> FetchedWheels:
+        sdists = self.settings.allow_sdist_builds and not offline
+        stream = work / "out.tar"
+        with contextlib.suppress(FileNotFoundError):
+            stream.unlink()
+        self._run(plan, work, offline, sdists, on_log, deadline, stream)
+        return self._take(work, stream, trusted=not sdists, on_log=on_log)
 
-    def prune(self, max_bytes: int = 0) -> list[str]:
-        """Remove least recently used files until the cache holds at most ``max_bytes``."""
-        files = sorted(self._files(), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        removed = []
-        for path in files:
-            if total <= max_bytes:
-                break
-            total -= path.stat().st_size
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-        return removed
-
-    def _files(self) -> list[Path]:
-        return [p for d in (self.wheelhouse, self.tools) if d.is_dir() for p in d.iterdir()
-                if p.is_file() and ".part-" not in p.name]
-
-    def _prepare(self) -> None:
-        for folder in (self.wheelhouse, self.tools, self.root / "work"):
-            folder.mkdir(parents=True, exist_ok=True)
-        for folder in (self.wheelhouse, self.tools):
-            if folder.stat().st_uid != APP_UID:
-                os.chown(folder, APP_UID, APP_UID)
-
-    def _run(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None) -> str:
+    def _run(self, plan: BuildPlan, work: Path, offline: bool, sdists: bool, on_log: LogSink | None,
+             deadline: float, stream: Path) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
+                             "and was stopped")
         tools = UV_REQUIREMENT if plan.options.installer == "uv" else ""
         run = ContainerRun(
             image=plan.base.reference,
@@ -136,50 +228,455 @@ class WheelCache:
             ),
             environment={
                 "ATTUNE_FETCH_OFFLINE": "1" if offline else "0",
+                "ATTUNE_FETCH_SDISTS": "1" if sdists else "0",
                 "ATTUNE_FETCH_TOOLS": tools,
+                # The step's own deadline: it ends even if the process that started it is killed.
+                "ATTUNE_FETCH_DEADLINE": str(int(remaining) + 1),
                 "HOME": "/tmp",
             },
-            labels={"io.attune.containers.helper": "fetch"},
+            labels={HELPER_LABEL: "fetch", CACHE_LABEL: self.cache_id, WORK_LABEL: work.name},
+            # Nothing writable: the container's only output is its stdout, which we bound.
             mounts=[
                 (str(FETCH_SCRIPT.parent), "/attune-fetch", True),
                 (str(work / "config"), "/attune-build/config", True),
-                (str(work), "/out", False),
-                (str(self.wheelhouse), "/cache/wheelhouse", False),
-                (str(self.tools), "/cache/tools", False),
+                (str(self.wheelhouse), "/cache/wheelhouse", True),
+                (str(self.tools), "/cache/tools", True),
             ],
             user=f"{APP_UID}:{APP_UID}",
         )
-        output: list[str] = []
+        log: deque[str] = deque(maxlen=400)
+        limit = self.settings.fetch_max_bytes
+        written = 0
+        partial = b""
+        scrub = _scrubber(plan)
 
-        def collect(stream: int, data: bytes) -> None:
-            for line in data.decode("utf-8", "replace").splitlines():
-                output.append(line)
+        def collect(kind: int, data: bytes) -> None:
+            nonlocal written, partial
+            if kind == 1:
+                written += len(data)
+                if written > limit:
+                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes); "
+                                     "it was stopped")
+                out.write(data)
+                return
+            partial += data
+            *lines, partial = partial.split(b"\n")
+            if len(partial) > _LOG_LINE_LIMIT:
+                lines, partial = [*lines, partial[:_LOG_LINE_LIMIT]], b""
+            for raw in lines:
+                line = scrub(raw[:_LOG_LINE_LIMIT].decode("utf-8", "replace").rstrip())
+                log.append(line)
                 if on_log is not None and line.strip():
                     on_log(line)
 
-        container_id = self.engine.create_container(run)
+        fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        container_id = self.engine.create_container(run, auto_remove=True)
         try:
-            exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", self.settings.build_timeout, collect)
+            with os.fdopen(fd, "wb") as out:
+                exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, collect)
         finally:
+            self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
         if timed_out:
-            raise BuildError(f"fetching the wheels took longer than {self.settings.build_timeout} s")
-        if exit_code != 0:
-            raise BuildError("fetching the wheels failed" + (" (offline)" if offline else ""), telling_lines(output))
-        return "\n".join(output)
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
+                             "fetching the wheels; it was stopped")
+        if exit_code not in (0, None) or stream.stat().st_size == 0:
+            lines = telling_lines(list(log))
+            message = "fetching the wheels failed" + (" (offline)" if offline else "")
+            if not sdists and not offline and any(
+                    "No matching distribution" in line or "sdist builds are off" in line for line in log):
+                message += (" (only wheels are used: a distribution without a wheel for this Python needs "
+                            "its sdist built, which the operator must allow with allow_sdist_builds)")
+            raise BuildError(message, lines)
+
+    def _take(self, work: Path, stream: Path, *, trusted: bool, on_log: LogSink | None) -> FetchedWheels:
+        """Check what the container handed back and verify every file the build will use."""
+        incoming = work / "in"
+        context = work / "ctx"
+        for folder in (incoming, context / "wheels", context / "tools"):
+            folder.mkdir(parents=True, exist_ok=True)
+        manifest, received = self._unpack(stream, incoming)
+        stream.unlink()
+        wheels: list[Path] = []
+        tools: list[Path] = []
+        locked: list[LockedDistribution] = []
+        projects: set[tuple[str, str]] = set()
+        altered: list[str] = []
+        for entry in manifest.entries:
+            if (entry.kind, entry.name) in projects:
+                raise BuildError(f"the fetch step handed back {entry.name} twice")
+            projects.add((entry.kind, entry.name))
+            name, version = _identity(entry.filename)
+            if (name, version) != (entry.name, _normal_version(entry.version)):
+                raise BuildError(f"{entry.filename} is not {entry.name} {entry.version}"
+                                 + (f", the sdist {entry.sdist} it was built from: not the sdist's own wheel"
+                                    if entry.source == "build" else ""))
+            target = context / ("tools" if entry.kind == "tools" else "wheels") / entry.filename
+            if entry.source == "cache":
+                digest = self._use_cached(KINDS[entry.kind], entry.filename, target,
+                                          entry.sha256 if trusted else None)
+                if digest is None:
+                    altered.append(entry.filename)
+                    continue
+            else:
+                got = received.get((entry.kind, entry.filename))
+                if got is None:
+                    raise BuildError(f"the fetch step named {entry.filename} but did not hand it back")
+                path, digest = got
+                if trusted and entry.source == "build":
+                    raise BuildError(f"{entry.filename} was built from an sdist, but sdist builds are off")
+                if digest != entry.sha256:
+                    raise BuildError(f"{entry.filename} does not have the sha256 the index gave")
+                os.link(path, target)
+                if trusted:
+                    # Only a run in which no distribution's code ran may add to the shared cache.
+                    self._put(KINDS[entry.kind], entry.filename, path, digest)
+            if entry.kind == "bootstrap":
+                target.unlink()  # pip for the fetch step only: cached, never installed
+                continue
+            (tools if entry.kind == "tools" else wheels).append(target)
+            if entry.kind == "wheels":
+                locked.append(LockedDistribution(name=name, version=entry.version, filename=entry.filename,
+                                                 sha256=digest))
+        if altered:
+            for filename in altered:
+                if on_log is not None:
+                    on_log(f"fetch: cached {filename} was altered (its sha256 is not the one recorded); "
+                           "removed it, fetching again")
+            raise _Tampered(altered)
+        return FetchedWheels(wheels=sorted(wheels), tools=sorted(tools), locked=locked)
+
+    def _unpack(self, stream: Path, incoming: Path) -> tuple[_Manifest, dict[tuple[str, str], tuple[Path, str]]]:
+        """The container's tar: regular files with wheel names only, hashed as they are written."""
+        manifest: _Manifest | None = None
+        received: dict[tuple[str, str], tuple[Path, str]] = {}
+        try:
+            with tarfile.open(stream, mode="r:") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        raise BuildError(f"the fetch step handed back {member.name!r}, which is not a regular "
+                                         "file; links and special files are never followed")
+                    if member.name == "manifest.json" and manifest is None:
+                        if member.size > _MANIFEST_LIMIT:
+                            raise BuildError("the fetch step's manifest is larger than "
+                                             f"{_MANIFEST_LIMIT} bytes")
+                        data = tar.extractfile(member).read(_MANIFEST_LIMIT + 1)  # type: ignore[union-attr]
+                        manifest = _Manifest.model_validate_json(data)
+                        continue
+                    kind, _, filename = member.name.partition("/")
+                    if kind not in KINDS or not _WHEEL_FILE.fullmatch(filename) or (kind, filename) in received:
+                        raise BuildError(f"the fetch step handed back an unexpected file {member.name[:200]!r}")
+                    folder = incoming / kind
+                    folder.mkdir(exist_ok=True)
+                    path = folder / filename
+                    digest = hashlib.sha256()
+                    source = tar.extractfile(member)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                    with os.fdopen(fd, "wb") as out:
+                        for block in iter(lambda: source.read(1 << 20), b""):  # type: ignore[union-attr]
+                            digest.update(block)
+                            out.write(block)
+                    received[(kind, filename)] = (path, digest.hexdigest())
+        except (tarfile.TarError, EOFError) as exc:
+            raise BuildError(f"the fetch step's output is not a well-formed archive: {exc}") from None
+        except ValidationError as exc:
+            raise BuildError(f"the fetch step's manifest is not valid: {_first_error(exc)}") from None
+        if manifest is None:
+            raise BuildError("the fetch step handed back no manifest")
+        return manifest, received
+
+    # -- the cache itself ---------------------------------------------------------------------
+
+    def _use_cached(self, folder: str, filename: str, target: Path, expected: str | None) -> str | None:
+        """Link a cached file to ``target`` and verify it against its record (and ``expected``).
+        Its sha256, or None when it was altered, unrecorded or missing (it is then removed)."""
+        source = self.root / folder / filename
+        recorded = self._record(folder, filename)
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        # What is hashed is the linked inode, the file the build will read: the cache may change
+        # meanwhile (writes there always replace, never rewrite in place).
+        digest = _hash_regular(target)
+        if digest is None or recorded is None or digest != recorded or (expected and digest != expected):
+            target.unlink()
+            self._evict(folder, filename, digest)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(source, follow_symlinks=False)  # least recently used goes first
+        return digest
+
+    def _put(self, folder: str, filename: str, path: Path, digest: str) -> None:
+        """Move a verified file into the cache, replacing whatever had its name."""
+        with self._lock():
+            record = self.records / folder / filename
+            record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = record.with_name(f".tmp-{uuid.uuid4().hex}")
+            tmp.write_text(digest)
+            # The record first: a file is never in the cache without one.
+            os.replace(tmp, record)
+            os.chmod(path, 0o644)
+            os.replace(path, self.root / folder / filename)
+
+    def _evict(self, folder: str, filename: str, digest: str | None) -> None:
+        with self._lock():
+            # Re-checked under the lock: a concurrent put may have just replaced both.
+            current = _hash_regular(self.root / folder / filename)
+            if current is not None and current == self._record(folder, filename) and current != digest:
+                return
+            _remove(self.root / folder / filename)
+            _remove(self.records / folder / filename)
+
+    def _record(self, folder: str, filename: str) -> str | None:
+        try:
+            fd = os.open(self.records / folder / filename, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(65).decode("ascii", "replace")
+        return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+    def stats(self) -> CacheStats:
+        """Everything under the cache root counts: entries, records, stray files, work folders."""
+        self.sweep()
+        files = list(self._everything())
+        return CacheStats(directory=self.root, files=len(files), bytes=sum(size for _, size in files),
+                          max_bytes=self.settings.cache_max_bytes)
+
+    def prune(self, max_bytes: int = 0) -> list[str]:
+        """Remove stray files (anything that is not a recorded cache entry), then least recently
+        used entries until the cache holds at most ``max_bytes``; the folders of live builds stay."""
+        self.sweep()
+        removed: list[str] = []
+        with self._lock():
+            entries: list[tuple[float, int, str, str]] = []
+            for folder in ("wheelhouse", "tools"):
+                for path in _listing(self.root / folder):
+                    info = path.lstat()
+                    if stat.S_ISREG(info.st_mode) and self._record(folder, path.name) is not None:
+                        entries.append((info.st_mtime, info.st_size, folder, path.name))
+                    else:
+                        _remove(path)
+                        removed.append(path.name)
+                for record in _listing(self.records / folder):
+                    if not (self.root / folder / record.name).is_file() or not record.is_file():
+                        _remove(record)
+            for path in _listing(self.root):
+                if path.name not in ("wheelhouse", "tools", "records", "work", ".lock", "id"):
+                    _remove(path)
+                    removed.append(path.name)
+            for path in _listing(self.records):
+                if path.name not in ("wheelhouse", "tools"):
+                    _remove(path)
+            total = sum(size for _, size in self._everything())
+            for _, size, folder, name in sorted(entries):
+                if total <= max_bytes:
+                    break
+                _remove(self.root / folder / name)
+                _remove(self.records / folder / name)
+                total -= size + 64
+                removed.append(name)
+        return removed
+
+    def _everything(self) -> Iterator[tuple[Path, int]]:
+        for top, dirs, files in os.walk(self.root):  # never follows links
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
+                path = Path(top) / name
+                if Path(top) == self.root and name in (".lock", "id"):
+                    continue
+                with contextlib.suppress(OSError):
+                    yield path, path.lstat().st_size
+
+    def _lock(self) -> FileLock:
+        return FileLock(str(self.root / ".lock"), timeout=120)
+
+    @property
+    def cache_id(self) -> str:
+        """A random id of this cache folder: fetch containers carry it, so a sweep only ever
+        considers the containers of its own cache (another configuration has its own)."""
+        if self._cache_id is None:
+            path = self.root / "id"
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(uuid.uuid4().hex)
+            except FileExistsError:
+                pass
+            text = ""
+            for _ in range(50):  # another process may be writing it this very moment
+                text = path.read_text()[:32]
+                if _WORK_NAME.fullmatch(text):
+                    break
+                time.sleep(0.01)
+            if not _WORK_NAME.fullmatch(text):
+                raise AttuneContainersError(f"{path} is not a cache id; remove it")
+            self._cache_id = text
+        return self._cache_id
+
+    def _prepare(self) -> None:
+        for folder in (self.wheelhouse, self.tools, self.records, self.work_root):
+            folder.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.wheelhouse, self.tools, self.records):
+            info = folder.lstat()
+            # The host owns the cache (an older version gave it to the container's user).
+            if info.st_uid != os.geteuid():
+                os.chown(folder, os.geteuid(), os.getegid(), follow_symlinks=False)
+            if stat.S_IMODE(info.st_mode) & 0o022:
+                os.chmod(folder, 0o755)
+        os.chmod(self.work_root, 0o711)
+        with self._lock():
+            for folder in ("wheelhouse", "tools"):
+                for path in _listing(self.root / folder):
+                    # Unrecorded (an older version's, or someone's plant): never used, removed now.
+                    if self._record(folder, path.name) is None or not stat.S_ISREG(path.lstat().st_mode):
+                        _remove(path)
+        # pip for the fetch step comes from here and runs in the container before anything is
+        # checked: so the tools are verified before every fetch (a few MB).
+        for path in _listing(self.tools):
+            if _hash_regular(path) != self._record("tools", path.name):
+                self._evict("tools", path.name, None)
+
+    # -- work folders, and what dead builds left ---------------------------------------------
+
+    @contextmanager
+    def _work(self, files: dict[str, str]) -> Iterator[Path]:
+        """A work folder, 0700, held by this build: its ``owner.lock`` is flock-ed while it lives,
+        and the kernel drops the lock when the process dies, however it dies."""
+        name = uuid.uuid4().hex
+        temporary = self.work_root / f".tmp-{name}"
+        temporary.mkdir(mode=0o700)
+        fd = os.open(temporary / "owner.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        work = self.work_root / name
+        try:
+            os.rename(temporary, work)
+            config = work / "config"
+            config.mkdir(mode=0o700)
+            for filename, text in files.items():
+                # Secrets travel as files only the container's user can read (0400), never in the
+                # environment: docker inspect shows a container's environment to anyone who asks.
+                path = config / filename
+                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.chown(path, APP_UID, APP_UID)
+            os.chown(config, APP_UID, APP_UID)
+            os.chmod(config, 0o500)
+            yield work
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(temporary, ignore_errors=True)
+            os.close(fd)
+
+    def sweep(self) -> list[str]:
+        """Remove what dead builds of this cache left: fetch containers (their network may still be
+        on) and work folders (they may hold credentials). A build is dead when nobody holds its
+        folder's lock; a container whose folder is gone belongs to no live build either."""
+        swept: list[str] = []
+        if not self.work_root.is_dir():
+            return swept
+        try:
+            containers = self.engine.list_containers({HELPER_LABEL: "fetch", CACHE_LABEL: self.cache_id})
+        except AttuneContainersError:
+            containers = []
+        for container in containers:
+            owner = (container.get("Labels") or {}).get(WORK_LABEL, "")
+            if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
+                self.engine.remove_container(container["Id"], attempts=3)
+                swept.append(container["Id"])
+        for folder in _listing(self.work_root):
+            if not _alive(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    folder.unlink()
+                swept.append(folder.name)
+        return swept
+
+
+def _alive(folder: Path) -> bool:
+    """Whether a live build holds ``folder`` (its owner.lock is locked)."""
+    if folder.name.startswith(".tmp-"):
+        with contextlib.suppress(OSError):
+            if time.time() - folder.lstat().st_mtime < _STARTING_SECONDS:
+                return True
+    try:
+        fd = os.open(folder / "owner.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)
+    return False
+
+
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+def _hash_regular(path: Path) -> str | None:
+    """The sha256 of a regular file, never following a link; None for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            return None
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _identity(filename: str) -> tuple[str, str]:
+    name, version = filename[: -len(".whl")].split("-")[:2]
+    return canonicalize_name(name), _normal_version(version)
+
+
+def _normal_version(version: str) -> str:
+    try:
+        return str(Version(version.replace("_", "-")))
+    except InvalidVersion:
+        return version.replace("-", "_").lower()
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error.get('loc', ()))}: {error.get('msg', '')}"[:300]
+
+
+def _scrubber(plan: BuildPlan):
+    """Log lines never carry index credentials (pip masks them; this is in case it does not)."""
+    secrets = []
+    for url in (plan.options.index_url, *plan.options.extra_index_urls):
+        if url and "@" in url.split("/")[2]:
+            userinfo = url.split("/")[2].rsplit("@", 1)[0]
+            secrets += [userinfo, *userinfo.split(":", 1)[1:]]
+    secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def scrub(line: str) -> str:
+        for secret in secrets:
+            line = line.replace(secret, "****")
+        return line
+
+    return scrub
 
 
 # The uv release builds install with (a template build file, so it is part of the content hash).
 UV_REQUIREMENT = template_source("build/uv-bootstrap.txt").strip()
-
-
-def _locked(path: Path) -> LockedDistribution:
-    stem = path.name[: -len(".whl")]
-    name, version = stem.split("-")[:2]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LockedDistribution(name=name.replace("_", "-").lower(), version=version, filename=path.name, sha256=digest)
-
-
-def _touch(path: Path) -> None:
-    if path.exists():
-        os.utime(path)
