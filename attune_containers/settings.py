@@ -21,7 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .core.execution import DEFAULT_LIMITS, DEFAULT_MAX_LIMITS, ResourceLimits, check_within_caps, effective_limits
+from .core.execution import DEFAULT_LIMITS, DEFAULT_MAX_LIMITS, ResourceLimits, check_within_caps, effective_limits, parse_size
 from .core.pooling import DEFAULT_POOL, PoolSettings
 from .core.render import BuildOptions
 from .core.spec import RequirementPolicy
@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     )
     max_concurrent_runs: int = Field(4, ge=1, description="Executions one runner serves at once")
     pool: PoolSettings = Field(default_factory=lambda: DEFAULT_POOL, description="Warm containers, per pack")
+    # The operator's caps over every pool of one runner (a pack cannot change them): idle
+    # containers beyond them are evicted, least recently used first.
+    max_warm_containers: int = Field(16, ge=0, description="Warm containers one runner keeps at most, all pools together")
+    max_warm_memory: str = Field("4g", description="Memory limits of one runner's warm containers, added up, at most")
     max_limits: ResourceLimits = Field(
         default_factory=lambda: DEFAULT_MAX_LIMITS,
         description="Caps: a pack, action or request may lower limits freely, raise them only up to these",
@@ -201,6 +205,12 @@ class Settings(BaseSettings):
         # must replace the lower one instead (base_images from the environment replaces the config
         # file's, it does not add to it).
         return tuple(_Shadowed(source, sources[:i]) for i, source in enumerate(sources))
+
+    @field_validator("max_warm_memory")
+    @classmethod
+    def _warm_memory(cls, v: str) -> str:
+        parse_size(v)
+        return v
 
     @field_validator("pool")
     @classmethod

@@ -10,6 +10,11 @@ nothing of it was left running, /tmp was emptied. A timeout, an out-of-memory ki
 leftover processes, a protocol fault or the execution budget being spent each destroy it; a new
 one replaces it when needed. Pools are keyed by the pack's image and the container-level limits
 (memory, CPUs, pids, nofile, network, /tmp), so one container only ever serves one pack.
+
+All pools of a runner share one budget (``WarmBudget``): a cap on warm containers and on the memory
+they may hold. A new warm container first evicts the least recently used idle one of any pool; when
+everything under the cap is busy, the execution runs cold instead of waiting (warm is a speed-up,
+never a reason to queue), so callers who vary their limits cannot pile up idle containers.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.execution import ResourceLimits
+from ..core.execution import ResourceLimits, parse_size
 from ..core.pooling import PoolSettings
 from ..core.protocol import ExecutionCollector
 from ..engine import AttachedStreams, ContainerRun, Engine
@@ -69,6 +74,56 @@ class WarmContainer:
 PoolKey = tuple
 
 
+class WarmBudget:
+    """The cap on warm containers (count and memory) over every pool of one runner."""
+
+    def __init__(self, max_containers: int, max_memory: int) -> None:
+        self.max_containers = max_containers
+        self.max_memory = max_memory
+        self.containers = 0
+        self.memory = 0
+        self._lock = threading.Lock()
+        self._pools: list[Pool] = []
+
+    def add(self, pool: Pool) -> None:
+        with self._lock:
+            self._pools.append(pool)
+
+    def reserve(self, memory: int, evict: bool = True) -> bool:
+        """Room for one more container, evicting least recently used idle ones; False when even
+        that cannot make room (everything under the cap is busy)."""
+        victims: list[tuple[Pool, WarmContainer]] = []
+        with self._lock:
+            if memory > self.max_memory or self.max_containers < 1:
+                return False
+            while self.containers + 1 > self.max_containers or self.memory + memory > self.max_memory:
+                oldest = [(c.last_used, i, pool, c) for i, pool in enumerate(self._pools) for c in pool.idle()] if evict else []
+                if not oldest:
+                    break
+                _, _, pool, container = min(oldest, key=lambda entry: entry[:2])
+                if pool.take_idle(container):
+                    victims.append((pool, container))
+                    self.containers -= 1
+                    self.memory -= pool.memory
+            fits = self.containers + 1 <= self.max_containers and self.memory + memory <= self.max_memory
+            if fits:
+                self.containers += 1
+                self.memory += memory
+        for pool, container in victims:
+            pool.destroy_unaccounted(container)
+        return fits
+
+    def free(self, memory: int) -> None:
+        with self._lock:
+            self.containers -= 1
+            self.memory -= memory
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"containers": self.containers, "memory": self.memory,
+                    "max_containers": self.max_containers, "max_memory": self.max_memory}
+
+
 def pool_key(pack_ref: str, image_id: str, limits: ResourceLimits) -> PoolKey:
     return (pack_ref, image_id, limits.memory, limits.cpus, limits.pids, limits.nofile, limits.network, limits.tmp_size)
 
@@ -77,9 +132,12 @@ class Pool:
     """The warm containers of one pack image under one set of container-level limits."""
 
     def __init__(self, key: PoolKey, run: ContainerRun, policy: PoolSettings, engine: Engine,
-                 create_lock: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+                 create_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 budget: WarmBudget | None = None) -> None:
         self.key = key
         self.run = run
+        self.budget = budget
+        self.memory = parse_size(run.limits.memory) if run.limits.memory else 0
         self.policy = policy
         self.engine = engine
         self._create_lock = create_lock or contextlib.nullcontext
@@ -95,8 +153,9 @@ class Pool:
     def size(self) -> int:
         return len(self._idle) + len(self._busy) + self._starting
 
-    def acquire(self, timeout: float = 300) -> WarmContainer:
-        """An idle container (the most recently used), a new one if the pool may grow, else wait."""
+    def acquire(self, timeout: float = 300) -> WarmContainer | None:
+        """An idle container (the most recently used), a new one if the pool may grow, else wait.
+        None when the runner's warm budget has no room: the caller runs the execution cold."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
@@ -117,10 +176,12 @@ class Pool:
                 self._cond.wait(remaining)
         try:
             container = self._start()
-        except BaseException:
+        except BaseException as exc:
             with self._cond:
                 self._starting -= 1
                 self._cond.notify()
+            if isinstance(exc, _NoRoom):
+                return None
             raise
         with self._cond:
             self._starting -= 1
@@ -147,7 +208,9 @@ class Pool:
                     return started
                 self._starting += 1
             try:
-                container = self._start()
+                container = self._start(evict=False)  # topping up never evicts other pools' containers
+            except _NoRoom:
+                return started
             finally:
                 with self._cond:
                     self._starting -= 1
@@ -185,11 +248,38 @@ class Pool:
         with self._cond:
             return {"pack_ref": self.key[0], "image": self.key[1], "idle": len(self._idle), "busy": len(self._busy),
                     "starting": self._starting, "created": self.created, "destroyed": self.destroyed,
-                    "max_size": self.policy.max_size, "min_idle": self.policy.min_idle}
+                    "max_size": self.policy.max_size, "min_idle": self.policy.min_idle,
+                    "memory": self.run.limits.memory}
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _start(self) -> WarmContainer:
+    def idle(self) -> list[WarmContainer]:
+        with self._cond:
+            return list(self._idle)
+
+    def take_idle(self, container: WarmContainer) -> bool:
+        """Take an idle container out of the pool for eviction; False if it is no longer idle."""
+        with self._cond:
+            if container in self._idle:
+                self._idle.remove(container)
+                return True
+            return False
+
+    def destroy_unaccounted(self, container: WarmContainer) -> None:
+        """Destroy a container whose budget share the caller already gave back."""
+        self._destroy(container, account=False)
+
+    def _start(self, evict: bool = True) -> WarmContainer:
+        if self.budget is not None and not self.budget.reserve(self.memory, evict=evict):
+            raise _NoRoom()
+        try:
+            return self._start_container()
+        except BaseException:
+            if self.budget is not None:
+                self.budget.free(self.memory)
+            raise
+
+    def _start_container(self) -> WarmContainer:
         with self._create_lock():
             # Auto-removed as it exits: a destroyed, crashed or engine-restarted container goes by
             # itself, whatever happens to this process.
@@ -203,7 +293,9 @@ class Pool:
         self.created += 1
         return WarmContainer(id=container_id, streams=streams)
 
-    def _destroy(self, container: WarmContainer) -> None:
+    def _destroy(self, container: WarmContainer, account: bool = True) -> None:
+        if account and self.budget is not None:
+            self.budget.free(self.memory)
         container.streams.close()
         self.engine.remove_container(container.id, attempts=20)
         self.destroyed += 1
@@ -212,10 +304,15 @@ class Pool:
         threading.Thread(target=self._destroy, args=(container,), daemon=True).start()
 
 
-class PoolRegistry:
-    """Every pool of one runner, and the thread that reaps and tops them up."""
+class _NoRoom(Exception):
+    """The warm budget is spent on busy containers."""
 
-    def __init__(self) -> None:
+
+class PoolRegistry:
+    """Every pool of one runner, their shared budget, and the thread that reaps and tops them up."""
+
+    def __init__(self, budget: WarmBudget | None = None) -> None:
+        self.budget = budget
         self._pools: dict[PoolKey, Pool] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -226,6 +323,8 @@ class PoolRegistry:
             pool = self._pools.get(key)
             if pool is None or pool.closed:
                 pool = self._pools[key] = factory()
+                if self.budget is not None:
+                    self.budget.add(pool)
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap_forever, name="attune-pool-reaper", daemon=True)
                 self._reaper.start()

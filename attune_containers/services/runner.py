@@ -28,6 +28,7 @@ from ..core.execution import (
     ExecutionResult,
     ExecutionStatus,
     ResourceLimits,
+    parse_size,
     parse_script_output,
 )
 from ..core.packs import PackDefinition, load_pack
@@ -41,7 +42,7 @@ from ..settings import Settings
 from . import ownership
 from .manager import ContainerDependencyManager
 from .ownership import LABEL_LEASE
-from .pool import Pool, PoolRegistry, pool_key
+from .pool import Pool, PoolRegistry, WarmBudget, pool_key
 from .usage import UsageLog
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
@@ -109,7 +110,8 @@ class ActionRunner:
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
-        self.pools = PoolRegistry()
+        self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers,
+                                             parse_size(self.settings.max_warm_memory)))
         self._tree: tuple[int | None, dict[str, Path]] | None = None
         # Held before any container exists: a sweeper can prove this process alive (ownership.py).
         self.lease = ownership.acquire(self.settings.state_dir, self.engine)
@@ -251,11 +253,14 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         use_pool = policy.reuse if warm is None else warm
         per_run = {LABEL_EXECUTION_ID: execution_id, LABEL_ACTION_REF: action.action_ref}
-        run = _container_run(action.pack_ref, action.pack_dir, info.id, limits,
-                             {LABEL_POOL: "true"} if use_pool else per_run)
         try:
             if use_pool:
-                return self._run_warm(run, info, policy, limits, request, execution_id, action)
+                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {LABEL_POOL: "true"})
+                result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
+                if result is not None:
+                    return result
+                # The warm budget is all busy: this execution runs cold rather than queueing.
+            run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run)
             return self._run_cold(run, info, limits, request, execution_id, action)
         except EnvironmentNotFoundError:
             self.manager.forget_image(info.id)
@@ -285,9 +290,11 @@ class ActionRunner:
                 self._forget(container_id)
 
     def _run_warm(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings, limits: ResourceLimits,
-                  request: bytes, execution_id: str, action: ActionDefinition) -> ExecutionResult:
+                  request: bytes, execution_id: str, action: ActionDefinition) -> ExecutionResult | None:
         pool = self._pool(run, info, policy)
         container = pool.acquire()
+        if container is None:
+            return None
         reusable = False
         try:
             self.usage.touch(info.id)
@@ -338,7 +345,8 @@ class ActionRunner:
     def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
         key = pool_key(run.labels[LABEL_PACK_REF], info.id, run.limits)
         return self.pools.get(key, lambda: Pool(
-            key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60)))
+            key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60),
+            budget=self.pools.budget))
 
     def _attach_and_wait(self, container_id: str, limits: ResourceLimits, request: bytes,
                          execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:

@@ -169,3 +169,36 @@ def test_reuse_can_be_switched_off_per_pack(settings, engine, tmp_path):
         assert runner.pool_stats() == [] and pool_containers(engine) == []
     finally:
         runner.close()
+
+
+def test_warm_containers_stay_within_the_runners_budget_least_recently_used_go_first(settings, engine):
+    # Callers varying their limits make one pool each; the budget caps them all together.
+    runner = ActionRunner(PACKS, ContainerDependencyManager(settings.model_copy(update={
+        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True)), "max_warm_containers": 2,
+        "max_warm_memory": "1g"}), engine))
+    try:
+        for memory in ("100m", "110m", "120m", "130m", "140m"):
+            result = runner.run("probe.echo", {"m": memory}, limits=ResourceLimits(memory=memory))
+            assert result.status is ExecutionStatus.succeeded and result.result == {"m": memory}
+            assert len(pool_containers(engine)) <= 2
+        assert len(pool_containers(engine)) == 2
+        assert runner.pools.budget.stats()["containers"] == 2
+        # The two most recently used pools kept their containers.
+        idle = sorted((s["memory"], s["idle"]) for s in runner.pool_stats())
+        assert [m for m, n in idle if n] == ["130m", "140m"], idle
+    finally:
+        runner.close()
+    assert pool_containers(engine) == []
+
+
+def test_memory_budget_runs_executions_cold_when_the_warm_ones_are_busy(settings, engine):
+    runner = ActionRunner(PACKS, ContainerDependencyManager(settings.model_copy(update={
+        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True, max_size=4)), "max_warm_containers": 4,
+        "max_warm_memory": "300m"}), engine))
+    try:
+        results = run_side_by_side(runner, 3)  # three sleeping executions at once, 256m each
+        assert all(r.status is ExecutionStatus.succeeded for r in results)
+        assert len(pool_containers(engine)) == 1  # only one 256m container fits; the others ran cold
+        assert runner.pools.budget.stats()["memory"] <= 300 * 1024 * 1024
+    finally:
+        runner.close()
