@@ -381,7 +381,8 @@ class ContainerDependencyManager:
                 return pulled, "pulled"
         if not self.settings.allow_build:
             if refused is not None:
-                raise refused
+                raise UntrustedImageError(
+                    f"building is not allowed here (ATTUNE__CONTAINERS__ALLOW_BUILD=false), and {refused}")
             where = f"in the registry {self.settings.registry}" if self.settings.registry else "on this host"
             raise AttuneContainersError(
                 f"{plan.image} for pack {plan.pack_ref!r} is not {where}, and building is not allowed "

@@ -195,15 +195,19 @@ def test_pushed_images_are_pulled_not_built(own_cache, engine, registry, tmp_pat
     tree = tmp_path / "packs"
     pack_ref = unique_ref("reg")
     write_pack(tree, pack_ref, {"dependencies": ["six==1.16.0"], "max_version": "3.11"})
-    report = build_all(ContainerDependencyManager(with_registry, engine), tree, push=True)
+    manifest = tmp_path / "trusted.json"
+    report = build_all(ContainerDependencyManager(with_registry, engine), tree, push=True, manifest=manifest)
     (entry,) = report.packs
     assert entry.outcome == "built" and entry.pushed == f"{registry}/{entry.image}"
+    assert entry.digest and entry.pushed_by_digest.endswith("@" + entry.digest)
 
     # A second engine state: the local images gone, as on a fresh worker host.
     for summary in images_of(engine, pack_ref):
         engine.remove_image(summary["Id"], force=True)
     builds: list[str] = []
-    worker = ContainerDependencyManager(with_registry.model_copy(update={"allow_build": False}), engine)
+    # The worker trusts what CI's manifest names (by digest), not the tag.
+    worker = ContainerDependencyManager(with_registry.model_copy(update={"allow_build": False,
+                                                                         "trusted_manifest": manifest}), engine)
     ensured = worker.ensure(pack_ref, DependencySpec(dependencies=["six==1.16.0"], max_version="3.11"),
                             on_log=builds.append)
     assert ensured.outcome == "pulled" and builds == []
