@@ -106,6 +106,8 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         return _build_all(args, manager)
     if args.pack is None:
         raise InvalidSpecError("give a PACK, or --all PACKS_DIR", field="build")
+    if args.manifest:
+        raise InvalidSpecError("--manifest goes with --all PACKS_DIR --push", field="manifest")
     pack = _pack(args.pack)
     plan = manager.plan(pack.pack_ref, pack.spec)
 
@@ -118,7 +120,9 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
             status.update(f"building {plan.image}: {line.strip()[:100]}")
 
     with err.status(f"preparing {plan.image}", spinner="dots") as status:
-        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None)
+        # Publishing never adopts an image from the registry: only one built (or found) here.
+        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None,
+                                 pull=not args.push)
         pushed = manager.push(ensured.info) if args.push else None
     info = ensured.info
     if args.json:
