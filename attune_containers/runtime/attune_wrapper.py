@@ -28,13 +28,23 @@ Why it is built this way (SECURITY.md has the whole threat model):
   the worker destroys the container instead of reusing it.
 """
 
+# Every standard library module a child needs is imported here, once, so each fresh child starts
+# with them. The standard library is the base image's, never the pack's: the pack's site-packages
+# are added only in the child, by site.main(), after it dropped its privileges.
+import ast
+import ctypes
 import json
 import os
+import runpy
 import select
+import shutil
 import signal
+import site
 import struct
 import sys
 import time
+import traceback
+import types
 
 MAGIC = b"\x00ATC"
 RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -130,8 +140,6 @@ def error_document(kind, message, tb=""):
 # -- the child: one execution, as EXEC_UID -------------------------------------------------------
 
 def top_level_functions(path):
-    import ast
-
     with open(path, "rb") as handle:
         tree = ast.parse(handle.read(), filename=path)
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
@@ -159,8 +167,6 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd):
         except OSError:
             pass
         os.chdir("/tmp")
-        import site
-
         site.main()  # the pack's site-packages, now that only this child's uid runs its code
         exit_code = run_execution(request_fd, result_fd)
     finally:
@@ -180,9 +186,6 @@ def send_result(fd, document, limit):
 
 
 def run_execution(request_fd, result_fd):
-    import runpy
-    import types
-
     chunks = []
     while True:
         chunk = os.read(request_fd, 1 << 16)
@@ -241,8 +244,6 @@ def run_execution(request_fd, result_fd):
         exit_code = code if isinstance(code, int) else (0 if code is None else 1)
         outcome = {"status": "script"}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured error
-        import traceback
-
         exit_code = 1
         outcome = error_document(type(exc).__name__, str(exc), "".join(
             traceback.format_exception(type(exc), exc, exc.__traceback__)))
@@ -304,34 +305,30 @@ def kill_leftovers():
 def clean_state(uid):
     """Empty every place an execution can leave state, as the execution uid; return what is still
     there (categories only, never names an action chose), checked again here as root."""
+    if not residue():
+        return []  # the common case: nothing to clean, no cleaner to start
+    ended_r, ended_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            close_other_fds({2})
+            close_other_fds({2, ended_w})
             drop_privileges(uid)
             code = 0 if clear_everything() else 1
         finally:
             os._exit(code)
-    deadline = time.monotonic() + CLEANER_SECONDS
-    status = None
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.002)
-    else:
+    os.close(ended_w)
+    ready, _, _ = select.select([ended_r], [], [], CLEANER_SECONDS)  # readable (EOF) once it exits
+    os.close(ended_r)
+    if not ready:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        status = None
+    _, status = os.waitpid(pid, 0)
     kill_leftovers()
-    cleaner_ok = status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    cleaner_ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     return ([] if cleaner_ok else ["cleaner"]) + residue()
 
 
 def clear_everything():
-    import shutil
-
     ok = True
     for folder in WRITABLE_STATE:
         try:
@@ -356,15 +353,13 @@ def clear_everything():
             except OSError:
                 ok = False
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         remove = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),
                   "sem": lambda i: libc.semctl(i, 0, 0)}  # 0 is IPC_RMID
         for kind in SYSV:
             for ident in sysv_ids(kind):
                 remove[kind](ident)
-    except (OSError, ImportError):
+    except OSError:
         ok = False
     return ok
 
@@ -401,13 +396,27 @@ def serve(child, control):
     kinds = {child.stdout: b"o", child.stderr: b"e", child.result: b"r"}
     open_fds = list(kinds)
     status, leftovers, timed_out, result_bytes, ended = None, 0, False, 0, 0.0
-    while open_fds:
+    while True:
         now = time.monotonic()
-        if status is None and now >= deadline:
-            timed_out = True
-            status = child.kill()  # the action and all it started end at the deadline
-            leftovers, ended = kill_leftovers(), time.monotonic()
-        wait = max(0.0, min(deadline - now, 0.05)) if status is None else 1.0
+        if status is None:
+            if now >= deadline:
+                timed_out = True
+                status = child.kill()  # the action and all it started end at the deadline
+                leftovers, ended = kill_leftovers(), time.monotonic()
+            else:
+                done, waited = os.waitpid(child.pid, os.WNOHANG)
+                if done:
+                    # The action is over: whatever it left running goes now, which also closes
+                    # any pipe a grandchild still held, so the loop drains and ends.
+                    status, leftovers, ended = waited, kill_leftovers(), time.monotonic()
+        if not open_fds:
+            if status is not None:
+                break
+            time.sleep(0.0005)  # its pipes closed as it exits; wait for the exit itself
+            continue
+        if status is not None and now - ended > 5:
+            break  # a pipe still open long after the end: nothing alive should hold it
+        wait = max(0.0, min(deadline - now, 0.05)) if status is None else 0.5
         ready, _, _ = select.select(open_fds, [], [], wait)
         for fd in ready:
             count = os.readv(fd, [VIEW])
@@ -421,19 +430,8 @@ def serve(child, control):
                 result_bytes += count
             else:
                 write_frame(kinds[fd], VIEW[:count])
-        if status is None:
-            done, waited = os.waitpid(child.pid, os.WNOHANG)
-            if done:
-                # The action is over: whatever it left running goes now, which also closes any
-                # pipe a grandchild still held, so the loop drains and ends.
-                status, leftovers, ended = waited, kill_leftovers(), time.monotonic()
-        elif not ready and time.monotonic() - ended > 5:
-            break  # a pipe still open long after the end: nothing alive should hold it
     for fd in open_fds:
         os.close(fd)
-    if status is None:
-        status = child.kill()
-        leftovers = kill_leftovers()
     scrub()
     if os.WIFSIGNALED(status):
         exit_code, killed_by = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
