@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -43,6 +43,17 @@ class ResourceLimits(Layered):
     result_limit: int | None = Field(None, ge=1024)
     network: str | None = Field(None, description="none, bridge or a named network; never host")
     tmp_size: str | None = Field(None, description="Size of the writable tmpfs /tmp")
+
+    # Every field is one of two kinds (a unit test holds that). Container-level limits are fixed
+    # when the container is created: a warm container serves only executions that agree on all of
+    # them, so they key its pool. Per-execution limits are applied to each execution by the runner
+    # loop and the worker, so executions with different ones share warm containers.
+    CONTAINER_FIELDS: ClassVar[tuple[str, ...]] = ("memory", "cpus", "pids", "nofile", "network", "tmp_size")
+    EXECUTION_FIELDS: ClassVar[tuple[str, ...]] = ("timeout", "stdout_limit", "stderr_limit", "result_limit")
+
+    def container_level(self) -> tuple[Any, ...]:
+        """The values of the container-level limits, in CONTAINER_FIELDS order."""
+        return tuple(getattr(self, name) for name in self.CONTAINER_FIELDS)
 
     @field_validator("memory", "tmp_size")
     @classmethod

@@ -9,7 +9,8 @@ A container is reused only after an execution that ended cleanly: the action ret
 nothing of it was left running, /tmp was emptied. A timeout, an out-of-memory kill, a crash,
 leftover processes, a protocol fault or the execution budget being spent each destroy it; a new
 one replaces it when needed. Pools are keyed by the pack's image and the container-level limits
-(memory, CPUs, pids, nofile, network, /tmp), so one container only ever serves one pack.
+(``ResourceLimits.CONTAINER_FIELDS``: memory, CPUs, pids, nofile, network, /tmp), so one container
+only ever serves one pack.
 
 All pools of a runner share one budget (``WarmBudget``): a cap on warm containers and on the memory
 they may hold. A new warm container first evicts the least recently used idle one of any pool; when
@@ -125,7 +126,9 @@ class WarmBudget:
 
 
 def pool_key(pack_ref: str, image_id: str, limits: ResourceLimits) -> PoolKey:
-    return (pack_ref, image_id, limits.memory, limits.cpus, limits.pids, limits.nofile, limits.network, limits.tmp_size)
+    """One pool per pack, image and set of container-level limits (ResourceLimits.CONTAINER_FIELDS):
+    a new container-level limit keys pools without a change here."""
+    return (pack_ref, image_id, *limits.container_level())
 
 
 class Pool:

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.actions import ActionDefinition, discover_packs, load_action
+from ..core.classify import classify
 from ..core.execution import (
     ExecutionError,
     ExecutionResult,
     ExecutionStatus,
     ResourceLimits,
     parse_size,
-    parse_script_output,
 )
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
@@ -301,7 +301,7 @@ class ActionRunner:
             control = _control(limits, last=False)
             collector = _collector(limits, control)
             timed_out, elapsed = container.execute(encode_request(control, request), collector,
-                                                   (limits.timeout or 300) + DEADLINE_GRACE_SECONDS)
+                                                   limits.timeout + DEADLINE_GRACE_SECONDS)
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image)
             done = collector.done or {}
@@ -362,7 +362,7 @@ class ActionRunner:
 
         # One request, then EOF: the runner loop serves it and ends.
         exit_code, timed_out, elapsed = self.engine.run_attached(
-            container_id, encode_request(control, request), (limits.timeout or 300) + DEADLINE_GRACE_SECONDS, on_frame)
+            container_id, encode_request(control, request), limits.timeout + DEADLINE_GRACE_SECONDS, on_frame)
         return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
                       execution_id=execution_id, action_ref=action.action_ref, image=image,
                       container_exit=exit_code)
@@ -409,43 +409,11 @@ def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
 def finish(engine: Engine, container_id: str, collector: ExecutionCollector, limits: ResourceLimits,
            timed_out: bool, elapsed: float, *, execution_id: str, action_ref: str, image: str,
            container_exit: int | None = None) -> ExecutionResult:
-    """The ExecutionResult of one execution, the same for the cold and the warm path."""
-    done = collector.done or {}
-    exit_code = done.get("exit_code", container_exit)
-    timed_out = timed_out or done.get("timed_out") is True
-    common = dict(
-        execution_id=execution_id, action_ref=action_ref, exit_code=exit_code,
-        duration_ms=int(elapsed * 1000), stdout=collector.stdout.text(), stderr=collector.stderr.text(),
-        stdout_truncated=collector.stdout.truncated, stderr_truncated=collector.stderr.truncated, image=image,
-    )
-
-    def failed(status: ExecutionStatus, kind: str, message: str) -> ExecutionResult:
-        return ExecutionResult(status=status, error=ExecutionError(type=kind, message=message), **common)
-
-    if timed_out:
-        return failed(ExecutionStatus.timeout, "Timeout",
-                      f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s")
-    if collector.protocol_error:
-        return failed(ExecutionStatus.error, "ProtocolError",
-                      "the container's output broke the runner protocol; the container was destroyed")
-    suspicious = collector.done is None or done.get("signal") == 9 or exit_code == 137
-    if suspicious and oom_killed(engine, container_id, time.time() - elapsed):
-        return failed(ExecutionStatus.oom, "OutOfMemory", f"the action exceeded its memory limit of {limits.memory}")
-    if collector.result_too_large:
-        return failed(ExecutionStatus.failed, "ResultTooLarge",
-                      f"the result is {collector.result_size} bytes; the limit is {limits.result_limit}")
-    outcome = collector.outcome()
-    if outcome is None or outcome.get("status") == "none":
-        what = "was killed by signal %s" % done["signal"] if done.get("signal") else f"ended (exit code {exit_code})"
-        return failed(ExecutionStatus.failed if collector.done else ExecutionStatus.error, "NoResult",
-                      f"the action's process {what} without reporting a result")
-    if outcome.get("status") == "error":
-        return ExecutionResult(status=ExecutionStatus.failed, error=ExecutionError(**outcome["error"]), **common)
-    result = outcome.get("result") if outcome.get("status") == "success" else parse_script_output(common["stdout"])
-    if exit_code == 0:
-        return ExecutionResult(status=ExecutionStatus.succeeded, result=result, **common)
-    return ExecutionResult(status=ExecutionStatus.failed, result=result, error=ExecutionError(
-        type="NonZeroExit", message=f"the action exited with {exit_code}"), **common)
+    """The ExecutionResult of one execution, the same for the cold and the warm path: the pure
+    classification (core/classify.py) with the engine asked about an OOM kill only when needed."""
+    return classify(collector, limits, timed_out, elapsed, execution_id=execution_id, action_ref=action_ref,
+                    image=image, container_exit=container_exit,
+                    oom=lambda: oom_killed(engine, container_id, time.time() - elapsed))
 
 
 def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, secrets: Mapping[str, Any] | None,
@@ -474,8 +442,9 @@ def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, sec
 
 def _control(limits: ResourceLimits, *, last: bool) -> dict[str, Any]:
     """What the supervisor needs of one execution; the nonce is unknown to the action's process,
-    so a done frame that echoes it was written by the supervisor."""
-    return {"nonce": tokens.token_hex(16), "timeout": limits.timeout or 300,
+    so a done frame that echoes it was written by the supervisor. ``limits`` are a run's merged
+    limits (``Settings.run_limits``: the defaults hold every field), so none is missing here."""
+    return {"nonce": tokens.token_hex(16), "timeout": limits.timeout,
             "result_limit": limits.result_limit or 0, "last": last}
 
 
