@@ -192,14 +192,18 @@ class Pool:
         return container
 
     def release(self, container: WarmContainer, reusable: bool) -> None:
-        reuse = (reusable and not self.closed and self.policy.reuse is not False
-                 and container.executions < (self.policy.max_executions or 1) and container.alive())
+        alive = container.alive()
         with self._cond:
+            # Not busy any more when close() already destroyed it: destroyed (and its budget
+            # share given back) once, and never put back into a closed pool.
+            mine = container in self._busy
             self._busy.discard(container)
+            reuse = (mine and reusable and not self.closed and self.policy.reuse is not False
+                     and container.executions < (self.policy.max_executions or 1) and alive)
             if reuse:
                 self._idle.append(container)
             self._cond.notify()
-        if not reuse:
+        if mine and not reuse:
             self._destroy(container)
 
     def prewarm(self, count: int) -> int:
@@ -243,6 +247,7 @@ class Pool:
             self.closed = True
             victims = list(self._idle) + list(self._busy)
             self._idle.clear()
+            self._busy.clear()
             self._cond.notify_all()
         for container in victims:
             self._destroy(container)
