@@ -384,7 +384,7 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
 
 
 def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    from .service import serve
+    from .http_api import serve
 
     if args.socket and args.port:
         raise InvalidSpecError("give --socket or --port, not both", field="serve")

@@ -89,7 +89,7 @@ def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # 
     # The service of configuration A: GET lists A's only, DELETE removes A's only.
     from fastapi.testclient import TestClient
 
-    from attune_containers.service import create_app
+    from attune_containers.http_api import create_app
 
     mine = ContainerDependencyManager(a_settings, engine).ensure_environment(pack, quick(1))
     packs = tmp_path / "packs"

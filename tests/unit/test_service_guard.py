@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from attune_containers.errors import InvalidSpecError
-from attune_containers.service import Guard, bind_unix_socket, check_bind_address, load_token
+from attune_containers.http_api import Guard, bind_unix_socket, check_bind_address, load_token
 from attune_containers.settings import Settings
 
 TOKEN = b"a-token-of-32-characters-exactly"
