@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from .execution import ExecutionError, ExecutionResult, ExecutionStatus, ResourceLimits, parse_script_output
 from .protocol import ExecutionCollector
 
@@ -55,14 +57,25 @@ def classify(collector: ExecutionCollector, limits: ResourceLimits, timed_out: b
         return failed(ExecutionStatus.failed, "ResultTooLarge",
                       f"the result is {collector.result_size} bytes; the limit is {limits.result_limit}")
     outcome = collector.outcome()
-    if outcome is None or outcome.get("status") == "none":
+    error = _error(outcome) if outcome is not None and outcome.get("status") == "error" else None
+    if outcome is None or outcome.get("status") == "none" or (outcome.get("status") == "error" and error is None):
+        # An error document that is not one (the action's process can write its result pipe
+        # itself) is no result either, never an exception in the worker.
         what = "was killed by signal %s" % done["signal"] if done.get("signal") else f"ended (exit code {exit_code})"
         return failed(ExecutionStatus.failed if collector.done else ExecutionStatus.error, "NoResult",
                       f"the action's process {what} without reporting a result")
-    if outcome.get("status") == "error":
-        return ExecutionResult(status=ExecutionStatus.failed, error=ExecutionError(**outcome["error"]), **common)
+    if error is not None:
+        return ExecutionResult(status=ExecutionStatus.failed, error=error, **common)
     result = outcome.get("result") if outcome.get("status") == "success" else parse_script_output(common["stdout"])
     if exit_code == 0:
         return ExecutionResult(status=ExecutionStatus.succeeded, result=result, **common)
     return ExecutionResult(status=ExecutionStatus.failed, result=result, error=ExecutionError(
         type="NonZeroExit", message=f"the action exited with {exit_code}"), **common)
+
+
+def _error(outcome: dict[str, Any]) -> ExecutionError | None:
+    """The error an outcome document reports, or None when it is not a well-formed one."""
+    try:
+        return ExecutionError.model_validate(outcome.get("error"))
+    except ValidationError:
+        return None
