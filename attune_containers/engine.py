@@ -25,6 +25,7 @@ import docker.errors
 import requests.exceptions
 import urllib3.exceptions
 
+from .core import labels as L
 from .core.execution import ResourceLimits, parse_size
 from .errors import (
     AttuneContainersError,
@@ -38,11 +39,6 @@ from .errors import (
 )
 
 LogSink = Callable[[str], None]
-
-# Containers we create only to read something out of an image carry this label, so a crash
-# between create and remove leaves something the pruner can recognise.
-HELPER_LABEL = "io.attune.containers.helper"
-
 
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
@@ -323,7 +319,7 @@ class Engine:
         too_large = f"{path} in {image} is larger than {max_bytes} bytes"
         with translate_errors(f"reading {path} from {image}"):
             container = self.api.create_container(
-                image, command=["/nonexistent"], network_disabled=True, labels={HELPER_LABEL: "read-file"}
+                image, command=["/nonexistent"], network_disabled=True, labels={L.HELPER: "read-file"}
             )
             try:
                 stream, info = self.api.get_archive(container["Id"], path)
@@ -366,7 +362,7 @@ class Engine:
                 mem_limit="256m",
                 memswap_limit="256m",
                 pids_limit=64,
-                labels={HELPER_LABEL: "check"},
+                labels={L.HELPER: "check"},
             )
             try:
                 container.start()

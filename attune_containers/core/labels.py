@@ -1,6 +1,10 @@
-"""Image labels: the keys we write on every pack image, and reading an image back from them.
+"""The label vocabulary: every ``io.attune.containers.*`` key we write, on images and on
+containers, and reading a pack image back from its labels.
 
 Labels, not image names, are the source of truth: lookups filter on ``MANAGED`` and ``PACK_REF``.
+Every key is defined here and only here (tests/unit/test_labels.py keeps it so): the pruner tells
+our containers from others by ``PREFIX``, and images and containers on hosts carry these exact
+strings, so a value never changes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,27 @@ CONTENT = PREFIX + "content"
 BASE_MARKER = PREFIX + "base"
 BASE_PYTHON_VERSION = PYTHON_VERSION
 BASE_IDENTITY = PREFIX + "base.identity"
+# The Debian suite the base image was bootstrapped from (read by people, not by the code).
+BASE_SUITE = PREFIX + "base.suite"
+
+# On containers. A container also inherits its image's labels: only those it was given itself
+# (any ``PREFIX`` key) make it one of ours.
+# Action containers (services/runner.py): every one, one execution's, a warm pool's. They carry
+# ``PACK_REF`` too, the same key as their image.
+RUN = PREFIX + "run"
+EXECUTION_ID = PREFIX + "execution_id"
+ACTION_REF = PREFIX + "action_ref"
+POOL = PREFIX + "pool"
+# Whose a container is (services/ownership.py): the lease id decides; ``host:pid`` is for people.
+LEASE = PREFIX + "lease"
+OWNER = PREFIX + "owner"
+# Containers made only to read something out of an image (engine.py) or to fetch wheels (its
+# value says which), so a crash between create and remove leaves something the pruner recognises.
+HELPER = PREFIX + "helper"
+# Fetch containers (services/wheels.py): which cache (this host's, this configuration's) and which
+# work folder they belong to, so a later sweep can tell a dead build's container from a live one's.
+CACHE = PREFIX + "cache"
+WORK = PREFIX + "work"
 
 OCI_CREATED = "org.opencontainers.image.created"
 OCI_TITLE = "org.opencontainers.image.title"

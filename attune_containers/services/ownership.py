@@ -48,9 +48,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..core import labels as L
+
 log = logging.getLogger(__name__)
 
-LABEL_LEASE = "io.attune.containers.lease"
 OWNERS = "owners"
 LEASE_ID = re.compile(r"[0-9a-f]{32}")
 # A lease record is a few hundred bytes per pack; more than this is not ours.
@@ -177,7 +178,7 @@ class Lease:
         clean = False
         if self.engine is not None:
             try:
-                clean = not self.engine.list_containers({LABEL_LEASE: self.id})
+                clean = not self.engine.list_containers({L.LEASE: self.id})
             except Exception:  # noqa: BLE001 - at exit: leave it to the next sweep
                 clean = False
         if clean:

@@ -53,7 +53,7 @@ from ..errors import (
 )
 from .build_gate import BuildGate
 from .manager import ContainerDependencyManager
-from .ownership import LABEL_LEASE, live_images, owner_alive
+from .ownership import live_images, owner_alive
 from .usage import UsageLog
 
 __all__ = ["ImageEntry", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
@@ -266,7 +266,7 @@ class Pruner:
                        f"stopped {format_duration(age)} ago",
                 size_bytes=run.container_sizes.get(summary["Id"]),
             )
-            if owner_alive(self.settings.state_dir, (summary.get("Labels") or {}).get(LABEL_LEASE)):
+            if owner_alive(self.settings.state_dir, (summary.get("Labels") or {}).get(L.LEASE)):
                 # Stopped, but its owner lives (a container is `created` before it starts): the
                 # owner removes it; whatever the grace period, it is not a leftover yet.
                 run.report.kept.append(item.model_copy(update={"reason": item.reason + ", its owner is alive"}))

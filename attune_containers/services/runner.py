@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..core import labels as L
 from ..core.actions import ActionDefinition, discover_packs, load_action
 from ..core.classify import classify
 from ..core.execution import (
@@ -41,7 +42,6 @@ from ..errors import AttuneContainersError, EngineUnavailableError, EnvironmentN
 from ..settings import Settings
 from . import ownership
 from .manager import ContainerDependencyManager
-from .ownership import LABEL_LEASE
 from .pool import Pool, PoolRegistry, WarmBudget, pool_key
 from .usage import UsageLog
 
@@ -49,13 +49,6 @@ RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
 PACK_MOUNT = "/opt/attune/pack"
 RUNTIME_MOUNT = "/opt/attune/runtime"
 WRAPPER = f"{RUNTIME_MOUNT}/attune_wrapper.py"
-
-LABEL_RUN = "io.attune.containers.run"
-LABEL_EXECUTION_ID = "io.attune.containers.execution_id"
-LABEL_ACTION_REF = "io.attune.containers.action_ref"
-LABEL_PACK_REF = "io.attune.containers.pack_ref"
-LABEL_OWNER = "io.attune.containers.owner"
-LABEL_POOL = "io.attune.containers.pool"
 
 _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -86,7 +79,7 @@ def owner_id() -> str:
 
 def owner_labels() -> dict[str, str]:
     """The labels that say whose a container is: this process's lease id, and host:pid for humans."""
-    return {LABEL_OWNER: owner_id(), LABEL_LEASE: ownership.process_id()}
+    return {L.OWNER: owner_id(), L.LEASE: ownership.process_id()}
 
 
 class ActionRunner:
@@ -168,12 +161,12 @@ class ActionRunner:
         only host:pid are left alone: ``prune`` removes them once stopped past the grace period."""
         removed: list[str] = []
         try:
-            containers = self.engine.list_containers([LABEL_RUN])
+            containers = self.engine.list_containers([L.RUN])
         except AttuneContainersError:
             return removed
         by_owner: dict[str, list[str]] = {}
         for summary in containers:
-            lease_id = (summary.get("Labels") or {}).get(LABEL_LEASE)
+            lease_id = (summary.get("Labels") or {}).get(L.LEASE)
             if lease_id and lease_id != ownership.process_id():
                 by_owner.setdefault(lease_id, []).append(summary["Id"])
         left = set(by_owner)
@@ -252,10 +245,10 @@ class ActionRunner:
 
         policy = self.settings.pool.merged(pack.pool)
         use_pool = policy.reuse if warm is None else warm
-        per_run = {LABEL_EXECUTION_ID: execution_id, LABEL_ACTION_REF: action.action_ref}
+        per_run = {L.EXECUTION_ID: execution_id, L.ACTION_REF: action.action_ref}
         try:
             if use_pool:
-                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {LABEL_POOL: "true"})
+                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {L.POOL: "true"})
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return result
@@ -323,7 +316,7 @@ class ActionRunner:
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
         self.lease.use(self, pack.pack_ref, info.image, info.id)
-        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {LABEL_POOL: "true"})
+        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"})
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
     def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
@@ -343,7 +336,7 @@ class ActionRunner:
         return [pool.stats() for pool in self.pools.pools()]
 
     def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
-        key = pool_key(run.labels[LABEL_PACK_REF], info.id, run.limits)
+        key = pool_key(run.labels[L.PACK_REF], info.id, run.limits)
         return self.pools.get(key, lambda: Pool(
             key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60),
             budget=self.pools.budget))
@@ -386,7 +379,7 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
         command=[INTERPRETER, "-I", "-S", "-B", WRAPPER, str(APP_UID)],
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
-        labels={LABEL_RUN: "true", LABEL_PACK_REF: pack_ref, **owner_labels(), **labels},
+        labels={L.RUN: "true", L.PACK_REF: pack_ref, **owner_labels(), **labels},
         mounts=[(str(pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,

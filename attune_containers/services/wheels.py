@@ -58,15 +58,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ..core.execution import ResourceLimits
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
-from ..engine import HELPER_LABEL, ContainerRun, Engine, LogSink, telling_lines
+from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
+from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..settings import Settings
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
-# Labels of fetch containers: which cache (this host's, this configuration's) and which work
-# folder they belong to, so a later sweep can tell a dead build's container from a live one's.
-CACHE_LABEL = "io.attune.containers.cache"
-WORK_LABEL = "io.attune.containers.work"
 # Folders of the cache root (``wheelhouse`` and ``tools`` are what fetch containers see).
 KINDS = {"wheels": "wheelhouse", "tools": "tools", "bootstrap": "tools"}
 _WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]{0,250}\.whl")

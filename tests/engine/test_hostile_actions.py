@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
-from attune_containers.services.runner import LABEL_EXECUTION_ID, LABEL_RUN
 
 from .test_warm import PACKS, pool_containers, warm_runner
 
@@ -95,7 +95,7 @@ def test_the_deadline_holds_when_the_caller_is_killed(settings, engine, tmp_path
         container = None
         deadline = time.monotonic() + 120
         while container is None and time.monotonic() < deadline:
-            for summary in engine.list_containers({LABEL_RUN: "true", LABEL_EXECUTION_ID: execution_id}):
+            for summary in engine.list_containers({L.RUN: "true", L.EXECUTION_ID: execution_id}):
                 if summary.get("State") == "running":
                     container = summary["Id"]
             time.sleep(0.2)

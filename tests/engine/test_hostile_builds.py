@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.spec import DependencySpec
 from attune_containers.errors import BuildError
 from attune_containers.services.manager import ContainerDependencyManager
@@ -409,8 +410,8 @@ def test_a_killed_build_leaves_no_credentials_and_no_fetch_container(hostile, en
             assert path.stat().st_mode & 0o077 == 0, (path, oct(path.stat().st_mode))
         for folder in work.iterdir():
             assert folder.stat().st_mode & 0o077 == 0, oct(folder.stat().st_mode)
-        fetchers = engine.list_containers({"io.attune.containers.helper": "fetch"})
-        ours = [c for c in fetchers if c["Labels"].get("io.attune.containers.cache") == WheelCache(hostile, engine).cache_id]
+        fetchers = engine.list_containers({L.HELPER: "fetch"})
+        ours = [c for c in fetchers if c["Labels"].get(L.CACHE) == WheelCache(hostile, engine).cache_id]
         assert len(ours) == 1
         # Nothing docker inspect shows carries them.
         assert secret not in json.dumps(engine.inspect_container(ours[0]["Id"]))
@@ -442,8 +443,8 @@ def test_build_timeout_is_a_wall_clock_limit_of_the_fetch_step(hostile, engine, 
             pack_ref, DependencySpec(dependencies=[f"{name}==1.0"]))
     assert time.monotonic() - started < 45
     assert images_of(engine, pack_ref) == []
-    assert [c for c in engine.list_containers({"io.attune.containers.helper": "fetch"})
-            if c["Labels"].get("io.attune.containers.cache") == WheelCache(limited, engine).cache_id] == []
+    assert [c for c in engine.list_containers({L.HELPER: "fetch"})
+            if c["Labels"].get(L.CACHE) == WheelCache(limited, engine).cache_id] == []
 
 
 def pth_wheel(index: Index, name: str, code: str) -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attune_containers.core import labels as L
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services import ownership
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.ownership import LABEL_LEASE
 from attune_containers.services.pruner import PrunePolicy, Pruner
-from attune_containers.services.runner import LABEL_OWNER, LABEL_POOL, LABEL_RUN, ActionRunner, _container_run
+from attune_containers.services.runner import ActionRunner, _container_run
 
 from ..support import TEST_PREFIX, unique_ref
 
@@ -102,7 +102,7 @@ class Worker:
 
 
 def containers_of_lease(engine, lease: str) -> dict[str, str]:
-    return {c["Id"]: c["State"] for c in engine.list_containers({LABEL_RUN: "true", LABEL_LEASE: lease})}
+    return {c["Id"]: c["State"] for c in engine.list_containers({L.RUN: "true", L.LEASE: lease})}
 
 
 def sweeper(settings, engine) -> ActionRunner:
@@ -141,7 +141,7 @@ def made(engine):
 def labelled_container(engine, settings, labels: dict[str, str]) -> str:
     """A run container of a live-looking owner, never started (`created`), with the labels given."""
     run = _container_run("probe", PACKS / "probe", settings.base_images["3.13"], settings.limits, {})
-    own = {k: v for k, v in run.labels.items() if k not in (LABEL_OWNER, LABEL_LEASE)}
+    own = {k: v for k, v in run.labels.items() if k not in (L.OWNER, L.LEASE)}
     return engine.create_container(dataclasses.replace(run, labels={**own, **labels}))
 
 
@@ -192,19 +192,19 @@ def test_ownership_is_the_lease_never_the_host_and_pid(settings, engine, made):
     other_namespace = Worker(settings, PACKS)  # alive; its container claims a pid dead here
     try:
         alive_elsewhere = labelled_container(engine, settings, {
-            LABEL_OWNER: f"{host}:{dead_pid()}", LABEL_LEASE: other_namespace.lease})
+            L.OWNER: f"{host}:{dead_pid()}", L.LEASE: other_namespace.lease})
         made.append(alive_elsewhere)
         # Dead owner, but the host:pid label names a live local process (this one).
         dead_here = labelled_container(engine, settings, {
-            LABEL_OWNER: f"{host}:{os.getpid()}", LABEL_LEASE: lease_of_a_killed_process(settings)})
+            L.OWNER: f"{host}:{os.getpid()}", L.LEASE: lease_of_a_killed_process(settings)})
         made.append(dead_here)
         # Left by an older version (host:pid only, the pid dead here): nothing proves its owner dead.
-        legacy = labelled_container(engine, settings, {LABEL_OWNER: f"{host}:{dead_pid()}"})
+        legacy = labelled_container(engine, settings, {L.OWNER: f"{host}:{dead_pid()}"})
         made.append(legacy)
         # A lease id that is not one (a path out of the owners directory), and one unknown here
         # (another state directory: another configuration, another host on this engine).
-        hostile = labelled_container(engine, settings, {LABEL_LEASE: "../../../../tmp/x"})
-        unknown = labelled_container(engine, settings, {LABEL_LEASE: "0" * 32})
+        hostile = labelled_container(engine, settings, {L.LEASE: "../../../../tmp/x"})
+        unknown = labelled_container(engine, settings, {L.LEASE: "0" * 32})
         made.extend([hostile, unknown])
 
         swept = sweeper(settings, engine).sweep_leftovers()

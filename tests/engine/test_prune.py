@@ -25,7 +25,7 @@ from attune_containers import cli as attune_cli
 from attune_containers.core import labels as L
 from attune_containers.core.render import INTERPRETER
 from attune_containers.core.spec import DependencySpec, EnvironmentInfo
-from attune_containers.engine import HELPER_LABEL, Engine
+from attune_containers.engine import Engine
 from attune_containers.errors import AttuneContainersError, ImageInUseError
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.pruner import PrunePolicy, Pruner, PruneReport
@@ -37,7 +37,6 @@ from ..support import RUN_ID, TEST_PREFIX, unique_ref
 LOCAL_BASES = {"3.11": "attune-base/python:3.11", "3.13": "attune-base/python:3.13"}
 SIX_OLD = DependencySpec(dependencies=["six==1.16.0"], max_version="3.11")
 SIX_NEW = DependencySpec(dependencies=["six==1.17.0"], max_version="3.11")
-RUNNER_LABEL = "io.attune.containers.execution_id"  # the runner's label key
 
 
 def quick(n: int) -> DependencySpec:
@@ -319,9 +318,9 @@ def test_leftovers_of_ours_go_after_their_grace(env, engine):
     stage = engine.inspect_image(builder_stage_of(log))["Id"]
     assert stage in {s["Id"] for s in engine.list_images(dangling=True)}
     # What a crash leaves: a helper container never started, a runner container that exited.
-    helper = engine.client.containers.create(info.image, ["/nonexistent"], labels={HELPER_LABEL: "read-file"})
+    helper = engine.client.containers.create(info.image, ["/nonexistent"], labels={L.HELPER: "read-file"})
     action = engine.client.containers.run(info.image, [INTERPRETER, "-c", "pass"], detach=True,
-                                          network_mode="none", labels={RUNNER_LABEL: uuid.uuid4().hex})
+                                          network_mode="none", labels={L.EXECUTION_ID: uuid.uuid4().hex})
     action.wait(timeout=30)
     try:
         young = env.prune(leftovers=True)  # the default grace period: an hour
@@ -332,7 +331,7 @@ def test_leftovers_of_ours_go_after_their_grace(env, engine):
         report = env.prune(leftovers=True, leftover_grace=timedelta(0))
         removed = {(i.kind, i.reference if i.kind == "container" else i.id) for i in report.removed}
         assert {("container", helper.name), ("container", action.name), ("build-leftover", stage)} <= removed
-        assert HELPER_LABEL in reason(report, helper.name) and RUNNER_LABEL in reason(report, action.name)
+        assert L.HELPER in reason(report, helper.name) and L.EXECUTION_ID in reason(report, action.name)
         assert "build stage on" in reason(report, stage)
         assert not env.exists(stage) and env.exists(info.image)
         assert engine.inspect_container(helper.id) is None and engine.inspect_container(action.id) is None

@@ -16,17 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.errors import InvalidSpecError
-from attune_containers.services.runner import (
-    LABEL_ACTION_REF,
-    LABEL_EXECUTION_ID,
-    LABEL_OWNER,
-    LABEL_RUN,
-    ActionRunner,
-    owner_id,
-)
+from attune_containers.services.runner import ActionRunner, owner_id
 
 from ..support import TEST_PREFIX
 
@@ -46,7 +40,7 @@ def runner(settings, engine):
 
 
 def containers_of(engine, **labels) -> list[dict]:
-    return engine.list_containers({LABEL_RUN: "true", **labels})
+    return engine.list_containers({L.RUN: "true", **labels})
 
 
 def gone_soon(engine, timeout: float = 3.0, **labels) -> bool:
@@ -64,7 +58,7 @@ def gone_soon(engine, timeout: float = 3.0, **labels) -> bool:
 def _no_container_left(engine):
     yield
     # This process's own containers (other test runs may share the engine).
-    assert gone_soon(engine, **{LABEL_OWNER: owner_id()}), "a run container was left behind"
+    assert gone_soon(engine, **{L.OWNER: owner_id()}), "a run container was left behind"
 
 
 TRICKY = {
@@ -122,7 +116,7 @@ def test_infinite_loop_times_out_and_its_container_goes(runner, engine):
     assert result.status is ExecutionStatus.timeout
     assert "2 s" in result.error.message
     assert 2000 <= result.duration_ms < 3500
-    assert gone_soon(engine, timeout=1.0, **{LABEL_EXECUTION_ID: result.execution_id})
+    assert gone_soon(engine, timeout=1.0, **{L.EXECUTION_ID: result.execution_id})
     # Container creation and start take a few hundred ms before the clock starts; removal follows the kill.
     assert returned_after < 2 + 2.5
 
@@ -139,7 +133,7 @@ def test_fork_bomb_is_contained_and_the_host_stays_responsive(runner, engine):
     try:
         time.sleep(1.5)
         while thread.is_alive():
-            for summary in containers_of(engine, **{LABEL_ACTION_REF: "probe.forkbomb"}):
+            for summary in containers_of(engine, **{L.ACTION_REF: "probe.forkbomb"}):
                 try:
                     stats = engine.api.stats(summary["Id"], stream=False)
                 except Exception:  # noqa: BLE001 - the container may end between list and stats
@@ -209,7 +203,7 @@ def test_secrets_reach_the_helper_but_never_docker_inspect(runner, engine):
     inspected = []
     deadline = time.monotonic() + 30
     while not inspected and time.monotonic() < deadline:
-        for summary in containers_of(engine, **{LABEL_ACTION_REF: "probe.secret"}):
+        for summary in containers_of(engine, **{L.ACTION_REF: "probe.secret"}):
             inspected.append(json.dumps(engine.api.inspect_container(summary["Id"])))
         time.sleep(0.1)
     thread.join(timeout=60)
@@ -303,7 +297,7 @@ def cli_run(*args: str, state_dir=None, **kw) -> subprocess.Popen:
 
 
 def owned_by(process: subprocess.Popen) -> dict[str, str]:
-    return {LABEL_OWNER: f"{socket.gethostname()}:{process.pid}"}
+    return {L.OWNER: f"{socket.gethostname()}:{process.pid}"}
 
 
 def wait_for_container(engine, process: subprocess.Popen, timeout: float = 60) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attune_containers.services.runner import LABEL_OWNER, LABEL_POOL, LABEL_RUN
+from attune_containers.core import labels as L
 
 from ..support import TEST_PREFIX
 
@@ -38,8 +38,8 @@ def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
 
 
 def containers_of(engine, pid: int) -> list[str]:
-    return [c["Id"] for c in engine.list_containers({LABEL_RUN: "true"})
-            if (c.get("Labels") or {}).get(LABEL_OWNER, "").endswith(f":{pid}")]
+    return [c["Id"] for c in engine.list_containers({L.RUN: "true"})
+            if (c.get("Labels") or {}).get(L.OWNER, "").endswith(f":{pid}")]
 
 
 @pytest.fixture
@@ -101,5 +101,5 @@ def test_a_restart_after_a_crash_removes_the_leftovers(tmp_path, settings, engin
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=60)
     assert containers_of(engine, again.pid) == []
-    assert not [c for c in engine.list_containers({LABEL_POOL: "true"})
-                if (c.get("Labels") or {}).get(LABEL_OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))]
+    assert not [c for c in engine.list_containers({L.POOL: "true"})
+                if (c.get("Labels") or {}).get(L.OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))]

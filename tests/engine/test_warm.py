@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.runner import LABEL_OWNER, LABEL_POOL, LABEL_RUN, ActionRunner, owner_id
+from attune_containers.services.runner import ActionRunner, owner_id
 
 from .test_runner import TRICKY, max_overlap, run_side_by_side
 
@@ -35,7 +36,7 @@ def runner(settings, engine):
 
 def pool_containers(engine) -> list[str]:
     """This process's warm containers (other test runs may share the engine)."""
-    return sorted(c["Id"] for c in engine.list_containers({LABEL_RUN: "true", LABEL_POOL: "true", LABEL_OWNER: owner_id()}))
+    return sorted(c["Id"] for c in engine.list_containers({L.RUN: "true", L.POOL: "true", L.OWNER: owner_id()}))
 
 
 def comparable(result) -> dict:

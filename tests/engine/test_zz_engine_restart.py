@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.engine import Engine
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.runner import LABEL_OWNER, LABEL_RUN, ActionRunner, owner_id
+from attune_containers.services.runner import ActionRunner, owner_id
 
 REPO = Path(__file__).resolve().parents[2]
 PACKS = REPO / "tests" / "packs"
@@ -46,7 +47,7 @@ def test_runs_interrupted_by_an_engine_restart_leave_nothing_behind(settings):
         cold.start()
         warm.start()
         deadline = time.monotonic() + 60
-        while len(engine.list_containers({LABEL_RUN: "true", LABEL_OWNER: owner_id()})) < 3:
+        while len(engine.list_containers({L.RUN: "true", L.OWNER: owner_id()})) < 3:
             assert time.monotonic() < deadline, "the runs never started"
             time.sleep(0.1)
         restart_engine()
@@ -61,6 +62,6 @@ def test_runs_interrupted_by_an_engine_restart_leave_nothing_behind(settings):
     finally:
         runner.close()
     deadline = time.monotonic() + 10
-    while engine.list_containers({LABEL_RUN: "true", LABEL_OWNER: owner_id()}):
+    while engine.list_containers({L.RUN: "true", L.OWNER: owner_id()}):
         assert time.monotonic() < deadline, "containers were left behind by the restart"
         time.sleep(0.2)
