@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .layering import Layered
 
@@ -16,6 +16,21 @@ class PoolSettings(Layered):
     idle_timeout: float | None = Field(None, gt=0, description="Seconds an idle container (above min_idle) lives")
     max_executions: int | None = Field(None, ge=1, description="Executions one container serves before replacement")
     prewarm: bool | None = Field(None, description="Start min_idle containers when the environment is ensured")
+    preload: list[str] | None = Field(
+        None, description="Libraries warm containers import before the first request (default: what the "
+        "pack's action files import at module level; [] turns it off)")
+
+    @field_validator("preload")
+    @classmethod
+    def _preload(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from .preload import checked  # packs.py -> pooling.py: imported here to keep that order
+
+        try:
+            return list(checked(v))
+        except Exception as exc:  # noqa: BLE001 - reported as a field error by pydantic
+            raise ValueError(str(exc)) from None
 
 
 DEFAULT_POOL = PoolSettings(reuse=True, min_idle=0, max_size=4, idle_timeout=300, max_executions=200, prewarm=False)

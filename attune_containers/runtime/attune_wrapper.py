@@ -33,19 +33,26 @@ Why it is built this way (SECURITY.md has the whole threat model):
 # are added only in the child, by site.main(), after it dropped its privileges.
 import ast
 import ctypes
+import gc
+import importlib
 import json
 import os
+import re
 import runpy
 import select
 import shutil
 import signal
 import site
+import socket
 import struct
 import sys
 import time
 import traceback
 import types
 
+# Bound once: an action that monkeypatches json (its right, in its own process) still gets its
+# result encoded by the real encoder.
+DUMPS = json.dumps
 MAGIC = b"\x00ATC"
 RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 BASE_ENV = dict(os.environ)
@@ -145,7 +152,7 @@ def top_level_functions(path):
     return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
-def child_main(uid, request_fd, result_fd, out_fd, err_fd):
+def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
     """Runs in the forked child: never returns."""
     exit_code = 70
     try:
@@ -154,20 +161,23 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd):
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # never the container's stdin: that is the worker's request stream
         close_other_fds({0, 1, 2, request_fd, result_fd})
-        try:
-            drop_privileges(uid)
-        except OSError as exc:
-            send_result(result_fd, error_document(
-                "IsolationError", "the runner loop cannot drop to the execution uid (%s); it must start "
-                "as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
-            os._exit(71)
+        if not from_zygote:  # a zygote's child changed its uid already
+            try:
+                drop_privileges(uid)
+            except OSError as exc:
+                send_result(result_fd, error_document(
+                    "IsolationError", "the runner loop cannot drop to the execution uid (%s); it must "
+                    "start as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
+                os._exit(71)
         try:
             with open("/proc/self/oom_score_adj", "w") as handle:
                 handle.write("1000")  # under memory pressure the action dies, not the supervisor
         except OSError:
             pass
         os.chdir("/tmp")
-        site.main()  # the pack's site-packages, now that only this child's uid runs its code
+        if not from_zygote:
+            site.main()  # the pack's site-packages, now that only this child's uid runs its code
+            preload(PRELOAD)  # no zygote: the libraries are still imported before the request
         exit_code = run_execution(request_fd, result_fd)
     finally:
         os._exit(exit_code)
@@ -175,12 +185,12 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd):
 
 def send_result(fd, document, limit):
     try:
-        encoded = json.dumps(document).encode("utf-8")
+        encoded = DUMPS(document).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        encoded = json.dumps(error_document(
+        encoded = DUMPS(error_document(
             "ResultNotSerializable", "the action's result is not JSON: %s" % exc)).encode("utf-8")
     if len(encoded) > limit:
-        encoded = json.dumps(error_document(
+        encoded = DUMPS(error_document(
             "ResultTooLarge", "the result is %d bytes; the limit is %d" % (len(encoded), limit))).encode("utf-8")
     write_all(fd, encoded)
 
@@ -266,9 +276,16 @@ class Child:
         self.stdout, out_w = os.pipe()
         self.stderr, err_w = os.pipe()
         self.result, res_w = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            child_main(uid, req_r, res_w, out_w, err_w)
+        self.pid = None
+        if ZYGOTE is not None:
+            try:
+                self.pid = ZYGOTE.spawn([req_r, res_w, out_w, err_w])
+            except (OSError, ValueError) as exc:
+                fall_back("the zygote failed to fork (%s)" % type(exc).__name__)
+        if self.pid is None:
+            self.pid = os.fork()
+            if self.pid == 0:
+                child_main(uid, req_r, res_w, out_w, err_w)
         for fd in (req_r, out_w, err_w, res_w):
             os.close(fd)
 
@@ -283,22 +300,37 @@ class Child:
 
 
 def others():
-    me = os.getpid()
-    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) not in (me, 1)]
+    spared = (os.getpid(), 1, ZYGOTE.pid if ZYGOTE is not None else None)
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) not in spared]
+
+
+def reap():
+    """Collect exited orphans: with a zygote this process is their subreaper, not tini."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def kill_leftovers():
-    """Kill every process but ourselves and init (root with CAP_KILL reaches every uid); return
-    how many there were."""
+    """Kill every process but ourselves, init and the zygote (root with CAP_KILL reaches every
+    uid); return how many there were."""
+    reap()
     found = len(others())
-    for _ in range(200):
-        if not others():
+    for _ in range(400):
+        pids = others()
+        if not pids:
             break
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        time.sleep(0.005)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.002)
+        reap()
     return found
 
 
@@ -439,13 +471,198 @@ def serve(child, control):
         exit_code, killed_by = os.WEXITSTATUS(status), None
     clean = not timed_out and leftovers == 0 and killed_by is None and exit_code != 71
     left = clean_state(EXEC_UID) if clean and not control.get("last") else []
+    if ZYGOTE is not None and not ZYGOTE.intact():
+        left.append("zygote")  # an execution stopped, killed or changed it: no one is forked from it
     clean = clean and not left
     write_frame(b"d", json.dumps({
         "nonce": control.get("nonce"), "exit_code": exit_code, "signal": killed_by,
         "timed_out": timed_out, "leftover_processes": leftovers, "result_bytes": result_bytes,
         "elapsed": round(time.monotonic() - started, 6), "clean": bool(clean), "residue": left,
+        "preload": PRELOAD_STATE,
     }).encode("utf-8"))
     return clean
+
+
+# -- the zygote: the pack's libraries imported once ------------------------------------------------
+
+MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
+PRELOAD = ()
+ZYGOTE = None
+PRELOAD_STATE = "off"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def preload(modules):
+    """Import libraries; one that fails is skipped (the action's own import reports it)."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException:  # noqa: BLE001 - a library's import may raise anything, even SystemExit
+            failed.append(name)
+    return failed
+
+
+def fall_back(reason):
+    """No zygote from now on: each child imports the libraries itself, before its request."""
+    global ZYGOTE, PRELOAD_STATE
+    if ZYGOTE is not None:
+        ZYGOTE.stop()
+    ZYGOTE = None
+    PRELOAD_STATE = "per-execution: " + reason
+
+
+def proc_status(pid):
+    try:
+        with open("/proc/%d/status" % pid) as handle:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in handle if ":\t" in line)
+    except OSError:
+        return {}
+
+
+class Zygote:
+    """A process that imported the pack's libraries once and forks every execution from there, so
+    an execution starts with them loaded (a fork, not an import).
+
+    It runs as ZYGOTE_UID with the execution uid as its *saved* uid: its children can take that uid
+    without any capability, while an execution (real and effective uid EXEC_UID) cannot ptrace it,
+    read its /proc entries, change its limits, priority or affinity: those need its real or
+    effective uid. An execution can still send it signals; it ignores every one it can, and the
+    supervisor checks after each execution that it is alive, not stopped, one thread, with the same
+    uids and signal dispositions, or the container is destroyed. It never receives request data:
+    each child gets its pipes (passed as descriptors) straight from the supervisor. Its children
+    are reparented to the supervisor (a subreaper), which waits for them itself.
+    """
+
+    def __init__(self, exec_uid, uid, modules):
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            self.sock.close()
+            zygote_main(theirs, exec_uid, uid, modules)
+        theirs.close()
+        self.exec_uid = exec_uid
+        self.baseline = None
+
+    def ready(self, timeout):
+        """None once the libraries are in, else why the zygote cannot be used."""
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        if not readable:
+            return "the libraries took longer than %d s to import" % timeout
+        try:
+            report = json.loads(self.sock.recv(65536).decode("utf-8"))
+        except (OSError, ValueError):
+            return "the zygote ended while importing"
+        if not isinstance(report, dict) or report.get("threads") != 1:
+            return "importing the libraries started a thread, and forking a threaded process is unsafe"
+        self.baseline = self.identity()
+        return None if self.baseline else "the zygote ended"
+
+    def identity(self):
+        status = proc_status(self.pid)
+        if not status or status.get("State", "Z")[:1] not in ("S", "R", "D"):
+            return None
+        return tuple(status.get(k) for k in ("Uid", "Gid", "Groups", "Threads", "SigIgn", "SigCgt", "SigBlk", "CapEff"))
+
+    def intact(self):
+        return self.baseline is not None and self.identity() == self.baseline
+
+    def spawn(self, fds):
+        socket.send_fds(self.sock, [b"f"], fds)
+        readable, _, _ = select.select([self.sock], [], [], 10)
+        if not readable:
+            raise OSError("no answer")
+        pid = int(self.sock.recv(32).decode("ascii"))
+        # Trust nothing it says: the process must be ours now and run as the execution uid.
+        want = "\t".join([str(self.exec_uid)] * 4)
+        deadline = time.monotonic() + 2
+        while True:
+            status = proc_status(pid)
+            if status.get("PPid") == str(os.getpid()) and status.get("Uid") == want:
+                return pid
+            if time.monotonic() > deadline:
+                raise OSError("the forked process is not an execution of ours")
+            time.sleep(0.0002)
+
+    def stop(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+        self.sock.close()
+
+
+def zygote_main(sock, exec_uid, uid, modules):
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)  # a library's noise goes nowhere, never into the worker's stream
+        close_other_fds({0, 1, 2, sock.fileno()})
+        os.setgroups([])
+        os.setresgid(uid, uid, exec_uid)
+        os.setresuid(uid, uid, exec_uid)
+        if os.getresuid() != (uid, uid, exec_uid):
+            raise PermissionError("the uids did not change")
+        os.chdir("/")
+        site.main()
+        failed = preload(modules)
+        threads = len(os.listdir("/proc/self/task"))
+        handlers = {}
+        for number in range(1, signal.NSIG):
+            if number in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD):
+                continue
+            try:
+                handlers[number] = signal.signal(number, signal.SIG_IGN)
+            except (OSError, ValueError, RuntimeError):
+                pass
+        gc.disable()  # no library finalizer runs here between forks
+        gc.freeze()
+        sock.send(json.dumps({"threads": threads, "failed": failed[:64]}).encode("utf-8"))
+        if threads != 1:
+            os._exit(0)
+        while True:
+            message, fds, _, _ = socket.recv_fds(sock, 16, 4)
+            if not message:
+                os._exit(0)  # the supervisor is gone
+            if message != b"f" or len(fds) != 4:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            middle = os.fork()
+            if middle == 0:
+                if os.fork() == 0:
+                    for number, handler in handlers.items():
+                        try:
+                            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+                        except (OSError, ValueError, RuntimeError):
+                            pass
+                    gc.enable()
+                    os.setresgid(exec_uid, exec_uid, exec_uid)
+                    os.setresuid(exec_uid, exec_uid, exec_uid)
+                    sock.send(str(os.getpid()).encode("ascii"))
+                    sock.close()
+                    child_main(exec_uid, fds[0], fds[1], fds[2], fds[3], from_zygote=True)
+                os._exit(0)  # its child is orphaned at once and so becomes the supervisor's
+            for fd in fds:
+                os.close(fd)
+            os.waitpid(middle, 0)
+    finally:
+        os._exit(1)
+
+
+def start_preload(exec_uid, zygote_uid, modules):
+    global ZYGOTE, PRELOAD, PRELOAD_STATE
+    PRELOAD = tuple(m for m in modules if MODULE.fullmatch(m))[:64]
+    if not PRELOAD:
+        return
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    ZYGOTE = Zygote(exec_uid, zygote_uid, PRELOAD)
+    reason = ZYGOTE.ready(120)
+    if reason:
+        fall_back(reason)
+    else:
+        PRELOAD_STATE = "zygote"
 
 
 def read_control():
@@ -471,6 +688,8 @@ def main():
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    if len(sys.argv) > 3:
+        start_preload(EXEC_UID, int(sys.argv[2]), sys.argv[3:])
     while True:
         child = Child(EXEC_UID)  # ready before the request: its start-up is off the critical path
         control = read_control()
@@ -478,19 +697,25 @@ def main():
         if control is None or size is None:
             child.kill()
             kill_leftovers()
+            stop_zygote()
             return
         delivered = forward(0, size, child.request)
         os.close(child.request)
         if not delivered:
             child.kill()
             kill_leftovers()
+            stop_zygote()
             return
-        if not serve(child, control) and not control.get("last"):
+        if not serve(child, control) or control.get("last"):
             # Not clean: the worker destroys this container; serve nothing more from it.
             kill_leftovers()
+            stop_zygote()
             return
-        if control.get("last"):
-            return
+
+
+def stop_zygote():
+    if ZYGOTE is not None:
+        ZYGOTE.stop()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ..core import labels as L
 from ..core.pack_ref import image_name_for, validate_pack_ref
 from ..core.plan import TAG_LENGTH, BuildPlan, make_plan
+from ..core.prune_policy import PrunePolicy
 from ..core.render import INSTALLED_RECORD, INTERPRETER
 from ..core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from ..core.versions import choose_python
@@ -42,6 +43,7 @@ from .build_gate import BuildGate
 from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
 from .provenance import BuildLogIds, BuildRecord
+from .pruner import Pruner
 
 
 class ExecutablePath(BaseModel):
@@ -320,8 +322,6 @@ class ContainerDependencyManager:
         Returns the references removed. What a container uses, or a build or a starting action
         holds, is skipped, never forced (``Pruner`` has the report with the reasons).
         """
-        from .pruner import PrunePolicy, Pruner
-
         if keep_recent < 0:
             raise ValueError("keep_recent must be >= 0")
         report = Pruner(self).prune(PrunePolicy(keep=keep_recent))

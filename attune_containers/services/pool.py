@@ -21,6 +21,7 @@ never a reason to queue), so callers who vary their limits cannot pile up idle c
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from ..engine import AttachedStreams, ContainerRun, Engine
 from ..errors import AttuneContainersError, EngineError
 
 REAP_INTERVAL = 1.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -141,6 +143,7 @@ class Pool:
         self.run = run
         self.budget = budget
         self.memory = parse_size(run.limits.memory) if run.limits.memory else 0
+        self.preload: str | None = None  # how its containers preload libraries, as they report it
         self.policy = policy
         self.engine = engine
         self._create_lock = create_lock or contextlib.nullcontext
@@ -257,9 +260,17 @@ class Pool:
             return {"pack_ref": self.key[0], "image": self.key[1], "idle": len(self._idle), "busy": len(self._busy),
                     "starting": self._starting, "created": self.created, "destroyed": self.destroyed,
                     "max_size": self.policy.max_size, "min_idle": self.policy.min_idle,
-                    "memory": self.run.limits.memory}
+                    "memory": self.run.limits.memory, "preload": self.preload}
 
     # -- internals ----------------------------------------------------------------------------
+
+    def note_preload(self, state: object) -> None:
+        """Record how the containers preload (a zygote, or per execution and why); log a change."""
+        text = state if isinstance(state, str) else None
+        if text is not None and text != self.preload:
+            self.preload = text[:200]
+            level = logging.WARNING if text.startswith("per-execution") else logging.INFO
+            log.log(level, "warm containers of %s preload libraries: %s", self.key[0], self.preload)
 
     def idle(self) -> list[WarmContainer]:
         with self._cond:

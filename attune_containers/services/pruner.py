@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import filelock
 from pydantic import BaseModel, Field
@@ -39,9 +39,10 @@ from ..core import labels as L
 from ..core.packs import scan_pack_tree
 from ..core.prune_policy import PackImage, PrunePolicy, Verdict, format_duration, select_images
 from ..core.pack_ref import image_name_for
+from ..core.plan import BuildPlan
 from ..core.render import ATTUNE_DIR, BuildOptions, render_dockerfile
 from ..core.versions import BaseImage
-from ..core.spec import EnvironmentInfo
+from ..core.spec import DependencySpec, EnvironmentInfo
 from ..engine import Engine
 from ..errors import (
     AttuneContainersError,
@@ -51,12 +52,13 @@ from ..errors import (
     EnvironmentNotFoundError,
     ImageInUseError,
 )
+from ..settings import Settings
 from .build_gate import BuildGate
-from .manager import ContainerDependencyManager
 from .ownership import live_images, owner_alive
+from .provenance import BuildRecord
 from .usage import UsageLog
 
-__all__ = ["ImageEntry", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
+__all__ = ["ImageEntry", "PackImages", "PruneItem", "PrunePolicy", "PruneReport", "Pruner"]
 
 # Our Dockerfile template (templates/Dockerfile.j2) writes here; kept for callers of old.
 OUR_BUILD_STEPS = ("/attune-build/", f" {ATTUNE_DIR}")
@@ -105,8 +107,28 @@ class _Packs:
     unresolved: dict[str, str] = field(default_factory=dict)
 
 
+class PackImages(Protocol):
+    """What the pruner needs of the dependency manager (``ContainerDependencyManager`` is one):
+    its images, what is current, their locks. The manager's ``cleanup`` delegates to the pruner,
+    so the pruner depends on this and never imports the manager."""
+
+    engine: Engine
+    settings: Settings
+    builds: BuildRecord
+
+    def plan(self, pack_ref: str, spec: DependencySpec, *, pull_base: bool = True) -> BuildPlan: ...
+
+    def list_environments(self, pack_ref: str | None = None) -> list[EnvironmentInfo]: ...
+
+    def current_images(self) -> dict[str, set[str]]: ...
+
+    def forget_images(self, image_ids: set[str]) -> None: ...
+
+    def image_lock(self, image: str, timeout: float | None = None) -> filelock.FileLock: ...
+
+
 class Pruner:
-    def __init__(self, manager: ContainerDependencyManager) -> None:
+    def __init__(self, manager: PackImages) -> None:
         self.manager = manager
         self.engine: Engine = manager.engine
         self.settings = manager.settings

@@ -32,6 +32,7 @@ from ..core.execution import (
     ResourceLimits,
     parse_size,
 )
+from ..core import preload
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
 from ..core.spec import EnvironmentInfo
@@ -61,6 +62,8 @@ OOM_POLL_SECONDS = 1.0
 DEADLINE_GRACE_SECONDS = 3.0
 # The supervisor starts as root with these capabilities only, to run each execution as APP_UID.
 SUPERVISOR_CAPABILITIES = ("SETUID", "SETGID", "KILL")
+# The uid of a warm container's zygote (see runtime/attune_wrapper.py): neither root nor APP_UID.
+ZYGOTE_UID = APP_UID + 1
 
 _RUNNERS: weakref.WeakSet[ActionRunner] = weakref.WeakSet()
 
@@ -106,6 +109,7 @@ class ActionRunner:
         self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers,
                                              parse_size(self.settings.max_warm_memory)))
         self._tree: tuple[int | None, dict[str, Path]] | None = None
+        self._preloads: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
         # Held before any container exists: a sweeper can prove this process alive (ownership.py).
         self.lease = ownership.acquire(self.settings.state_dir, self.engine)
         _RUNNERS.add(self)
@@ -248,7 +252,8 @@ class ActionRunner:
         per_run = {L.EXECUTION_ID: execution_id, L.ACTION_REF: action.action_ref}
         try:
             if use_pool:
-                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {L.POOL: "true"})
+                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {L.POOL: "true"},
+                                          self._preload(action.pack_dir, policy))
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return result
@@ -298,6 +303,7 @@ class ActionRunner:
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image)
             done = collector.done or {}
+            pool.note_preload(done.get("preload"))
             # Reused only after a clean end: returned or raised, nothing left running, /tmp empty.
             reusable = (not timed_out and not collector.protocol_error and done.get("clean") is True
                         and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed))
@@ -316,7 +322,8 @@ class ActionRunner:
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
         info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
         self.lease.use(self, pack.pack_ref, info.image, info.id)
-        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"})
+        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
+                             self._preload(packs[pack_ref], policy))
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
     def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
@@ -335,8 +342,24 @@ class ActionRunner:
     def pool_stats(self) -> list[dict]:
         return [pool.stats() for pool in self.pools.pools()]
 
+    def _preload(self, pack_dir: Path, policy: PoolSettings) -> tuple[str, ...]:
+        """The libraries a pack's warm containers import ahead: its own list, else what its action
+        files import (parsed again only when the actions folder changes)."""
+        if policy.preload is not None:
+            return tuple(policy.preload)
+        actions = pack_dir / "actions"
+        try:
+            stamp = (actions.stat().st_mtime_ns, max((e.stat().st_mtime_ns for e in actions.iterdir()), default=0))
+        except OSError:
+            return ()
+        cached = self._preloads.get(pack_dir)
+        if cached is None or cached[0] != stamp:
+            cached = self._preloads[pack_dir] = (stamp, preload.discover(pack_dir))
+        return cached[1]
+
     def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
-        key = pool_key(run.labels[L.PACK_REF], info.id, run.limits)
+        # The preload list is part of the key: containers of an older list are not handed out.
+        key = (*pool_key(run.labels[L.PACK_REF], info.id, run.limits), tuple(run.command))
         return self.pools.get(key, lambda: Pool(
             key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60),
             budget=self.pools.budget))
@@ -370,13 +393,15 @@ class ActionRunner:
 
 
 def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: ResourceLimits,
-                   labels: dict[str, str]) -> ContainerRun:
-    """The container of one pack's runner loop, cold or warm: same image, limits and mounts."""
+                   labels: dict[str, str], preload: tuple[str, ...] = ()) -> ContainerRun:
+    """The container of one pack's runner loop, cold or warm: same image, limits and mounts.
+    ``preload``: libraries a warm container's zygote imports once (argv: never a shell)."""
     return ContainerRun(
         image=image_id,
-        # -S: no site-packages in the supervisor, so no code of the pack runs in it (the child
-        # imports site after dropping to APP_UID).
-        command=[INTERPRETER, "-I", "-S", "-B", WRAPPER, str(APP_UID)],
+        # -S: no site-packages in the supervisor, so no code of the pack runs in it (the child,
+        # or the zygote, imports site after dropping to its uid).
+        command=[INTERPRETER, "-I", "-S", "-B", WRAPPER, str(APP_UID),
+                 *([str(ZYGOTE_UID), *preload] if preload else [])],
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
         labels={L.RUN: "true", L.PACK_REF: pack_ref, **owner_labels(), **labels},

@@ -41,6 +41,8 @@ def test_an_action_reaches_neither_the_loop_nor_the_stream_and_the_next_caller_g
     assert attack.status is ExecutionStatus.succeeded, attack
     assert attack.result["reached"] == [], attack.result["reached"]
     assert attack.result["uid"] != attack.result["parent_uid"]  # the loop runs as another uid
+    # Only a warm container's zygote (uid 65533, which ignores signals) may be signalled at all.
+    assert set(attack.result["signalable_uids"]) <= {65533}
     assert attack.result != "forged"
     assert "forged" in attack.stdout  # frames printed by the action are only its output
 
@@ -117,3 +119,32 @@ def test_a_timed_out_execution_is_ended_by_the_loop_itself(runner, engine):
     assert result.status is ExecutionStatus.timeout
     # The loop ended it at its deadline; the worker's later deadline (the grace) was not needed.
     assert 2000 <= result.duration_ms < 2000 + 1500
+
+
+@pytest.mark.parametrize("stop", [False, True], ids=["ignored", "stopped"])
+def test_signals_to_the_zygote_are_ignored_or_end_its_container(runner, engine, stop):
+    first = runner.run("probe.echo", {"n": 1})
+    containers = pool_containers(engine)
+    attack = runner.run("probe.signal_all", {"stop": stop})
+    assert attack.status is ExecutionStatus.succeeded and attack.result["sent"] >= (1 if stop else 0)
+    for n in (2, 3):
+        after = runner.run("probe.echo", {"n": n})
+        assert after.status is ExecutionStatus.succeeded and after.result == {"n": n}, after
+    if stop:  # a stopped zygote is found out after the execution: its container goes
+        assert not set(containers) & set(pool_containers(engine))
+    else:
+        assert pool_containers(engine) == containers
+    assert first.result == {"n": 1}
+
+
+def test_a_library_changed_by_one_execution_is_pristine_in_the_next(runner, engine):
+    first = runner.run("probe.mutate", {"mark": "one"})
+    containers = pool_containers(engine)
+    second = runner.run("probe.mutate", {"mark": "two"})
+    assert first.status is ExecutionStatus.succeeded and second.status is ExecutionStatus.succeeded, second
+    assert pool_containers(engine) == containers  # the same warm container, forked from its zygote
+    assert first.result["seen"] is None and second.result["seen"] is None
+    assert second.result["precision_before"] == 28  # not the 3 the first execution set
+    assert second.result["preloaded"] is True
+    (stats,) = runner.pool_stats()
+    assert stats["preload"] == "zygote"

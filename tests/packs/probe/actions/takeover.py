@@ -30,7 +30,9 @@ def run():
     extra = sorted(own - {0, 1, 2})
     if len(extra) > 2:  # the result pipe, and the directory listing's own descriptor
         reached.append("inherited descriptors %s" % extra)
-    for pid in sorted({parent, 1}):
+    targets = sorted(int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != me)
+    signalable = []
+    for pid in targets:
         for fd in range(0, 12):
             path = "/proc/%d/fd/%d" % (pid, fd)
             for mode in (os.O_WRONLY, os.O_RDONLY):
@@ -57,8 +59,25 @@ def run():
                 pass
         try:
             os.kill(pid, 0)
-            reached.append("may signal %d" % pid)
+            signalable.append(uid_of(pid))  # the zygote ignores signals; the loop checks it
         except OSError:
+            pass
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+            reached.append("reniced %d" % pid)
+        except OSError:
+            pass
+        try:
+            os.sched_setaffinity(pid, {0})
+            reached.append("pinned %d" % pid)
+        except OSError:
+            pass
+        try:
+            import resource
+
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (16, 16))
+            reached.append("limited %d" % pid)
+        except (OSError, ValueError):
             pass
         libc = ctypes.CDLL(None, use_errno=True)
         libc.ptrace.restype = ctypes.c_long
@@ -78,4 +97,13 @@ def run():
         "            pass\n"
         "    time.sleep(0.05)\n") % parent],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {"reached": reached, "uid": os.getuid(), "parent_uid": os.stat("/proc/%d" % parent).st_uid}
+    return {"reached": reached, "uid": os.getuid(), "parent_uid": os.stat("/proc/%d" % parent).st_uid,
+            "signalable_uids": sorted(set(signalable))}
+
+
+def uid_of(pid):
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    return -1
