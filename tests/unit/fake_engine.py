@@ -234,6 +234,10 @@ class FakeContainer:
             return bool(self._output) or self._eof
 
 
+def all_match(labels: dict[str, str], wanted) -> bool:
+    return all(name in labels and (value is None or labels[name] == value) for name, value in wanted)
+
+
 def _two_frames(data: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes] | None:
     """(control, payload, rest) once both length-prefixed JSON frames of a request are in."""
     documents = []
@@ -364,6 +368,13 @@ class FakeEngine:
     def saw_oom(self, container_id: str, since: float) -> bool:
         self._call("saw_oom", container_id)
         return container_id in self.oom_events
+
+    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[dict[str, Any]]:
+        self._call("list_containers")
+        wanted = labels.items() if isinstance(labels, dict) else [(name, None) for name in labels]
+        return [{"Id": c.id, "Labels": dict(c.run.labels), "State": c.status} for c in self.existing()
+                if (all or not c.ended)
+                and all_match(c.run.labels, wanted)]
 
     def remove_container(self, container_id: str, *, attempts: int = 1, delay: float = 0.5) -> bool:
         self._call("remove_container", container_id)

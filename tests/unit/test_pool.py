@@ -22,12 +22,19 @@ from attune_containers.core.protocol import encode_request
 from attune_containers.engine import ContainerRun
 from attune_containers.errors import AttuneContainersError, EngineError
 from attune_containers.services.pool import Pool, PoolRegistry, WarmBudget, WarmContainer, pool_key
+from attune_containers.services import runner as runner_module
 from attune_containers.services.runner import _collector, _control, _request, finish
 
 from .fake_engine import FakeEngine
 
 ACTION = ActionDefinition(action_ref="p.act", pack_ref="p", name="act", pack_dir=Path("/packs/p"), entry_point="act.py")
 MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True)
+def _short_oom_poll(monkeypatch):
+    """finish() polls the engine's OOM record this long after a kill-like end; the fake answers at once."""
+    monkeypatch.setattr(runner_module, "OOM_POLL_SECONDS", 0.05)
 
 
 def limits(**fields) -> ResourceLimits:
