@@ -170,13 +170,17 @@ class Engine:
         return digest
 
     def in_registry(self, reference: str) -> bool:
-        """Whether the registry holds ``reference`` (a manifest look-up: nothing is pulled)."""
-        try:
-            with translate_errors(f"looking up {reference} in its registry"):
+        """Whether the registry holds ``reference`` (a manifest look-up: nothing is pulled).
+
+        Only the registry's "manifest unknown" (the engine's 404) means it does not; a registry
+        that cannot be reached or refuses the credentials raises (EngineError), never passing for
+        an absent image."""
+        with translate_errors(f"looking up {reference} in its registry"):
+            try:
                 self.api.inspect_distribution(reference)
-            return True
-        except (EngineError, EnvironmentNotFoundError):
-            return False
+            except docker.errors.NotFound:
+                return False
+        return True
 
     # -- builds -------------------------------------------------------------------------------
 
@@ -502,14 +506,18 @@ class Engine:
         for attempt in range(attempts):
             try:
                 with translate_errors(f"removing container {container_id[:12]}"):
-                    self.api.remove_container(container_id, force=True)
+                    try:
+                        self.api.remove_container(container_id, force=True)
+                    except docker.errors.NotFound:
+                        pass  # gone already
+                    except docker.errors.APIError as exc:
+                        # A forced removal conflicts (409) only with one under way (auto-remove):
+                        # either way it goes.
+                        if exc.status_code != 409:
+                            raise
                 return True
-            except (EngineError, ImageInUseError) as exc:
-                # Gone already, or the engine is removing it (auto-remove): either way it goes.
-                if any(s in str(exc) for s in ("No such container", "not found", "already in progress")):
-                    return True
-            except EngineUnavailableError:
-                pass
+            except (EngineError, EngineUnavailableError):
+                pass  # the engine failed (or is restarting): try again
             if attempt + 1 < attempts:
                 time.sleep(delay)
         return False
