@@ -225,8 +225,15 @@ class Pool:
                 with self._cond:
                     self._starting -= 1
             with self._cond:
-                self._idle.append(container)
-                self._cond.notify()
+                closed = self.closed
+                if not closed:
+                    self._idle.append(container)
+                    self._cond.notify()
+            if closed:
+                # The pool closed while this one started (the reaper topping up during close):
+                # nobody would ever destroy it.
+                self._destroy(container)
+                return started
             started += 1
 
     def reap(self) -> None:

@@ -337,6 +337,23 @@ def test_a_container_busy_at_close_is_destroyed_once_and_its_budget_given_back_o
     assert budget.stats()["containers"] == 0 and budget.stats()["memory"] == 0 and pool.idle() == []
 
 
+def test_a_container_that_finishes_starting_after_close_is_destroyed_not_kept():
+    """The reaper tops up min_idle while the runner closes: the new container must not outlive the pool."""
+    engine = FakeEngine()
+    budget = WarmBudget(4, 4096 * MiB)
+    pool = make_pool(engine, budget, min_idle=1)
+    create = engine.create_container
+
+    def create_while_closing(run, **kw):
+        container_id = create(run, **kw)
+        pool.close()
+        return container_id
+
+    engine.create_container = create_while_closing
+    assert pool.prewarm(1) == 0
+    assert engine.live() == [] and pool.idle() == [] and budget.stats()["containers"] == 0
+
+
 def test_a_waiter_is_woken_by_close():
     pool = make_pool(FakeEngine(), max_size=1)
     pool.acquire()

@@ -154,3 +154,13 @@ def test_close_leaves_no_container(make_runner):
     assert len(engine.live()) == 2
     runner.close()
     assert engine.live() == [] and engine.existing() == []
+
+
+@pytest.mark.parametrize("parameters", [
+    {"result": "x" * 5000},  # refused by the action's own process before it leaves
+    {"raw_result": 10_000},  # written straight into the result pipe: refused by the worker (limit + 4 KiB)
+])
+def test_a_result_above_the_limit_is_refused_either_way(make_runner, parameters):
+    runner, _ = make_runner()
+    result = runner.run("p.act", parameters, limits=ResourceLimits(result_limit=1024))
+    assert result.status is ExecutionStatus.failed and result.error.type == "ResultTooLarge" and result.result is None
