@@ -13,6 +13,13 @@ from attune_containers.settings import Settings
 from .support import TEST_PREFIX
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``restarts_engine`` run after every other, in their order: they stop dockerd,
+    which a test still to come would meet as an engine gone (or one that lost its containers)."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_engine") is not None)
+
+
 @pytest.fixture(scope="session")
 def engine() -> Engine:
     engine = Engine()

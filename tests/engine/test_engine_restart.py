@@ -1,5 +1,6 @@
 """The engine restarting under running actions leaves no container behind. Last of the suite
-(the file name sorts last): it stops and restarts dockerd itself."""
+(marked ``restarts_engine``: tests/conftest.py moves it to the end): it stops and restarts dockerd
+itself."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def restart_engine() -> None:
     subprocess.run(["bash", str(REPO / "docker" / "engine.sh")], check=True, timeout=120)
 
 
+@pytest.mark.restarts_engine
 def test_runs_interrupted_by_an_engine_restart_leave_nothing_behind(settings):
     if subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True).returncode != 0:
         pytest.skip("the engine is not a local dockerd this test may restart")
