@@ -70,10 +70,10 @@ for line in sys.stdin:
 class Worker:
     """Another worker on this host: its own process, the same state directory."""
 
-    def __init__(self, settings, packs_dir: Path) -> None:
+    def __init__(self, settings, packs_dir: Path, prefix: tuple[str, ...] = ()) -> None:
         env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
                "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
-        self.process = subprocess.Popen([sys.executable, "-c", WORKER, str(packs_dir)], env=env, cwd=ROOT,
+        self.process = subprocess.Popen([*prefix, sys.executable, "-c", WORKER, str(packs_dir)], env=env, cwd=ROOT,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.lease = self._answer()["lease"]
 
@@ -178,6 +178,46 @@ def test_a_live_workers_created_and_warm_containers_survive_sweeps_until_it_is_k
         assert containers_of_lease(engine, worker.lease) == {}
         # Its lease goes with its last container.
         assert not (ownership.owners_dir(settings.state_dir) / f"{worker.lease}.lock").exists()
+    finally:
+        worker.kill()
+        for container_id in containers_of_lease(engine, worker.lease):
+            engine.remove_container(container_id, attempts=3)
+
+
+def wait_until_dead(settings, lease: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with ownership.dead_owner(settings.state_dir, lease) as dead:
+            if dead:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"lease {lease} still held")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_a_worker_in_another_pid_namespace_keeps_its_containers_until_it_dies(settings, engine):
+    """A real worker in its own PID namespace (as in a container with host networking): the same
+    host name, and it is pid 1 there, a pid that is alive here whether or not it is."""
+    worker = Worker(settings, PACKS, prefix=("unshare", "--pid", "--fork", "--kill-child"))
+    try:
+        created = worker.ask(do="create", pack="probe")["container"]
+        assert worker.ask(do="prewarm", pack="probe")["started"] == 1
+        mine = containers_of_lease(engine, worker.lease)
+        labels = engine.inspect_container(created)["Config"]["Labels"]
+        assert labels[L.OWNER] == f"{socket.gethostname()}:1"  # its pid, in its namespace
+        assert sorted(mine.values()) == ["created", "running"]
+
+        ActionRunner(PACKS, ContainerDependencyManager(settings, engine))  # sweeps as it starts
+        assert containers_of_lease(engine, worker.lease) == mine
+
+        worker.kill()  # unshare dies, and with it (--kill-child) the worker
+        wait_until_dead(settings, worker.lease)
+        swept = sweeper(settings, engine).sweep_leftovers()
+        assert created in swept
+        deadline = time.monotonic() + 10
+        while containers_of_lease(engine, worker.lease) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert containers_of_lease(engine, worker.lease) == {}
     finally:
         worker.kill()
         for container_id in containers_of_lease(engine, worker.lease):
