@@ -21,7 +21,7 @@ from . import __version__
 from .core.execution import ExecutionStatus, ResourceLimits
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
 from .core.prune_policy import PrunePolicy, parse_duration
-from .errors import AttuneContainersError, InvalidSpecError
+from .errors import AttuneContainersError, ConfigurationError, InvalidSpecError
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .services.pruner import PruneReport, Pruner
@@ -519,19 +519,28 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError, or a config file that does not parse
+        raise ConfigurationError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        manager = ContainerDependencyManager(Settings())
+        manager = ContainerDependencyManager(_settings())
         return args.func(args, manager)
+    except ConfigurationError as exc:
+        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
+        return exc.exit_code
     except AttuneContainersError as exc:
+        # Bad input has its own errors (InvalidSpecError, InvalidPolicyError: exit 2). Any other
+        # exception, a ValueError included, is a bug: it is not dressed up as one of these.
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         return exc.exit_code
-    except ValueError as exc:  # pydantic settings errors are ValueErrors
-        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
-        return 2
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

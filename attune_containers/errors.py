@@ -35,6 +35,13 @@ class InvalidPolicyError(AttuneContainersError, ValueError):
     exit_code = 2
 
 
+class ConfigurationError(AttuneContainersError):
+    """The configuration (environment variables, the config file) is not acceptable: raised at
+    start-up, before anything is done."""
+
+    exit_code = 2
+
+
 class EngineUnavailableError(AttuneContainersError):
     """The Docker engine does not answer."""
 

@@ -493,11 +493,20 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def preload(modules):
-    """Import libraries; one that fails is skipped (the action's own import reports it)."""
+    """Import libraries; one that fails is skipped (the action's own import reports it).
+
+    Libraries that load their parts lazily (PEP 562: pydantic's BaseModel is imported on first
+    access) have their public names touched too, so the parts an action uses are loaded here."""
     failed = []
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            public = getattr(module, "__all__", ())
+            for attribute in list(public)[:2000] if isinstance(public, (list, tuple)) else ():
+                try:
+                    getattr(module, attribute)
+                except BaseException:  # noqa: BLE001 - a broken optional part is the action's concern
+                    pass
         except BaseException:  # noqa: BLE001 - a library's import may raise anything, even SystemExit
             failed.append(name)
     return failed
