@@ -233,14 +233,9 @@ class Engine:
                 if timeout:
                     # The SDK's stream holds the HTTP response; shutting its socket down ends the
                     # read at once, and the engine cancels a build whose client went away.
-                    response = (getattr(stream, "gi_frame", None) and stream.gi_frame.f_locals.get("response"))
-
                     def expire() -> None:
                         expired.set()
-                        with contextlib.suppress(Exception):
-                            response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
-                        with contextlib.suppress(Exception):
-                            response.close()
+                        _close_response(stream, shutdown=True)
 
                     watchdog = threading.Timer(max(0.0, timeout - (time.monotonic() - started)), expire)
                     watchdog.daemon = True
@@ -327,14 +322,18 @@ class Engine:
             )
             try:
                 stream, info = self.api.get_archive(container["Id"], path)
-                if int((info or {}).get("size") or 0) > max_bytes:
-                    raise EngineError(too_large)
-                archive = io.BytesIO()
-                for chunk in stream:
-                    archive.write(chunk)
-                    if archive.tell() > max_bytes + 64 * 1024:  # the tar's own headers and padding
+                try:
+                    if int((info or {}).get("size") or 0) > max_bytes:
                         raise EngineError(too_large)
-                archive.seek(0)
+                    archive = io.BytesIO()
+                    for chunk in stream:
+                        archive.write(chunk)
+                        if archive.tell() > max_bytes + 64 * 1024:  # the tar's own headers and padding
+                            raise EngineError(too_large)
+                    archive.seek(0)
+                finally:
+                    # An unread archive keeps the engine copying, and the removal below waits on it.
+                    _close_response(stream)
             finally:
                 self.api.remove_container(container["Id"], force=True)
         try:
@@ -613,6 +612,22 @@ class AttachedStreams:
         with contextlib.suppress(Exception):
             self._owner.close()
         self.closed = True
+
+
+def _close_response(stream: Any, *, shutdown: bool = False) -> None:
+    """Close the HTTP response behind one of the SDK's streaming generators (it keeps it as its
+    ``response`` argument and offers no other handle). ``shutdown`` also ends a read blocked in
+    another thread at once."""
+    response = None
+    with contextlib.suppress(Exception):
+        response = stream.gi_frame.f_locals.get("response")
+    if response is None:
+        return
+    if shutdown:
+        with contextlib.suppress(Exception):
+            response.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        response.close()
 
 
 def telling_lines(log: list[str], limit: int = 25) -> list[str]:

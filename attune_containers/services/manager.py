@@ -474,14 +474,20 @@ class ContainerDependencyManager:
         with self.wheels.fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             context = plan.context(fetched.wheels, fetched.tools)
             lock = fetched.lock()
-            image_id = self.engine.build(
-                context,
-                memory=self.settings.build_memory,
-                timeout=_remaining(deadline, self.settings.build_timeout),
-                on_log=on_log,
-                network_mode="none",  # everything it installs is in the context
-                nocache=self.settings.build_no_cache,
-            )
+            try:
+                image_id = self.engine.build(
+                    context,
+                    memory=self.settings.build_memory,
+                    timeout=_remaining(deadline, self.settings.build_timeout),
+                    on_log=on_log,
+                    network_mode="none",  # everything it installs is in the context
+                    nocache=self.settings.build_no_cache,
+                )
+            except BuildError as exc:
+                if time.monotonic() < deadline:
+                    raise
+                raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
+                                 "and was stopped", exc.log_tail) from None
         try:
             try:
                 # Written during the build by code from the pack's distributions: bounded, validated.

@@ -113,7 +113,7 @@ def make_wheel(name: str, version: str, files: dict[str, str]) -> tuple[str, byt
 BACKEND = r'''
 import base64, hashlib, io, json, os, time, urllib.parse, urllib.request, zipfile
 
-NAME, VERSION, INDEX, ATTACK, WHEEL_NAME = {name!r}, {version!r}, {index!r}, {attack!r}, {wheel_name!r}
+NAME, VERSION, INDEX, ATTACK, WHEEL_NAME, TARGET = {name!r}, {version!r}, {index!r}, {attack!r}, {wheel_name!r}, {target!r}
 
 def ping(what):
     try:
@@ -138,7 +138,7 @@ def poison():
             except OSError as exc:
                 seen[folder + "/" + name] = type(exc).__name__
         try:
-            os.symlink("/etc/shadow", os.path.join(folder, "zz_link-1.0-py3-none-any.whl"))
+            os.symlink(TARGET, os.path.join(folder, "zz_link-1.0-py3-none-any.whl"))
             seen[folder + ":link"] = "written"
         except OSError as exc:
             seen[folder + ":link"] = type(exc).__name__
@@ -169,7 +169,7 @@ def make_wheel(directory, name):
             archive.writestr(path, text)
     # A link beside the wheel, pointing at a root-only host file's path.
     try:
-        os.symlink("/etc/shadow", os.path.join(directory, "aaa_link-1.0-py3-none-any.whl"))
+        os.symlink(TARGET, os.path.join(directory, "aaa_link-1.0-py3-none-any.whl"))
     except OSError:
         pass
     return filename
@@ -204,13 +204,14 @@ def build_wheel(directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def make_sdist(index: Index, name: str, version: str, attack: str, wheel_name: str | None = None) -> str:
+def make_sdist(index: Index, name: str, version: str, attack: str, wheel_name: str | None = None,
+               target: str = "/etc/shadow") -> str:
     dist = name.replace("-", "_")
     root = f"{dist}-{version}"
     files = {
         f"{root}/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
         f"{root}/backend.py": BACKEND.format(name=name, version=version, index=index.url, attack=attack,
-                                             wheel_name=wheel_name or name),
+                                             wheel_name=wheel_name or name, target=target),
         f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
     }
     buffer = io.BytesIO()
@@ -324,7 +325,12 @@ def test_sdist_build_code_cannot_touch_the_cache_the_host_or_the_disk(hostile, e
     assert f"wheelhouse/{victim_file}" in before
 
     name = unique_ref("attune-hostile-p")
-    make_sdist(index, name, "1.0", "poison")
+    # A root-only host file the backend's links point at: its marker must never reach an image.
+    marker = "ROOT-ONLY-" + unique_ref("m")
+    target = Path(f"/root/attune-test-{name}.secret")
+    target.write_text(marker + "\n")
+    target.chmod(0o600)
+    make_sdist(index, name, "1.0", "poison", target=str(target))
     allowed = ContainerDependencyManager(hostile.model_copy(update={"allow_sdist_builds": True}), engine)
     info = allowed.ensure_environment(unique_ref("sdp"), DependencySpec(
         dependencies=[f"{name}==1.0", f"{victim_name}==1.0"], max_version="3.11"))
@@ -346,10 +352,14 @@ def test_sdist_build_code_cannot_touch_the_cache_the_host_or_the_disk(hostile, e
         dependencies=[f"{victim_name}==1.0"], min_version="3.13"))
     assert "GENUINE = True" in module_text(engine, again.image, victim_name.replace("-", "_"))
     # The hostile image holds its own wheel, and no host file came through a link.
-    exported = export(engine, info.id)
-    assert b"root:" not in exported or b"/etc/shadow" not in exported
-    shadow = Path("/etc/shadow").read_bytes()
-    assert shadow.split(b"\n")[0] not in exported
+    try:
+        exported = export(engine, info.id)
+        assert marker.encode() not in exported
+        assert b"_link-1.0" not in exported
+        assert all(marker.encode() not in (p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+                   for p in hostile.cache_dir.rglob("*"))
+    finally:
+        target.unlink()
 
 
 def test_a_wheel_built_from_an_sdist_must_be_that_sdist(hostile, engine, index):
@@ -359,7 +369,9 @@ def test_a_wheel_built_from_an_sdist_must_be_that_sdist(hostile, engine, index):
     make_sdist(index, name, "1.0", "none", wheel_name=victim_name)  # builds a wheel of another project
     allowed = ContainerDependencyManager(hostile.model_copy(update={"allow_sdist_builds": True}), engine)
     pack_ref = unique_ref("sdi")
-    with pytest.raises(BuildError, match="not the sdist"):
+    # pip itself refuses a wheel whose name is not the requirement's; fetch.py checks it again,
+    # and so does the host (name and version of every file against the manifest).
+    with pytest.raises(BuildError, match="fetching the wheels failed"):
         allowed.ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"))
     assert images_of(engine, pack_ref) == []
     assert not any(victim_name.replace("-", "_") in p for p in cache_files(hostile.cache_dir))
@@ -456,21 +468,24 @@ def pth_wheel(index: Index, name: str, code: str) -> None:
 
 def test_build_timeout_is_a_wall_clock_limit_of_the_image_build(hostile, engine, index):
     name = unique_ref("attune-slow")
-    pth_wheel(index, name, "import time\nwhile True:\n    print('busy', flush=True)\n    time.sleep(1)\n")
+    # Prints a line every second, forever (stderr: stdout is installed.json), when freeze.py runs.
+    pth_wheel(index, name, "import sys, time\nwhile True:\n    print('busy', file=sys.stderr, flush=True)\n"
+              "    time.sleep(1)\n")
     limited = hostile.model_copy(update={"build_timeout": 40})
     pack_ref = unique_ref("slow")
-    before = {c["Id"] for c in engine.find_containers()}
+    log: list[str] = []
     started = time.monotonic()
     with pytest.raises(BuildError, match="longer than 40 s") as caught:
         ContainerDependencyManager(limited, engine).ensure_environment(
-            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"))
+            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append)
     assert time.monotonic() - started < 60
     assert "urllib3" not in str(caught.value) and "Traceback" not in str(caught.value)
     assert images_of(engine, pack_ref) == []
+    # The step that was running when the deadline came (the engine named its container) is gone.
+    steps = [line.rsplit(" ", 1)[-1] for line in log if line.startswith(" ---> Running in ")]
+    assert steps and any("busy" in line for line in log)
     time.sleep(2)
-    leftover = [c for c in engine.find_containers() if c["Id"] not in before and c["State"] == "running"
-                and "attune-build" in c.get("Command", "")]
-    assert leftover == []
+    assert [s for s in steps if engine.inspect_container(s) is not None] == []
 
 
 RECORD_ATTACKS = {
