@@ -378,7 +378,7 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
         return None
     if not isinstance(record, dict) or not isinstance(record.get("images"), list):
         return None
