@@ -17,6 +17,9 @@ import pytest
 
 from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
+from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
+from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.services.runner import ActionRunner
 
 from .test_warm import PACKS, pool_containers, warm_runner
 
@@ -148,3 +151,28 @@ def test_a_library_changed_by_one_execution_is_pristine_in_the_next(runner, engi
     assert second.result["preloaded"] is True
     (stats,) = runner.pool_stats()
     assert stats["preload"] == "zygote"
+
+
+def test_a_library_that_fails_to_preload_fails_no_execution(settings, engine, tmp_path):
+    pack = tmp_path / "packs" / "badlib"
+    (pack / "actions").mkdir(parents=True)
+    (pack / "pack.yaml").write_text(
+        "ref: badlib\nmeta:\n  python_dependencies:\n    min_version: '3.13'\n"
+        "  container_pool:\n    preload: [no_such_library_zz, json]\n")
+    (pack / "actions" / "uses.py").write_text("import no_such_library_zz\n\ndef run():\n    return 1\n")
+    (pack / "actions" / "plain.py").write_text("import json\n\ndef run():\n    return json.dumps([1])\n")
+    for name in ("uses", "plain"):
+        (pack / "actions" / f"{name}.yaml").write_text(f"name: {name}\nrunner_type: python\nentry_point: {name}.py\n")
+    runner = ActionRunner(tmp_path / "packs", ContainerDependencyManager(settings.model_copy(update={
+        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine))
+    try:
+        assert runner.run("badlib.plain").result == "[1]"
+        warm = runner.run("badlib.uses")
+        cold = runner.run("badlib.uses", warm=False)
+        assert warm.status is ExecutionStatus.failed and warm.error.type == "ModuleNotFoundError"
+        assert warm.error.model_dump(exclude={"traceback"}) == cold.error.model_dump(exclude={"traceback"})
+        assert runner.run("badlib.plain").result == "[1]"
+        (stats,) = runner.pool_stats()
+        assert stats["preload"] == "zygote"
+    finally:
+        runner.close()
