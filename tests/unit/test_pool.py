@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.actions import ActionDefinition
 from attune_containers.core.execution import DEFAULT_LIMITS, ExecutionStatus, ResourceLimits
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
@@ -45,7 +46,7 @@ def make_pool(engine: FakeEngine, budget: WarmBudget | None = None, *, pack: str
               **policy) -> Pool:
     run_limits = limits(memory=memory)
     run = ContainerRun(image="sha256:" + "ab" * 32, command=["loop"], limits=run_limits, environment={},
-                       labels={"io.attune.containers.pool": "true"}, mounts=[], user="0:0")
+                       labels={L.POOL: "true"}, mounts=[], user="0:0")
     pool = Pool(pool_key(pack, run.image, run_limits), run, DEFAULT_POOL.merged(PoolSettings(**policy)), engine,
                 budget=budget)
     if budget is not None:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
 from attune_containers.core.spec import EnvironmentInfo
 from attune_containers.services import runner as runner_module
@@ -20,8 +21,8 @@ from attune_containers.settings import Settings
 
 from .fake_engine import FakeEngine
 
-POOL_LABEL = "io.attune.containers.pool"
-EXECUTION_LABEL = "io.attune.containers.execution_id"
+POOL_LABEL = L.POOL
+EXECUTION_LABEL = L.EXECUTION_ID
 
 
 class FakeManager:
