@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 
 from ..errors import InvalidSpecError
@@ -24,6 +25,9 @@ from .packs import read_pack_file
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 MAX_MODULES = 64
 NEVER = frozenset({"__future__", "attune_action"})
+# CPython 3.11's AST constructor keeps its recursion depth per interpreter, not per thread: parses
+# from several threads at once can fail with SystemError (gh-106905). One at a time.
+_PARSE = threading.Lock()
 
 
 def discover(pack_dir: Path) -> tuple[str, ...]:
@@ -39,8 +43,10 @@ def discover(pack_dir: Path) -> tuple[str, ...]:
         if entry.suffix != ".py" or entry.is_symlink() or not entry.is_file():
             continue
         try:
-            tree = ast.parse(read_pack_file(pack_dir, ["actions", entry.name]))
-        except (InvalidSpecError, SyntaxError, ValueError, RecursionError, MemoryError):
+            source = read_pack_file(pack_dir, ["actions", entry.name])
+            with _PARSE:
+                tree = ast.parse(source)
+        except (InvalidSpecError, SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
             continue
         found.update(top_level_imports(tree))
     return tuple(sorted(n for n in found if n not in local and n not in NEVER and MODULE.fullmatch(n)))[:MAX_MODULES]
