@@ -22,6 +22,7 @@ import yaml
 from attune_containers.core import labels as L
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services import ownership
+from attune_containers.services.build_gate import BuildGate
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.pruner import PrunePolicy, Pruner
 from attune_containers.services.runner import ActionRunner, _container_run
@@ -38,6 +39,7 @@ import json, sys
 from pathlib import Path
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services import ownership
+from attune_containers.services.build_gate import BuildGate
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.runner import ActionRunner, _container_run
 from attune_containers.settings import Settings
@@ -162,12 +164,16 @@ def test_a_live_workers_created_and_warm_containers_survive_sweeps_until_it_is_k
             assert set(sweeper(settings, engine).sweep_leftovers()).isdisjoint(mine)
         ActionRunner(PACKS, ContainerDependencyManager(settings, engine))  # sweep=True, as in `run`
         assert containers_of_lease(engine, worker.lease) == mine
-        # Nor does prune take the stopped one for a leftover, whatever the grace period.
+        # Nor does prune take the stopped one for a leftover, whatever the grace period (leftovers
+        # are judged only while no build runs: wait for the gate).
+        gate = BuildGate(settings.state_dir)
+        deadline = time.monotonic() + 60
+        while not gate.idle() and time.monotonic() < deadline:
+            time.sleep(0.2)
         report = Pruner(ContainerDependencyManager(settings, engine)).prune(
             PrunePolicy(dry_run=True, leftover_grace=timedelta(0)))
         assert created not in {i.id for i in report.removed}, report
-        if any(i.id == created for i in report.kept):
-            assert any(i.id == created and "owner is alive" in i.reason for i in report.kept), report
+        assert any(i.id == created and "owner is alive" in i.reason for i in report.kept), report
 
         worker.kill()
         swept = sweeper(settings, engine).sweep_leftovers()
