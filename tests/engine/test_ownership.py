@@ -21,6 +21,7 @@ import yaml
 
 from attune_containers.core import labels as L
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
+from attune_containers.errors import EngineError
 from attune_containers.services import ownership
 from attune_containers.services.build_gate import BuildGate
 from attune_containers.services.manager import ContainerDependencyManager
@@ -103,6 +104,18 @@ class Worker:
                 self.kill()
 
 
+def prune(settings, engine, policy: PrunePolicy):
+    """A prune as the CLI makes it, with a fresh manager. The engine runs one disk-usage query at a
+    time and others may share it: such a refusal is retried."""
+    for attempt in range(20):
+        try:
+            return Pruner(ContainerDependencyManager(settings, engine)).prune(policy)
+        except EngineError as exc:
+            if "already running" not in str(exc) or attempt == 19:
+                raise
+            time.sleep(0.5)
+
+
 def containers_of_lease(engine, lease: str) -> dict[str, str]:
     return {c["Id"]: c["State"] for c in engine.list_containers({L.RUN: "true", L.LEASE: lease})}
 
@@ -170,8 +183,7 @@ def test_a_live_workers_created_and_warm_containers_survive_sweeps_until_it_is_k
         deadline = time.monotonic() + 60
         while not gate.idle() and time.monotonic() < deadline:
             time.sleep(0.2)
-        report = Pruner(ContainerDependencyManager(settings, engine)).prune(
-            PrunePolicy(dry_run=True, leftover_grace=timedelta(0)))
+        report = prune(settings, engine, PrunePolicy(dry_run=True, leftover_grace=timedelta(0)))
         assert created not in {i.id for i in report.removed}, report
         assert any(i.id == created and "owner is alive" in i.reason for i in report.kept), report
 
@@ -327,7 +339,7 @@ def test_an_image_a_live_worker_uses_is_never_pruned(settings, engine, tmp_path)
         assert image_b != image_a
         assert manager.current_images()[pack_ref] >= {image_b}  # B wrote the pack's record last
 
-        report = Pruner(ContainerDependencyManager(settings, engine)).prune(policy)
+        report = prune(settings, engine, policy)
         assert engine.inspect_image(image_a) is not None, report
         assert image_a not in {i.reference for i in report.removed}
         assert any(i.reference == image_a and "live worker" in i.reason for i in report.skipped), report
@@ -339,17 +351,17 @@ def test_an_image_a_live_worker_uses_is_never_pruned(settings, engine, tmp_path)
 
         # Closed, A uses nothing: its image is an old one like any other.
         assert worker_a.ask(do="close") == {"closed": True}
-        report = Pruner(ContainerDependencyManager(settings, engine)).prune(policy)
+        report = prune(settings, engine, policy)
         assert image_a in {i.reference for i in report.removed}, report
         assert engine.inspect_image(image_a) is None
 
         # The same in one process: B's image is protected while B lives (even against
         # include_current), prunable once B has closed.
         everything = PrunePolicy(keep=0, pack=pack_ref, leftovers=False, include_current=True)
-        report = Pruner(ContainerDependencyManager(settings, engine)).prune(everything)
+        report = prune(settings, engine, everything)
         assert engine.inspect_image(image_b) is not None, report
         runner_b.close()
-        report = Pruner(ContainerDependencyManager(settings, engine)).prune(everything)
+        report = prune(settings, engine, everything)
         assert engine.inspect_image(image_b) is None, report
     finally:
         worker_a.kill()
@@ -372,5 +384,5 @@ def test_a_dead_workers_images_are_not_protected(settings, engine, tmp_path):
     sweeper(settings, engine).sweep_leftovers()
     assert not lease.exists()  # ...until a sweep proved it dead
     policy = PrunePolicy(keep=0, pack=pack_ref, leftovers=False, include_current=True)
-    report = Pruner(ContainerDependencyManager(settings, engine)).prune(policy)
+    report = prune(settings, engine, policy)
     assert ran["image"] in {i.reference for i in report.removed}, report
