@@ -187,6 +187,13 @@ def attack():
         ping("sleeping")
         time.sleep(600)
 
+def pad(directory, filename):
+    """Grow the built wheel by 96 MiB of stored (uncompressed) bytes."""
+    if ATTACK == "huge":
+        with zipfile.ZipFile(os.path.join(directory, filename), "a", zipfile.ZIP_STORED) as archive:
+            archive.writestr("padding.bin", os.urandom(96 << 20))
+    return filename
+
 def get_requires_for_build_wheel(config_settings=None):
     return []
 
@@ -200,7 +207,7 @@ def prepare_metadata_for_build_wheel(directory, config_settings=None):
 
 def build_wheel(directory, config_settings=None, metadata_directory=None):
     attack()
-    return make_wheel(directory, WHEEL_NAME)
+    return pad(directory, make_wheel(directory, WHEEL_NAME))
 '''
 
 
@@ -457,6 +464,22 @@ def test_build_timeout_is_a_wall_clock_limit_of_the_fetch_step(hostile, engine, 
     assert images_of(engine, pack_ref) == []
     assert [c for c in engine.list_containers({L.HELPER: "fetch"})
             if c["Labels"].get(L.CACHE) == WheelCache(limited, engine).cache_id] == []
+
+
+def test_what_the_fetch_step_hands_back_is_bounded(hostile, engine, index):
+    # The issue's case: build code wrote 1 GiB beside the cache. Now there is no writable mount at
+    # all, and what the step hands back is read up to fetch_max_bytes, then it is stopped.
+    name = unique_ref("attune-hostile-h")
+    make_sdist(index, name, "1.0", "huge")
+    bounded = hostile.model_copy(update={"allow_sdist_builds": True, "fetch_max_bytes": 32 << 20})
+    manager = ContainerDependencyManager(bounded, engine)
+    pack_ref = unique_ref("huge")
+    with pytest.raises(BuildError, match="more than 33554432 bytes"):
+        manager.ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"))
+    assert images_of(engine, pack_ref) == []
+    stats = manager.wheels.stats()
+    assert stats.bytes < 8 << 20, stats  # pip for the fetch step, and records: nothing of the attack
+    assert list((bounded.cache_dir / "work").iterdir()) == []
 
 
 def pth_wheel(index: Index, name: str, code: str) -> None:
