@@ -255,6 +255,8 @@ class Engine:
         except (requests.exceptions.RequestException, OSError, ValueError, AttributeError,
                 urllib3.exceptions.HTTPError) as exc:
             if not expired.is_set():
+                if isinstance(exc, (AttributeError, ValueError)):
+                    raise  # only a closed stream explains these; anything else is a bug to see
                 raise BuildError(f"the connection to the engine broke during the build: {type(exc).__name__}",
                                  telling_lines(list(tail))) from None
         except AttuneContainersError:
