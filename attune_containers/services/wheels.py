@@ -112,8 +112,8 @@ class InstalledDistribution(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
-    version: str = Field(pattern=r"[A-Za-z0-9.!+_-]{1,100}")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9.!+_-]{1,100}$")
 
 
 _INSTALLED_RECORD = TypeAdapter(Annotated[list[InstalledDistribution], Field(max_length=20000)])
@@ -130,15 +130,16 @@ def read_installed_record(data: bytes) -> list[InstalledDistribution]:
 
 
 class _Entry(BaseModel):
-    """One file of the fetch container's manifest: data from a container, validated as such."""
+    """One file of the fetch container's manifest: data from a container, validated as such.
+    (Pydantic searches a pattern rather than matching it whole: hence the anchors.)"""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["wheels", "tools", "bootstrap"]
-    filename: str = Field(pattern=_WHEEL_FILE.pattern, max_length=255)
-    name: str = Field(pattern=r"[a-z0-9][a-z0-9-]{0,200}")
-    version: str = Field(pattern=r"[A-Za-z0-9.!+_-]{1,100}")
-    sha256: str = Field(pattern=r"[0-9a-f]{64}")
+    filename: str = Field(pattern=f"^{_WHEEL_FILE.pattern}$", max_length=255)
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,200}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9.!+_-]{1,100}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     source: Literal["cache", "download", "build"]
     sdist: str | None = Field(None, max_length=255)
 
@@ -300,6 +301,8 @@ class WheelCache:
         projects: set[tuple[str, str]] = set()
         altered: list[str] = []
         for entry in manifest.entries:
+            if not _WHEEL_FILE.fullmatch(entry.filename):  # it becomes a path under the cache
+                raise BuildError(f"the fetch step named a file {entry.filename[:200]!r}")
             if (entry.kind, entry.name) in projects:
                 raise BuildError(f"the fetch step handed back {entry.name} twice")
             projects.add((entry.kind, entry.name))
