@@ -135,6 +135,13 @@ class Lease:
                 uses.pop(pack_ref, None)
                 log.warning("could not record image %s in lease %s: %s", image, self.id, exc)
 
+    def uses(self, holder: object, pack_ref: str, image: str, image_id: str) -> bool:
+        """Whether ``holder``'s record already names ``image`` for ``pack_ref`` (no lock taken
+        for a read of one dictionary entry: the hot path of every run)."""
+        if self.pid != os.getpid():
+            return False
+        return self._uses.get(id(holder), {}).get(pack_ref) == (image, image_id)
+
     def withdraw(self, holder: object) -> None:
         """``holder`` closed: the images it used are no longer in use by it."""
         if self.pid != os.getpid():

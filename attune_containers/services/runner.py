@@ -240,8 +240,7 @@ class ActionRunner:
     def _run_in_image(self, action: ActionDefinition, pack: PackDefinition, limits: ResourceLimits,
                       request: bytes, execution_id: str, warm: bool | None, failure: Any) -> ExecutionResult:
         try:
-            info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
-            self.lease.use(self, pack.pack_ref, info.image, info.id)  # in use: never pruned
+            info = self._ensure_in_use(pack)  # in use: never pruned
         except EngineUnavailableError as exc:
             return failure(ExecutionStatus.error, "EngineUnavailable", str(exc))
         except AttuneContainersError as exc:
@@ -320,8 +319,7 @@ class ActionRunner:
         pack = self._pack_at(pack_ref, packs[pack_ref])
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
-        info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
-        self.lease.use(self, pack.pack_ref, info.image, info.id)
+        info = self._ensure_in_use(pack)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
                              self._preload(packs[pack_ref], policy))
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
@@ -332,12 +330,28 @@ class ActionRunner:
         if pack_ref not in packs:
             raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
-        info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
-        self.lease.use(self, pack.pack_ref, info.image, info.id)
+        info = self._ensure_in_use(pack)
         policy = self.settings.pool.merged(pack.pool)
         if policy.prewarm and policy.reuse and policy.min_idle:
             self.prewarm(pack_ref)
         return info
+
+    def _ensure_in_use(self, pack: PackDefinition) -> EnvironmentInfo:
+        """The pack's image, ensured and recorded in this process's lease as in use by this runner,
+        so that no prune removes it (ownership.py). A new record is made under the image's lock and
+        the image checked after it: a prune either saw the record, or removed the image before it
+        was made, and the image is then resolved again (once)."""
+        for _ in range(2):
+            info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+            if self.lease.uses(self, pack.pack_ref, info.image, info.id):
+                return info  # the hot path: recorded already, nothing to write or check
+            with self.manager.image_lock(info.image, timeout=60):
+                self.lease.use(self, pack.pack_ref, info.image, info.id)
+                attrs = self.engine.inspect_image(info.image)
+            if attrs is not None and attrs.get("Id") == info.id:
+                return info
+            self.manager.forget_image(info.id)
+        raise EnvironmentNotFoundError(f"{info.image} of pack {pack.pack_ref!r} was removed while it was resolved")
 
     def pool_stats(self) -> list[dict]:
         return [pool.stats() for pool in self.pools.pools()]
