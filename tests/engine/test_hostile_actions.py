@@ -21,6 +21,7 @@ from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.runner import ActionRunner
 
+from .test_hostile_builds import hostile, index, make_wheel  # noqa: F401 - fixtures used below
 from .test_warm import PACKS, pool_containers, warm_runner
 
 
@@ -174,5 +175,33 @@ def test_a_library_that_fails_to_preload_fails_no_execution(settings, engine, tm
         assert runner.run("badlib.plain").result == "[1]"
         (stats,) = runner.pool_stats()
         assert stats["preload"] == "zygote"
+    finally:
+        runner.close()
+
+
+def test_a_library_whose_import_starts_a_thread_is_imported_per_execution_instead(hostile, index, engine, tmp_path):
+    # A daemon thread in the zygote would make every fork unsafe: the loop must notice and fall back.
+    filename, data = make_wheel("threadlib", "1.0", {"threadlib.py": (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+        "VALUE = 42\n")})
+    index.add("threadlib", filename, data)
+    pack = tmp_path / "packs" / "threaded"
+    (pack / "actions").mkdir(parents=True)
+    (pack / "pack.yaml").write_text("ref: threaded\nmeta:\n  python_dependencies:\n    dependencies: ['threadlib==1.0']\n"
+                                    "    min_version: '3.13'\n")
+    (pack / "actions" / "use.py").write_text(
+        "import threading\nimport threadlib\n\ndef run():\n"
+        "    return {'value': threadlib.VALUE, 'threads': threading.active_count()}\n")
+    (pack / "actions" / "use.yaml").write_text("name: use\nrunner_type: python\nentry_point: use.py\n")
+    runner = ActionRunner(tmp_path / "packs", ContainerDependencyManager(hostile.model_copy(update={
+        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine))
+    try:
+        first, second = runner.run("threaded.use"), runner.run("threaded.use")
+        assert first.status is ExecutionStatus.succeeded, first
+        assert first.result == second.result == {"value": 42, "threads": 2}
+        (stats,) = runner.pool_stats()
+        assert stats["preload"].startswith("per-execution") and "thread" in stats["preload"]
+        assert stats["created"] == 1  # still warm: the container is reused, only the zygote is off
     finally:
         runner.close()
