@@ -268,6 +268,13 @@ class FakeEngine:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
+    # The image every container runs: the runner checks it exists when it records it in its lease
+    # (the stand-in manager of test_runner_paths.py resolves every pack to it).
+    image_id = "sha256:" + "cd" * 32
+
+    def inspect_image(self, reference: str) -> dict | None:
+        return {"Id": self.image_id}
+
     # -- what tests look at ----------------------------------------------------------------------
 
     def live(self) -> list[FakeContainer]:
