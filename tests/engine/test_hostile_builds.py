@@ -175,7 +175,7 @@ def make_wheel(directory, name):
     return filename
 
 def attack():
-    ping("ran:" + ATTACK)
+    ping("ran:" + ATTACK + ":" + NAME)
     if ATTACK == "poison":
         poison()
     elif ATTACK == "spin":
@@ -314,12 +314,15 @@ def test_sdists_are_refused_unless_allowed_and_their_code_never_runs(hostile, en
     name = unique_ref("attune-hostile-r")
     make_sdist(index, name, "1.0", "poison")
     manager = ContainerDependencyManager(hostile, engine)
+    manager.ensure_environment(unique_ref("sdok"), DependencySpec(min_version="3.13"))  # pip in the cache
+    before = cache_files(hostile.cache_dir)
     pack_ref = unique_ref("sdref")
     with pytest.raises(BuildError, match="allow_sdist_builds"):
         manager.ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"]))
     assert images_of(engine, pack_ref) == []
-    assert index.pings("ran:") == [] or not any(name in h for h in index.hits if h.startswith("/ping/"))
-    assert not any(p for p in index.pings() if "poison" in p)
+    assert any(name in hit for hit in index.hits)  # pip did look at the index...
+    assert not [p for p in index.pings() if name in p]  # ...and the sdist's backend never ran
+    assert cache_files(hostile.cache_dir) == before
 
 
 def test_sdist_build_code_cannot_touch_the_cache_the_host_or_the_disk(hostile, engine, index):
