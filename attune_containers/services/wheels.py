@@ -150,8 +150,12 @@ class _Manifest(BaseModel):
     entries: list[_Entry] = Field(max_length=5000)
 
 
-class _Tampered(Exception):
-    """A cached file did not match its record (it was removed); the fetch runs again."""
+class _Tampered(BuildError):
+    """A cached file did not match its record (it was removed); the fetch runs again, once."""
+
+    def __init__(self, filenames: list[str]) -> None:
+        super().__init__("cached files did not match their recorded sha256 and were removed: "
+                         + ", ".join(filenames[:20]))
 
 
 class WheelCache:
