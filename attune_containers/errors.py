@@ -22,6 +22,16 @@ class InvalidSpecError(AttuneContainersError, ValueError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+class NotFoundError(InvalidSpecError):
+    """No pack or action by the name asked for (exit code 2 like any invalid input on the CLI; 404
+    over HTTP)."""
+
+
+class ExecutionConflictError(AttuneContainersError):
+    """An execution id already used by a different request, or an execution that cannot change any
+    more (409 over HTTP)."""
+
+
 class PythonVersionUnavailableError(InvalidSpecError):
     """No configured Python version lies inside the pack's [min_version, max_version] range."""
 

@@ -15,6 +15,7 @@ executor so that health and the other endpoints answer while every slot is busy.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -22,55 +23,94 @@ import grp
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import socket as socketlib
 import stat
 import tempfile
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .core.execution import ExecutionResult, ResourceLimits
+from .core import problems
+from .core.execution import ExecutionError, ExecutionResult, ExecutionStatus, ResourceLimits
 from .core.spec import EnvironmentInfo
-from .errors import AttuneContainersError, InvalidSpecError
+from .errors import (
+    AttuneContainersError,
+    EngineUnavailableError,
+    ExecutionConflictError,
+    InvalidSpecError,
+    NotFoundError,
+)
+from .services.executions import Execution, ExecutionState, ExecutionStore, Record
 from .services.manager import ContainerDependencyManager
 from .services.runner import ActionRunner
 from .settings import Settings
 
 MIN_TOKEN_LENGTH = 16
+# How often a blocking execution call looks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.25
+log = logging.getLogger("attune_containers.service")
+
+
+class BaseImagesMissing(EngineUnavailableError):
+    """``/readyz``: the engine answers but a configured base image is not on it (503)."""
 
 
 class ExecutionRequest(BaseModel):
-    action_ref: str = Field(description="<pack_ref>.<action name>")
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    secrets: dict[str, Any] = Field(default_factory=dict, description="Reach the action only via attune_action")
-    limits: ResourceLimits | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
-    execution_id: str | None = None
+    """One execution to run."""
+
+    action_ref: str = Field(description="<pack_ref>.<action name>", examples=["probe.echo"])
+    parameters: dict[str, Any] = Field(default_factory=dict, description="The action's parameters (a JSON object)")
+    secrets: dict[str, Any] = Field(default_factory=dict, description="Reach the action only via attune_action; "
+                                                                       "never logged, never stored")
+    limits: ResourceLimits | None = Field(None, description="Lower (or, up to the operator's caps, raise) limits")
+    environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the action")
+    execution_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+                                     description="The caller's id (else generated). The same id with the same "
+                                                 "request is the same execution; with another request, 409")
     warm: bool | None = Field(None, description="None: the pack's pool policy decides")
 
 
 class PoolStats(BaseModel):
-    pack_ref: str
-    image: str
-    idle: int
-    busy: int
-    starting: int
-    created: int
-    destroyed: int
-    max_size: int | None
-    min_idle: int | None
+    """One warm pool: a pack's image under one set of container-level limits."""
+
+    pack_ref: str = Field(description="The pack")
+    image: str = Field(description="The image ID its containers run")
+    idle: int = Field(description="Containers ready for an execution")
+    busy: int = Field(description="Containers serving an execution")
+    starting: int = Field(description="Containers being started")
+    created: int = Field(description="Containers started since the service started")
+    destroyed: int = Field(description="Containers removed since the service started")
+    max_size: int | None = Field(description="The most containers the pool holds (pool policy)")
+    min_idle: int | None = Field(description="Idle containers kept ready (pool policy)")
 
 
 class Health(BaseModel):
-    status: str
-    version: str
-    packs_dir: str
+    """The service answers (``/v1/health``; ``/livez`` is the same without the details)."""
+
+    status: str = Field(description="Always ok")
+    version: str = Field(description="The version of attune-containers")
+    packs_dir: str = Field(description="The packs tree the service runs actions of")
+
+
+class Readiness(BaseModel):
+    """The service can run executions: the engine answers and every base image is present."""
+
+    status: str = Field(description="ready")
+    base_images: list[str] = Field(description="The configured base images, all present on the engine")
 
 
 def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None = None, *,
@@ -83,6 +123,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     # Executions run here, not in the thread pool every sync endpoint shares: a queue of them then
     # holds no thread, and health and the other endpoints keep answering.
     executions: dict[str, Any] = {"pending": 0}
+    store = ExecutionStore(settings.service_executions_kept, settings.service_executions_ttl)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,70 +137,221 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             runner_box.pop("runner").close()  # running executions end as their containers go
 
     app = FastAPI(title="attune-containers", version=__version__, lifespan=lifespan,
-                  description="Run Attune pack actions in isolated, reproducible containers.")
+                  description="Run Attune pack actions in isolated, reproducible containers. Every error "
+                              "is an RFC 9457 problem document (application/problem+json).")
 
     def runner() -> ActionRunner:
         return runner_box["runner"]
 
-    def invalid(exc: InvalidSpecError) -> HTTPException:
-        return HTTPException(status_code=422, detail={"field": exc.field, "message": str(exc)})
+    def answer(document: problems.Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+        if document.status == 503:
+            headers = {"Retry-After": str(problems.RETRY_AFTER_SECONDS), **(headers or {})}
+        return JSONResponse(document.model_dump(), status_code=document.status, headers=headers,
+                            media_type=problems.MEDIA_TYPE)
 
-    @app.get("/v1/health", response_model=Health)
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        return answer(problems.problem(exc.status_code, detail, instance=request.url.path), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        fields = [problems.validation_field(e.get("loc", ())) for e in errors]
+        detail = "; ".join(f"{f}: {e.get('msg', 'invalid')}" if f else str(e.get("msg", "invalid"))
+                           for f, e in zip(fields, errors)) or "invalid request"
+        return answer(problems.problem(422, detail, instance=request.url.path, field=fields[0] if fields else None))
+
+    @app.exception_handler(AttuneContainersError)
+    async def our_error(request: Request, exc: AttuneContainersError) -> JSONResponse:
+        return answer(problems.from_exception(exc, instance=request.url.path))
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return answer(problems.from_exception(exc, instance=request.url.path))
+
+    @app.get("/livez", response_model=Health, operation_id="livez", tags=["health"])
+    async def livez() -> Health:
+        """The process is up and its event loop answers (nothing else is checked)."""
+        return Health(status="ok", version=__version__, packs_dir=str(runner().packs_dir))
+
+    @app.get("/readyz", response_model=Readiness, operation_id="readyz", tags=["health"],
+             responses=problems.responses(503, 500))
+    def readyz() -> Readiness:
+        """Ready for executions: the engine answers and every configured base image is present."""
+        engine = runner().engine
+        engine.ping()  # EngineUnavailableError: 503
+        images = runner().manager.bases.available()
+        missing = [image.reference for image in images if not image.present]
+        if missing:
+            raise BaseImagesMissing("base images missing: " + ", ".join(missing)
+                                    + " (attune-containers base bootstrap, or pull them)")
+        return Readiness(status="ready", base_images=[image.reference for image in images])
+
+    @app.get("/v1/health", response_model=Health, operation_id="health", tags=["health"])
     async def health() -> Health:
         # async and cheap: answered on the event loop, never behind a queue of executions.
         return Health(status="ok", version=__version__, packs_dir=str(runner().packs_dir))
 
-    @app.post("/v1/executions", response_model=ExecutionResult,
-              responses={503: {"description": "every slot busy and the queue full; retry later"}})
-    async def execute(request: ExecutionRequest) -> ExecutionResult:
-        """Run one action and return its result (engine trouble is a result with status error)."""
-        if executions["pending"] >= slots + settings.service_max_queued:
-            raise HTTPException(status_code=503, detail={"message": "too many executions queued"},
-                                headers={"Retry-After": "1"})
-        call = functools.partial(
-            runner().run, request.action_ref, request.parameters, request.secrets, limits=request.limits,
-            environment=request.environment, execution_id=request.execution_id, warm=request.warm)
-        executions["pending"] += 1
+    def finished_result(record: Record) -> ExecutionResult:
+        result = record.execution.result
+        assert result is not None
+        if result.error is not None and result.error.type == "EngineUnavailable":
+            # Never reached the engine: 503, and the same id may be retried (ExecutionStore.claim).
+            raise EngineUnavailableError(result.error.message)
+        return result
+
+    async def run_record(record: Record) -> ExecutionResult:
+        execution_id = record.execution.execution_id
         try:
-            return await asyncio.get_running_loop().run_in_executor(executions["pool"], call)
-        except InvalidSpecError as exc:
-            raise invalid(exc) from None
+            result = await asyncio.wrap_future(record.future)
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+            # Cancelled while queued: it never started.
+            result = ExecutionResult(execution_id=execution_id, action_ref=record.execution.action_ref,
+                                     status=ExecutionStatus.cancelled, finished_at=datetime.now(timezone.utc),
+                                     error=ExecutionError(type="Cancelled", message="cancelled while queued"))
+        except Exception as exc:  # a bug of ours: the execution still ends, as an error
+            log.error("execution %s failed", execution_id, exc_info=exc, extra={"execution_id": execution_id})
+            result = ExecutionResult(execution_id=execution_id, action_ref=record.execution.action_ref,
+                                     status=ExecutionStatus.error, finished_at=datetime.now(timezone.utc),
+                                     error=ExecutionError(type="InternalError", message="an unexpected error; "
+                                                          "the service log has the details"))
         finally:
             executions["pending"] -= 1
+        store.finish(execution_id, result)
+        log.info("execution finished", extra={"execution_id": execution_id, "action_ref": result.action_ref,
+                                              "status": result.status.value, "warm": result.warm,
+                                              "duration_ms": result.duration_ms, "queued_ms": result.queued_ms})
+        return result
 
-    @app.post("/v1/environments/{pack_ref}", response_model=EnvironmentInfo)
+    async def cancel(record: Record) -> None:
+        """Cancel a live execution and wait for it to end (its result then says cancelled)."""
+        loop = asyncio.get_running_loop()
+        execution_id = record.execution.execution_id
+        if not record.future.cancel():  # not queued any more: its container goes
+            deadline = loop.time() + 5
+            # Between leaving the queue and the runner knowing it, there is a moment: ask again.
+            while not record.future.done() and loop.time() < deadline:
+                if await loop.run_in_executor(None, runner().cancel, execution_id):
+                    break
+                await asyncio.sleep(0.02)
+        await asyncio.wait({record.task}, timeout=60)
+        log.info("execution cancelled", extra={"execution_id": execution_id})
+
+    async def wait_for(record: Record, http: Request, timeout: float | None, owner: bool) -> bool:
+        """True once the execution finished; False when ``timeout`` passed first. The caller that
+        started it (``owner``) cancels it by disconnecting."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not record.task.done():
+            step = DISCONNECT_POLL_SECONDS if deadline is None else min(DISCONNECT_POLL_SECONDS, deadline - loop.time())
+            if step <= 0:
+                return False
+            await asyncio.wait({record.task}, timeout=step)
+            if owner and not record.task.done() and await http.is_disconnected():
+                log.info("client disconnected; cancelling", extra={"execution_id": record.execution.execution_id})
+                await cancel(record)
+        return True
+
+    @app.post("/v1/executions", response_model=ExecutionResult, operation_id="runExecution", tags=["executions"],
+              responses={202: {"model": Execution, "description": "Accepted: running (async, or ?wait passed); "
+                                                                  "Location names the execution"},
+                         **problems.responses(404, 409, 422, 500, 503)})
+    async def execute(
+        body: ExecutionRequest, http: Request,
+        wait: float | None = Query(None, ge=0, le=7 * 24 * 3600,
+                                   description="Seconds to wait for the result; past them the answer is 202 and "
+                                               "the execution goes on (poll GET /v1/executions/{id})"),
+        run_async: bool = Query(False, alias="async",
+                                description="Answer 202 at once; the execution goes on whatever the client does"),
+    ) -> Any:
+        """Run one action. By default the call blocks until the result, and a client that
+        disconnects cancels the execution it started; ``?async=true`` answers 202 at once and
+        ``?wait=SECONDS`` blocks at most that long. A failure of the action is a result (200), not
+        an error; an unreachable engine is 503 (the same execution_id may be retried)."""
+        execution_id = body.execution_id or uuid.uuid4().hex
+        record, new = store.claim(execution_id, body.action_ref, store.fingerprint(body.model_dump(mode="json")))
+        if new:
+            try:
+                if executions["pending"] >= slots + settings.service_max_queued:
+                    raise HTTPException(status_code=503, detail="too many executions queued")
+                prepared = await run_in_threadpool(functools.partial(
+                    runner().prepare, body.action_ref, body.parameters, body.secrets, limits=body.limits,
+                    environment=body.environment, execution_id=execution_id, warm=body.warm))
+            except BaseException:
+                store.discard(execution_id)
+                raise
+            submitted = time.monotonic()
+
+            def call() -> ExecutionResult:
+                store.started(execution_id)
+                return runner().run_prepared(prepared, submitted=submitted)
+
+            executions["pending"] += 1
+            record.future = executions["pool"].submit(call)
+            record.task = asyncio.ensure_future(run_record(record))
+            log.info("execution accepted", extra={"execution_id": execution_id, "action_ref": body.action_ref})
+        if not run_async and await wait_for(record, http, wait, owner=new):
+            return finished_result(record)
+        return JSONResponse(record.execution.model_dump(mode="json"), status_code=202,
+                            headers={"Location": f"/v1/executions/{execution_id}"})
+
+    def record_of(execution_id: str) -> Record:
+        record = store.get(execution_id)
+        if record is None:
+            raise NotFoundError(f"no execution {execution_id!r} (unknown, or finished more than "
+                                f"{settings.service_executions_ttl:g} s or {settings.service_executions_kept} "
+                                "executions ago)", field="execution_id")
+        return record
+
+    @app.get("/v1/executions/{execution_id}", response_model=Execution, operation_id="getExecution",
+             tags=["executions"], responses=problems.responses(404, 500))
+    async def get_execution(execution_id: str) -> Execution:
+        """An execution: queued, running or finished (with its result)."""
+        return record_of(execution_id).execution
+
+    @app.delete("/v1/executions/{execution_id}", response_model=Execution, operation_id="cancelExecution",
+                tags=["executions"], responses=problems.responses(404, 409, 500))
+    async def cancel_execution(execution_id: str) -> Execution:
+        """Cancel an execution: its container is killed and removed, its result says cancelled.
+        Cancelling a cancelled execution answers it again; a finished one is 409."""
+        record = record_of(execution_id)
+        execution = record.execution
+        if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
+            raise ExecutionConflictError(f"execution {execution_id!r} already finished ({execution.status.value})")
+        if execution.state is not ExecutionState.finished:
+            await cancel(record)
+        return record.execution
+
+    @app.post("/v1/environments/{pack_ref}", response_model=EnvironmentInfo, operation_id="ensureEnvironment",
+              tags=["environments"], responses=problems.responses(404, 422, 500, 503))
     def ensure(pack_ref: str) -> EnvironmentInfo:
         """Ensure the pack's image (build or pull it if needed); pre-warm if its policy says so."""
-        try:
-            info = runner().ensure_pack(pack_ref)
-        except InvalidSpecError as exc:
-            raise invalid(exc) from None
-        except AttuneContainersError as exc:
-            raise HTTPException(status_code=500, detail={"message": str(exc)}) from None
-        return info
+        return runner().ensure_pack(pack_ref)
 
-    @app.get("/v1/environments", response_model=list[EnvironmentInfo])
+    @app.get("/v1/environments", response_model=list[EnvironmentInfo], operation_id="listEnvironments",
+             tags=["environments"], responses=problems.responses(500, 503))
     def environments() -> list[EnvironmentInfo]:
+        """Every environment (image) of this configuration's image prefix."""
         return runner().manager.list_environments()
 
-    @app.delete("/v1/environments/{pack_ref}", response_model=list[str])
+    @app.delete("/v1/environments/{pack_ref}", response_model=list[str], operation_id="removeEnvironment",
+                tags=["environments"], responses=problems.responses(404, 409, 422, 500, 503))
     def remove(pack_ref: str) -> list[str]:
-        try:
-            return runner().manager.remove_environment(pack_ref)
-        except InvalidSpecError as exc:
-            raise invalid(exc) from None
-        except AttuneContainersError as exc:
-            raise HTTPException(status_code=409, detail={"message": str(exc)}) from None
+        """Remove a pack's images (refused, 409, while a container uses one); the removed references."""
+        return runner().manager.remove_environment(pack_ref)
 
-    @app.post("/v1/pools/{pack_ref}/prewarm", response_model=int)
-    def prewarm(pack_ref: str, count: int | None = None) -> int:
-        try:
-            return runner().prewarm(pack_ref, count)
-        except InvalidSpecError as exc:
-            raise invalid(exc) from None
+    @app.post("/v1/pools/{pack_ref}/prewarm", response_model=int, operation_id="prewarmPool", tags=["pools"],
+              responses=problems.responses(404, 422, 500, 503))
+    def prewarm(pack_ref: str, count: int | None = Query(None, ge=0, le=1024, description=
+                                                         "Containers to start (default: the pool's min_idle)")) -> int:
+        """Start warm containers of a pack ahead of need; how many were started."""
+        return runner().prewarm(pack_ref, count)
 
-    @app.get("/v1/pools", response_model=list[PoolStats])
+    @app.get("/v1/pools", response_model=list[PoolStats], operation_id="listPools", tags=["pools"])
     def pools() -> list[PoolStats]:
+        """Every warm pool of the service."""
         return [PoolStats(**s) for s in runner().pool_stats()]
 
     return Guard(app, token=token, max_body=settings.service_max_body_bytes)
@@ -183,13 +375,13 @@ class Guard:
             # compare_digest: the time taken tells nothing about how much of a guess was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
                 return await _refuse(send, 401, "a valid bearer token is required",
-                                     [(b"www-authenticate", b"Bearer")])
+                                     [(b"www-authenticate", b"Bearer")], instance=scope.get("path"))
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                return await _refuse(send, 400, "invalid Content-Length")
+                return await _refuse(send, 400, "invalid Content-Length", instance=scope.get("path"))
             if int(declared) > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes")
+                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path"))
         # Read the body here, counting (chunked bodies declare no length): at most max_body bytes
         # are ever held, and the app gets it replayed.
         chunks, size = [], 0
@@ -200,7 +392,7 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes")
+                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path"))
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -216,11 +408,12 @@ class Guard:
         return await self.app(scope, replay, send)
 
 
-async def _refuse(send: Callable, status: int, message: str, headers: list | None = None) -> None:
-    body = json.dumps({"detail": {"message": message}}).encode()
+async def _refuse(send: Callable, status: int, message: str, headers: list | None = None,
+                  instance: str | None = None) -> None:
+    body = json.dumps(problems.problem(status, message, instance=instance).model_dump()).encode()
     # connection: close, as the rest of the body (if any) is left unread.
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"content-type", problems.MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 

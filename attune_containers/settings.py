@@ -142,6 +142,9 @@ class Settings(BaseSettings):
         None, description="The service's bearer token itself (prefer service_token_file)")
     service_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body the service reads")
     service_max_queued: int = Field(64, ge=1, description="Executions waiting for a slot before the service answers 503")
+    service_executions_kept: int = Field(1000, ge=1, description="Finished executions the service keeps for GET "
+                                         "/v1/executions/{id} and idempotent retries (the oldest dropped first)")
+    service_executions_ttl: float = Field(3600, gt=0, description="Seconds a finished execution is kept")
 
     @field_validator("image_prefix")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import InvalidSpecError
+from ..errors import InvalidSpecError, NotFoundError
 from .pack_ref import validate_pack_ref
 from .packs import PACK_FILE, PackFileMissing, check_pack_file, read_pack_file
 from .safe_yaml import BoundedYAMLError, load_yaml
@@ -60,7 +60,14 @@ def split_action_ref(action_ref: str, pack_refs: set[str] | dict[str, Any]) -> t
         raise InvalidSpecError("must be a non-empty string of at most 256 characters", field="action_ref")
     candidates = [p for p in pack_refs if action_ref.startswith(p + ".")]
     if not candidates:
-        raise InvalidSpecError(f"no known pack is a prefix of {action_ref!r}", field="action_ref")
+        # Well formed (<pack_ref>.<action name>) but no such pack: not found; anything else is invalid.
+        head, dot, tail = action_ref.partition(".")
+        try:
+            well_formed = bool(dot) and validate_pack_ref(head) == head and bool(_ACTION_NAME.fullmatch(tail))
+        except InvalidSpecError:
+            well_formed = False
+        error = NotFoundError if well_formed else InvalidSpecError
+        raise error(f"no known pack is a prefix of {action_ref!r}", field="action_ref")
     pack_ref = max(candidates, key=len)
     name = action_ref[len(pack_ref) + 1:]
     if not _ACTION_NAME.fullmatch(name):
@@ -84,7 +91,7 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
         yaml_path = actions_dir / candidate
         break
     else:
-        raise InvalidSpecError(f"pack {pack_ref!r} has no action {name!r} (no actions/{name}.yaml)", field="action_ref")
+        raise NotFoundError(f"pack {pack_ref!r} has no action {name!r} (no actions/{name}.yaml)", field="action_ref")
     try:
         document = load_yaml(text)
     except BoundedYAMLError as exc:

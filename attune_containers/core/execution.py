@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -34,13 +35,13 @@ class ResourceLimits(Layered):
     settings defaults < pack (``meta.container_limits``) < action YAML (``timeout``) < the run."""
 
     memory: str | None = Field(None, description="Memory, swap equal to memory (no swap), e.g. 256m")
-    cpus: float | None = Field(None, gt=0, le=256)
-    pids: int | None = Field(None, ge=8, le=1_000_000)
-    nofile: int | None = Field(None, ge=16, le=1_048_576)
+    cpus: float | None = Field(None, gt=0, le=256, description="CPUs (fractions allowed)")
+    pids: int | None = Field(None, ge=8, le=1_000_000, description="Most processes and threads at once")
+    nofile: int | None = Field(None, ge=16, le=1_048_576, description="Most open files per process")
     timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600, description="Seconds")
-    stdout_limit: int | None = Field(None, ge=0)
-    stderr_limit: int | None = Field(None, ge=0)
-    result_limit: int | None = Field(None, ge=1024)
+    stdout_limit: int | None = Field(None, ge=0, description="Bytes of stdout kept (the rest is cut)")
+    stderr_limit: int | None = Field(None, ge=0, description="Bytes of stderr kept (the rest is cut)")
+    result_limit: int | None = Field(None, ge=1024, description="Largest result, in bytes of JSON")
     network: str | None = Field(None, description="none, bridge or a named network; never host")
     tmp_size: str | None = Field(None, description="Size of the writable tmpfs /tmp")
 
@@ -137,34 +138,47 @@ def effective_limits(defaults: ResourceLimits, caps: ResourceLimits, allowed_net
 
 
 class ExecutionStatus(str, Enum):
+    """How an execution ended."""
+
     succeeded = "succeeded"
     failed = "failed"
     timeout = "timeout"
     oom = "oom"
     error = "error"
+    cancelled = "cancelled"
 
 
 class ExecutionError(BaseModel):
-    type: str
-    message: str
-    traceback: str | None = None
+    """Why an execution did not succeed."""
+
+    type: str = Field(description="The kind of error: the action's exception class, or ours (Timeout, OOM, "
+                                  "EngineUnavailable, Cancelled, ...)")
+    message: str = Field(description="What happened, for a human")
+    traceback: str | None = Field(None, description="The action's traceback, when it raised")
 
 
 class ExecutionResult(BaseModel):
     """The outcome of one action run, the same whichever path ran it."""
 
-    execution_id: str
-    action_ref: str
-    status: ExecutionStatus
-    exit_code: int | None = None
-    duration_ms: int = 0
-    result: Any = None
-    stdout: str = ""
-    stderr: str = ""
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    error: ExecutionError | None = None
-    image: str | None = None
+    execution_id: str = Field(description="The execution's id (the caller's, or generated)")
+    action_ref: str = Field(description="<pack_ref>.<action name>")
+    status: ExecutionStatus = Field(description="How the execution ended")
+    exit_code: int | None = Field(None, description="The exit code of the action's process, when it exited")
+    duration_ms: int = Field(0, description="Milliseconds from start to end of the run (the queue excluded)")
+    result: Any = Field(None, description="What the action returned (JSON)")
+    stdout: str = Field("", description="The action's standard output, up to stdout_limit")
+    stderr: str = Field("", description="The action's standard error, up to stderr_limit")
+    stdout_truncated: bool = Field(False, description="Whether stdout was cut at stdout_limit")
+    stderr_truncated: bool = Field(False, description="Whether stderr was cut at stderr_limit")
+    error: ExecutionError | None = Field(None, description="Why it did not succeed; null when it succeeded")
+    image: str | None = Field(None, description="The image it ran in: <prefix>/<name>:<hash prefix>")
+    dependency_hash: str | None = Field(None, description="The dependency hash of that image: exactly which "
+                                                          "dependencies the action ran with")
+    warm: bool | None = Field(None, description="True: it ran in a warm (reused) container; false: in a fresh "
+                                                "one; null: it never reached a container")
+    started_at: datetime | None = Field(None, description="When it left the queue and started (UTC)")
+    finished_at: datetime | None = Field(None, description="When it ended (UTC)")
+    queued_ms: int = Field(0, description="Milliseconds it waited for a free execution slot")
 
     @property
     def succeeded(self) -> bool:

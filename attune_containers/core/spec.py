@@ -121,18 +121,18 @@ class EnvironmentInfo(BaseModel):
     """A pack's environment, i.e. its image: the seed's ``EnvironmentInfo`` for the image world."""
 
     id: str = Field(description="The image ID (sha256:...)")
-    pack_ref: str
+    pack_ref: str = Field(description="The pack")
     image: str = Field(description="The image reference to run: <prefix>/<name>:<hash prefix>")
-    runtime: str = "python"
-    runtime_version: str
-    dependency_hash: str
-    requirements: list[str] = Field(default_factory=list)
-    installed_dependencies: list[str] = Field(default_factory=list)
-    executable_path: str
-    created_at: datetime
-    updated_at: datetime
-    is_valid: bool = True
-    size_bytes: int | None = None
+    runtime: str = Field("python", description="The runtime: python")
+    runtime_version: str = Field(description="The exact Python version of the image")
+    dependency_hash: str = Field(description="The hash of the pack's resolved dependencies (names the image)")
+    requirements: list[str] = Field(default_factory=list, description="The pack's requirements as declared")
+    installed_dependencies: list[str] = Field(default_factory=list, description="What is installed: name==version")
+    executable_path: str = Field(description="The interpreter in the image")
+    created_at: datetime = Field(description="When the image was built")
+    updated_at: datetime = Field(description="When the image was last used or checked")
+    is_valid: bool = Field(True, description="Whether the image is usable")
+    size_bytes: int | None = Field(None, description="The image's size, when known")
 
     @property
     def path(self) -> str:

@@ -19,8 +19,9 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core import labels as L
 from ..core.actions import ActionDefinition, discover_packs, load_action
@@ -39,7 +40,13 @@ from ..core.spec import EnvironmentInfo
 from ..core.protocol import ExecutionCollector, encode_frame, encode_request
 from ..core.render import APP_UID, INTERPRETER
 from ..engine import ContainerRun, Engine
-from ..errors import AttuneContainersError, EngineUnavailableError, EnvironmentNotFoundError, InvalidSpecError
+from ..errors import (
+    AttuneContainersError,
+    EngineUnavailableError,
+    EnvironmentNotFoundError,
+    InvalidSpecError,
+    NotFoundError,
+)
 from ..settings import Settings
 from . import ownership
 from .manager import ContainerDependencyManager
@@ -105,6 +112,7 @@ class ActionRunner:
         self._slots = threading.BoundedSemaphore(max_concurrent or self.settings.max_concurrent_runs)
         self._live: set[str] = set()
         self._live_lock = threading.Lock()
+        self._handles: dict[str, _Handle] = {}  # running executions by id (cancel)
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
         self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers,
                                              parse_size(self.settings.max_warm_memory)))
@@ -132,9 +140,25 @@ class ActionRunner:
         """Run one action and return its result.
 
         Invalid input (an unknown action, bad parameters, a hostile pack) raises InvalidSpecError
-        before anything starts. Everything after that, including build and engine failures, is
-        reported in the result, with status ``error``.
+        (NotFoundError for an unknown pack or action) before anything starts. Everything after
+        that, including build and engine failures, is reported in the result, with status ``error``.
         """
+        return self.run_prepared(self.prepare(action_ref, parameters, secrets, limits=limits,
+                                              environment=environment, execution_id=execution_id, warm=warm))
+
+    def prepare(
+        self,
+        action_ref: str,
+        parameters: Mapping[str, Any] | None = None,
+        secrets: Mapping[str, Any] | None = None,
+        *,
+        limits: ResourceLimits | None = None,
+        environment: Mapping[str, str] | None = None,
+        execution_id: str | None = None,
+        warm: bool | None = None,
+    ) -> PreparedExecution:
+        """Every check of ``run`` (raises InvalidSpecError), nothing started: the service answers
+        bad input at once, before an execution is queued."""
         execution_id = execution_id or uuid.uuid4().hex
         if not _EXECUTION_ID.fullmatch(execution_id):
             raise InvalidSpecError(f"{execution_id!r} is not a valid execution id", field="execution_id")
@@ -143,8 +167,62 @@ class ActionRunner:
         effective = self.settings.run_limits(pack=pack.limits, action=ResourceLimits(timeout=action.timeout), request=limits)
         request = _request(action, parameters, secrets, effective,
                            _environment(execution_id, action, environment))
-        with self._slots:
-            return self._run(action, pack, effective, request, execution_id, warm)
+        return PreparedExecution(action, pack, effective, request, execution_id, warm)
+
+    def run_prepared(self, prepared: PreparedExecution, *, submitted: float | None = None) -> ExecutionResult:
+        """Run what ``prepare`` checked; ``submitted`` (time.monotonic()) starts the queue time."""
+        submitted = time.monotonic() if submitted is None else submitted
+        execution_id = prepared.execution_id
+        handle = _Handle()
+        with self._live_lock:
+            mine = self._handles.setdefault(execution_id, handle) is handle
+        try:
+            with self._slots:
+                queued_ms = int((time.monotonic() - submitted) * 1000)
+                started_at = datetime.now(timezone.utc)
+                if handle.cancelled:
+                    result = ExecutionResult(execution_id=execution_id, action_ref=prepared.action.action_ref,
+                                             status=ExecutionStatus.cancelled)
+                else:
+                    result = self._run(prepared.action, prepared.pack, prepared.limits, prepared.request,
+                                       execution_id, prepared.warm)
+        finally:
+            if mine:
+                with self._live_lock:
+                    self._handles.pop(execution_id, None)
+        if handle.cancelled:
+            result.status = ExecutionStatus.cancelled
+            result.error = ExecutionError(type="Cancelled", message="cancelled by request; its container was removed")
+        result.started_at = started_at
+        result.finished_at = datetime.now(timezone.utc)
+        result.queued_ms = queued_ms
+        return result
+
+    def cancel(self, execution_id: str) -> bool:
+        """Cancel a running execution of this runner: its container is killed and removed (a warm
+        one is destroyed, never reused) and its result says ``cancelled``. False if no execution
+        of that id runs here (unknown, or already finished)."""
+        with self._live_lock:
+            handle = self._handles.get(execution_id)
+            if handle is None:
+                return False
+            handle.cancelled = True
+            container_id = handle.container_id
+        if container_id is not None:
+            self.engine.remove_container(container_id, attempts=3)
+        return True
+
+    def _attach(self, execution_id: str, container_id: str) -> None:
+        """Record the container an execution runs in, so that ``cancel`` finds it; a cancel that
+        came first removes it at once."""
+        with self._live_lock:
+            handle = self._handles.get(execution_id)
+            if handle is None:
+                return
+            handle.container_id = container_id
+            cancelled = handle.cancelled
+        if cancelled:
+            self.engine.remove_container(container_id, attempts=3)
 
     def close(self) -> None:
         """Kill and remove every container this runner still has (interrupts, shutdown)."""
@@ -255,17 +333,19 @@ class ActionRunner:
                                           self._preload(action.pack_dir, policy))
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
-                    return result
+                    return _ran_on(result, info, warm=True)
                 # The warm budget is all busy: this execution runs cold rather than queueing.
             run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run)
-            return self._run_cold(run, info, limits, request, execution_id, action)
+            return _ran_on(self._run_cold(run, info, limits, request, execution_id, action), info, warm=False)
         except EnvironmentNotFoundError:
             self.manager.forget_image(info.id)
             raise
         except EngineUnavailableError as exc:
-            return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image)
+            return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image,
+                           dependency_hash=info.dependency_hash)
         except AttuneContainersError as exc:
-            return failure(ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image)
+            return failure(ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image,
+                           dependency_hash=info.dependency_hash)
 
     def _run_cold(self, run: ContainerRun, info: EnvironmentInfo, limits: ResourceLimits, request: bytes,
                   execution_id: str, action: ActionDefinition) -> ExecutionResult:
@@ -278,6 +358,7 @@ class ActionRunner:
                 # below covers a container that never started or was interrupted.
                 container_id = self.engine.create_container(run, auto_remove=True)
                 self._remember(container_id)
+            self._attach(execution_id, container_id)
             self.usage.touch(info.id)
             return self._attach_and_wait(container_id, limits, request, execution_id, action, info.image)
         finally:
@@ -294,6 +375,7 @@ class ActionRunner:
             return None
         reusable = False
         try:
+            self._attach(execution_id, container.id)  # cancel destroys it (never reused)
             self.usage.touch(info.id)
             control = _control(limits, last=False)
             collector = _collector(limits, control)
@@ -315,7 +397,7 @@ class ActionRunner:
         """Start warm containers for a pack ahead of need (``count`` defaults to its min_idle)."""
         packs = self._packs_tree()
         if pack_ref not in packs:
-            raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
+            raise NotFoundError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
@@ -328,7 +410,7 @@ class ActionRunner:
         """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so."""
         packs = self._packs_tree()
         if pack_ref not in packs:
-            raise InvalidSpecError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
+            raise NotFoundError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
         info = self._ensure_in_use(pack)
         policy = self.settings.pool.merged(pack.pool)
@@ -404,6 +486,34 @@ class ActionRunner:
     def _forget(self, container_id: str) -> None:
         with self._live_lock:
             self._live.discard(container_id)
+
+
+class PreparedExecution(NamedTuple):
+    """An execution checked by ``ActionRunner.prepare``, not started."""
+
+    action: ActionDefinition
+    pack: PackDefinition
+    limits: ResourceLimits
+    request: bytes
+    execution_id: str
+    warm: bool | None
+
+
+class _Handle:
+    """A running execution, for ``cancel``: whether it was cancelled, and its container."""
+
+    __slots__ = ("cancelled", "container_id")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.container_id: str | None = None
+
+
+def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> ExecutionResult:
+    """Say exactly what ran: the image's dependency hash, and whether the container was warm."""
+    result.dependency_hash = info.dependency_hash
+    result.warm = warm
+    return result
 
 
 def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: ResourceLimits,
