@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export ATTUNE__CONTAINERS__CONFIG ?= $(CURDIR)/attune-containers.toml
 
-.PHONY: demo test unit bench engine base venv clean-images
+.PHONY: demo test unit bench bench-build engine base venv clean-images
 
 demo: base
 	$(BIN)/python examples/demo.py
@@ -21,6 +21,11 @@ unit: venv
 # Per-action overhead (bare process, cold, warm, service, docker run --rm) as ratios of one run.
 bench: base
 	$(BIN)/python benchmarks/run.py
+
+# Build speed against a hand-written one-stage Dockerfile (issue 11): naive, cold, warm shared
+# cache, complete lock, interleaved, as ratios of one run (a few minutes: every case really builds).
+bench-build: base
+	$(BIN)/python benchmarks/build_speed.py
 
 venv: $(STAMP)
 
