@@ -161,6 +161,7 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # never the container's stdin: that is the worker's request stream
         close_other_fds({0, 1, 2, request_fd, result_fd})
+        prefer_to_die()
         if not from_zygote:  # a zygote's child changed its uid already
             try:
                 drop_privileges(uid)
@@ -169,11 +170,6 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
                     "IsolationError", "the runner loop cannot drop to the execution uid (%s); it must "
                     "start as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
                 os._exit(71)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as handle:
-                handle.write("1000")  # under memory pressure the action dies, not the supervisor
-        except OSError:
-            pass
         os.chdir("/tmp")
         if not from_zygote:
             site.main()  # the pack's site-packages, now that only this child's uid runs its code
@@ -181,6 +177,16 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
         exit_code = run_execution(request_fd, result_fd)
     finally:
         os._exit(exit_code)
+
+
+def prefer_to_die():
+    """Under memory pressure the action (or the zygote) dies first, not the supervisor. Written while
+    still root: once a process changed uid its /proc files are root's, and the write would fail."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
 
 
 def send_result(fd, document, limit):
@@ -608,6 +614,7 @@ def zygote_main(sock, exec_uid, uid, modules):
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)  # a library's noise goes nowhere, never into the worker's stream
         close_other_fds({0, 1, 2, sock.fileno()})
+        prefer_to_die()  # its children inherit it
         os.setgroups([])
         os.setresgid(uid, uid, exec_uid)
         os.setresuid(uid, uid, exec_uid)
