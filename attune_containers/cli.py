@@ -395,7 +395,7 @@ def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 
     try:
         serve(args.packs_dir, socket=args.socket, host=args.host, port=args.port or 8765, manager=manager,
-              allow_remote=args.allow_remote, announce=announce)
+              allow_remote=args.allow_remote, announce=announce, log_level=args.log_level)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it shut down on: a requested stop is a clean exit
     return 0
@@ -488,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="a TCP port on --host (default 8765 without --socket)")
     p.add_argument("--allow-remote", action="store_true",
                    help="let --host be a non-loopback address; needs a token (service_token_file)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="the service's log (JSON lines on stderr, an access log included); default info")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
     cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")

@@ -39,7 +39,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -56,6 +56,8 @@ from .errors import (
 )
 from .services.executions import Execution, ExecutionState, ExecutionStore, Record
 from .services.manager import ContainerDependencyManager
+from .services.metrics import CONTENT_TYPE as metrics_content_type
+from .services.metrics import ServiceMetrics
 from .services.runner import ActionRunner
 from .settings import Settings
 
@@ -63,6 +65,7 @@ MIN_TOKEN_LENGTH = 16
 # How often a blocking execution call looks whether its client is still there.
 DISCONNECT_POLL_SECONDS = 0.25
 log = logging.getLogger("attune_containers.service")
+access_log = logging.getLogger("attune_containers.access")
 
 
 class BaseImagesMissing(EngineUnavailableError):
@@ -124,11 +127,13 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     # holds no thread, and health and the other endpoints keep answering.
     executions: dict[str, Any] = {"pending": 0}
     store = ExecutionStore(settings.service_executions_kept, settings.service_executions_ttl)
+    metrics = ServiceMetrics(lambda: runner_box["runner"].pool_stats(), store.counts)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The runner sweeps what a previous instance left (its owner process is gone).
         runner_box["runner"] = ActionRunner(packs_dir, manager)
+        metrics.watch_builds(runner_box["runner"].manager, log)
         executions["pool"] = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="execution")
         try:
             yield
@@ -220,6 +225,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         finally:
             executions["pending"] -= 1
         store.finish(execution_id, result)
+        metrics.observe(result)
         log.info("execution finished", extra={"execution_id": execution_id, "action_ref": result.action_ref,
                                               "status": result.status.value, "warm": result.warm,
                                               "duration_ms": result.duration_ms, "queued_ms": result.queued_ms})
@@ -271,15 +277,19 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         ``?wait=SECONDS`` blocks at most that long. A failure of the action is a result (200), not
         an error; an unreachable engine is 503 (the same execution_id may be retried)."""
         execution_id = body.execution_id or uuid.uuid4().hex
+        http.state.execution_id = execution_id  # for the access log
         record, new = store.claim(execution_id, body.action_ref, store.fingerprint(body.model_dump(mode="json")))
         if new:
+            if executions["pending"] >= slots + settings.service_max_queued:
+                store.discard(execution_id)
+                raise HTTPException(status_code=503, detail="too many executions queued")
+            executions["pending"] += 1  # counted before the first await: checks and counts never interleave
             try:
-                if executions["pending"] >= slots + settings.service_max_queued:
-                    raise HTTPException(status_code=503, detail="too many executions queued")
                 prepared = await run_in_threadpool(functools.partial(
                     runner().prepare, body.action_ref, body.parameters, body.secrets, limits=body.limits,
                     environment=body.environment, execution_id=execution_id, warm=body.warm))
             except BaseException:
+                executions["pending"] -= 1
                 store.discard(execution_id)
                 raise
             submitted = time.monotonic()
@@ -288,7 +298,6 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                 store.started(execution_id)
                 return runner().run_prepared(prepared, submitted=submitted)
 
-            executions["pending"] += 1
             record.future = executions["pool"].submit(call)
             record.task = asyncio.ensure_future(run_record(record))
             log.info("execution accepted", extra={"execution_id": execution_id, "action_ref": body.action_ref})
@@ -307,15 +316,17 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
     @app.get("/v1/executions/{execution_id}", response_model=Execution, operation_id="getExecution",
              tags=["executions"], responses=problems.responses(404, 500))
-    async def get_execution(execution_id: str) -> Execution:
+    async def get_execution(execution_id: str, http: Request) -> Execution:
         """An execution: queued, running or finished (with its result)."""
+        http.state.execution_id = execution_id
         return record_of(execution_id).execution
 
     @app.delete("/v1/executions/{execution_id}", response_model=Execution, operation_id="cancelExecution",
                 tags=["executions"], responses=problems.responses(404, 409, 500))
-    async def cancel_execution(execution_id: str) -> Execution:
+    async def cancel_execution(execution_id: str, http: Request) -> Execution:
         """Cancel an execution: its container is killed and removed, its result says cancelled.
         Cancelling a cancelled execution answers it again; a finished one is 409."""
+        http.state.execution_id = execution_id
         record = record_of(execution_id)
         execution = record.execution
         if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
@@ -354,7 +365,44 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         """Every warm pool of the service."""
         return [PoolStats(**s) for s in runner().pool_stats()]
 
-    return Guard(app, token=token, max_body=settings.service_max_body_bytes)
+    @app.get("/metrics", operation_id="metrics", tags=["health"], response_class=Response,
+             responses={200: {"description": "Prometheus text exposition", "content": {metrics_content_type: {}}}})
+    def prometheus_metrics() -> Response:
+        """Prometheus metrics: executions by status and warm/cold, duration and queue histograms,
+        live executions, warm pools, builds and their durations. Behind the token like the rest."""
+        return Response(metrics.exposition(), media_type=metrics_content_type)
+
+    return AccessLog(Guard(app, token=token, max_body=settings.service_max_body_bytes))
+
+
+class AccessLog:
+    """ASGI middleware outside the guard: one log line per request, refusals included (method,
+    path, status_code, duration_ms, and the execution id an endpoint noted). Never the body, the query
+    or the headers (the token)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.monotonic()
+        status = {"code": 0}
+
+        async def noting(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting)
+        finally:
+            extra = {"method": scope.get("method"), "path": scope.get("path"), "status_code": status["code"],
+                     "duration_ms": int((time.monotonic() - started) * 1000)}
+            execution_id = (scope.get("state") or {}).get("execution_id")
+            if execution_id is not None:
+                extra["execution_id"] = execution_id
+            access_log.info("%s %s %s", extra["method"], extra["path"], extra["status_code"], extra=extra)
 
 
 class Guard:
@@ -532,14 +580,18 @@ def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socket
 
 def serve(packs_dir: str | Path, *, socket: str | None = None, host: str = "127.0.0.1", port: int = 8765,
           manager: ContainerDependencyManager | None = None, allow_remote: bool = False,
-          announce: Callable[[str], None] | None = None) -> None:
+          announce: Callable[[str], None] | None = None, log_level: str = "info") -> None:
     """Serve until SIGTERM or Ctrl-C. Every check (token, bind address, socket) is made before
-    anything listens; a refusal is an InvalidSpecError."""
+    anything listens; a refusal is an InvalidSpecError. Logs are JSON lines on stderr (logs.py)."""
     import uvicorn
+
+    from . import logs
 
     settings = manager.settings if manager is not None else Settings()
     token = load_token(settings)
-    options = dict(log_level="warning", timeout_graceful_shutdown=30)
+    logs.configure(log_level)
+    # Our access log (AccessLog) replaces uvicorn's; uvicorn's own lines go through our handler.
+    options = dict(log_level=log_level, log_config=None, access_log=False, timeout_graceful_shutdown=30)
     if socket:
         sock, inode = bind_unix_socket(socket, settings.service_socket_group)
         config = uvicorn.Config(create_app(packs_dir, manager, token=token), **options)

@@ -5,6 +5,7 @@ documents all of it. A real ``attune-containers serve`` on a Unix socket, real c
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +209,76 @@ def test_the_openapi_schema_documents_the_contract(client):
                     for field, spec in component.get("properties", {}).items()
                     if not spec.get("description") and name not in ("ValidationError", "HTTPValidationError")]
     assert undocumented == []
+
+
+TOKEN = "metrics-" + "y" * 24
+
+
+def launch_logged(tmp_path, settings, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, httpx.Client, Path]:
+    """The service with its stderr (the JSON log) in a file."""
+    socket, log = tmp_path / "logged.sock", tmp_path / "service.log"
+    full_env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+                "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir), **(env or {})}
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS),
+                                    "--socket", str(socket), *args], env=full_env, stdout=subprocess.DEVNULL,
+                                   stderr=sink)
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=120,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if client.get("/livez").status_code == 200:
+                return process, client, log
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+
+def samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_metrics_and_the_json_access_log(tmp_path, settings):
+    process, client, log = launch_logged(tmp_path, settings, "--log-level", "info",
+                                         env={"ATTUNE__CONTAINERS__SERVICE_TOKEN": TOKEN})
+    try:
+        refused = client.get("/metrics", headers={"Authorization": ""})
+        assert_problem(refused, 401)  # behind the same token as everything else
+        execution_id = new_id()
+        client.post("/v1/executions", json={"action_ref": "probe.echo", "execution_id": execution_id, "warm": True})
+        client.post("/v1/executions", json={"action_ref": "probe.fail", "warm": False})
+        scraped = client.get("/metrics")
+        assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+        got = samples(scraped.text)
+        assert got['attune_executions_total{container="warm",status="succeeded"}'] == 1
+        assert got['attune_executions_total{container="cold",status="failed"}'] == 1
+        assert got['attune_execution_duration_seconds_count{container="warm"}'] == 1
+        assert got["attune_execution_queue_seconds_count"] == 2
+        assert got['attune_executions_held{state="finished"}'] == 2
+        idle = [v for k, v in got.items() if k.startswith("attune_pool_containers{") and 'state="idle"' in k]
+        assert idle == [1]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    access = [r for r in records if r["logger"] == "attune_containers.access"]
+    posted = [r for r in access if r["path"] == "/v1/executions" and r.get("execution_id") == execution_id]
+    assert len(posted) == 1 and posted[0]["status_code"] == 200 and posted[0]["method"] == "POST"
+    assert any(r["path"] == "/metrics" and r["status_code"] == 401 for r in access), "refusals are logged too"
+    finished_lines = [r for r in records if r.get("message") == "execution finished"
+                      and r.get("execution_id") == execution_id]
+    assert finished_lines and finished_lines[0]["status"] == "succeeded" and finished_lines[0]["warm"] is True
+    assert TOKEN not in log.read_text()
+
+
+def test_log_level_warning_keeps_the_access_log_quiet(tmp_path, settings):
+    process, client, log = launch_logged(tmp_path, settings, "--log-level", "warning")
+    try:
+        assert client.get("/v1/health").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert "attune_containers.access" not in log.read_text()
