@@ -15,6 +15,11 @@ output, our ``fetch:`` lines) goes to stderr.
   distribution runs here. With ``ATTUNE_FETCH_SDISTS=1`` (the operator's ``allow_sdist_builds``)
   sdists are built here too; the host then caches nothing this run hands back.
 - Offline (``ATTUNE_FETCH_OFFLINE=1``, no network): the cache alone must satisfy the requirements.
+- A complete lock (every requirement ``name==version --hash=sha256:...``, and every dependency
+  those distributions declare for this Python pinned among them: what ``inspect --lock`` prints)
+  needs no resolution: each file is taken from the cache by its sha256, without pip, a venv or the
+  index; a file the cache lacks is downloaded by its exact name and hash alone (offline: an error
+  naming it). A lock that is not complete is resolved as any requirements are.
 """
 
 import hashlib
@@ -27,6 +32,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+import zipfile
+from email.parser import HeaderParser
 
 CACHE = "/cache/wheelhouse"
 TOOLS_CACHE = "/cache/tools"
@@ -40,6 +47,8 @@ TOOLS = [t for t in os.environ.get("ATTUNE_FETCH_TOOLS", "").split() if t]
 DEADLINE = int(os.environ.get("ATTUNE_FETCH_DEADLINE", "0") or 0)
 MODERN_PIP = "pip>=23.1"  # --dry-run --report with PEP 658 metadata
 BINARY = [] if SDISTS else ["--only-binary", ":all:"]
+# One line of a complete lock, as spec.py rebuilds it: nothing else may be on the line.
+LOCK_LINE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.!+_-]+)((?: --hash=sha256:[0-9a-f]{64})+)")
 
 # The tar goes to the original stdout; fd 1 becomes stderr, so nothing else (pip, build code) can
 # print into the stream by accident.
@@ -117,6 +126,8 @@ def only_file(folder):
 
 
 def bootstrap_pip():
+    if os.path.isdir(VENV):
+        return  # done already in this run
     run([sys.executable, "-m", "venv", VENV])
     found = run(PIP + ["install", "-q", "--no-index", "--find-links", TOOLS_CACHE, MODERN_PIP], check=False)
     if found.returncode == 0:
@@ -225,6 +236,140 @@ def online_wheels():
             fail("%s is an sdist; sdist builds are off" % filename)
 
 
+def read_lock():
+    """The requirements as a lock, [(name, version, {sha256, ...})]; None unless every line is
+    ``name==version --hash=sha256:...`` (one line per project)."""
+    lock = []
+    with open(REQUIREMENTS) as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            match = LOCK_LINE.fullmatch(line)
+            if match is None:
+                return None
+            lock.append((normalize(match.group(1)), match.group(2),
+                         set(re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3)))))
+    names = [name for name, _, _ in lock]
+    return lock if lock and len(set(names)) == len(names) else None
+
+
+def packaging_module():
+    """``packaging`` (requirements and markers) from what the base image ships, without a venv:
+    Debian's debundled wheels, the python.org images' pip, or ensurepip's bundled pip wheel."""
+    import glob
+
+    for pattern in ("/usr/share/python-wheels/packaging-*.whl", "/usr/share/python-wheels/pyparsing-*.whl"):
+        sys.path.extend(sorted(glob.glob(pattern))[-1:])
+    try:
+        from packaging import requirements
+
+        return requirements
+    except ImportError:
+        pass
+    bundled = os.path.join(os.path.dirname(os.__file__), "ensurepip", "_bundled", "pip-*.whl")
+    sys.path.extend(sorted(glob.glob(bundled))[-1:] + sorted(glob.glob("/usr/share/python-wheels/pip-*.whl"))[-1:])
+    try:
+        from pip._vendor.packaging import requirements
+
+        return requirements
+    except ImportError:
+        return None
+
+
+def requires_dist(path):
+    """The Requires-Dist lines of a wheel's METADATA (read as data, nothing of it runs)."""
+    with zipfile.ZipFile(path) as wheel:
+        names = [n for n in wheel.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
+        if len(names) != 1:
+            raise ValueError("%s has %d METADATA files" % (os.path.basename(path), len(names)))
+        with wheel.open(names[0]) as handle:
+            text = handle.read(4 << 20).decode("utf-8", "replace")
+    return HeaderParser().parsestr(text).get_all("Requires-Dist") or []
+
+
+def incomplete(found):
+    """Why the locked distributions do not satisfy each other's dependencies for this Python
+    (markers evaluated here, extras followed), or None when they do."""
+    requirements = packaging_module()
+    if requirements is None:
+        return "no packaging library in the base image to read dependencies with"
+    wanted = {name: set() for name in found}  # extras asked of each
+    queue = sorted(found)
+    while queue:
+        name = queue.pop()
+        version, path = found[name][0], found[name][1]
+        try:
+            lines = requires_dist(path)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            return "cannot read the metadata of %s: %s" % (os.path.basename(path), exc)
+        for text in lines:
+            try:
+                requirement = requirements.Requirement(text)
+            except Exception:  # an unparsable line: let the resolver judge it
+                return "%s %s declares %r, which is not a requirement" % (name, version, text[:200])
+            if requirement.marker is not None and not any(
+                    requirement.marker.evaluate({"extra": extra}) for extra in [""] + sorted(wanted[name])):
+                continue
+            dependency = normalize(requirement.name)
+            if dependency not in found:
+                return "%s %s needs %s, which the lock does not pin" % (name, version, requirement)
+            if not requirement.specifier.contains(found[dependency][0], prereleases=True):
+                return "%s %s needs %s; the lock pins %s" % (name, version, requirement, found[dependency][0])
+            extras = set(requirement.extras) - wanted[dependency]
+            if extras:
+                wanted[dependency] |= extras
+                queue.append(dependency)
+    return None
+
+
+def lock_wheels(lock):
+    """Take a complete lock's files from the cache by sha256; None, or why the lock cannot be used
+    (then nothing was added and the requirements are resolved instead)."""
+    by_name = {}
+    for filename in sorted(os.listdir(CACHE)) if os.path.isdir(CACHE) else []:
+        if filename.endswith(".whl") and filename.count("-") >= 4:
+            by_name.setdefault(wheel_identity(filename)[0], []).append(filename)
+    found = {}  # name -> (version, path, sha256, source)
+    missing = []
+    for name, version, hashes in lock:
+        for filename in by_name.get(name, []):
+            path = os.path.join(CACHE, filename)
+            if regular(path):
+                digest = sha256(path)
+                if digest in hashes:
+                    found[name] = (version, path, digest, "cache")
+                    break
+        else:
+            missing.append((name, version, hashes))
+    if missing and OFFLINE:
+        fail("the lock pins files the cache does not hold, and the fetch is offline: "
+             + ", ".join("%s==%s" % (name, version) for name, version, _ in missing))
+    if missing:
+        bootstrap_pip()
+    for number, (name, version, hashes) in enumerate(missing):
+        # Exactly this file: its name, version and hash; no dependencies, no resolution.
+        folder = fresh(WORK + "/lock-%d" % number)
+        pinned = folder + ".txt"
+        with open(pinned, "w") as handle:
+            handle.write("%s==%s %s\n" % (name, version, " ".join("--hash=sha256:" + h for h in sorted(hashes))))
+        run(PIP + ["download", "-q", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+                   "--dest", folder, "-r", pinned])
+        files = only_file(folder)
+        if len(files) != 1 or sha256(files[0]) not in hashes:
+            fail("pip did not download %s==%s with the locked sha256" % (name, version))
+        found[name] = (version, files[0], sha256(files[0]), "download")
+    problem = incomplete(found)
+    if problem is not None:
+        return problem
+    log("lock complete, no resolution: %d distributions taken by their sha256" % len(found))
+    for name in sorted(found):
+        version, path, digest, source = found[name]
+        add("wheels", path, source, name, version, digest)
+        log("%s %s" % ("cached" if source == "cache" else "downloaded", os.path.basename(path)))
+    return None
+
+
 def hand_back():
     """The manifest and the new files, as one tar on the original stdout."""
     with tarfile.open(fileobj=RESULT, mode="w|") as tar:
@@ -249,12 +394,19 @@ def main():
         # was killed: when this process dies the container (tini as PID 1) stops with it.
         signal.alarm(DEADLINE)
     fresh(WORK)
-    bootstrap_pip()
-    fetch_tools()
-    if OFFLINE:
-        offline_wheels()
-    else:
-        online_wheels()
+    if TOOLS:
+        bootstrap_pip()
+        fetch_tools()
+    lock = read_lock()
+    problem = lock_wheels(lock) if lock is not None else None
+    if lock is None or problem is not None:
+        if problem is not None:
+            log("lock not complete (%s); resolving" % problem)
+        bootstrap_pip()
+        if OFFLINE:
+            offline_wheels()
+        else:
+            online_wheels()
     hand_back()
 
 
