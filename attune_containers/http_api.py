@@ -39,6 +39,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -147,6 +148,14 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
     def runner() -> ActionRunner:
         return runner_box["runner"]
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_problems(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     def answer(document: problems.Problem, headers: dict[str, str] | None = None) -> JSONResponse:
         if document.status == 503:

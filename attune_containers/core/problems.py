@@ -99,8 +99,8 @@ def example(status: int, detail: str, field: str | None = None, instance: str = 
     return problem(status, detail, instance=instance, field=field).model_dump()
 
 
-def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[int | str, dict]:
-    """The ``responses`` of a route for the problems it may answer, with examples."""
+def default_example(status: int) -> dict:
+    """The example problem document of a status, for the OpenAPI schema."""
     defaults = {
         404: example(404, "no known pack is a prefix of 'nopack.echo'", "action_ref"),
         409: example(409, "execution 'e-1' exists with a different request", "execution_id"),
@@ -109,12 +109,17 @@ def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[i
         500: example(500, "an unexpected error; the service log has the details"),
         503: example(503, "the Docker engine does not answer"),
     }
+    return defaults.get(status) or example(status, KINDS.get(status, ("error", "Error"))[1])
+
+
+def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[int | str, dict]:
+    """The ``responses`` of a route for the problems it may answer, with examples."""
     descriptions = {404: "Unknown pack, action or execution", 409: "Conflict with the current state",
                     422: "Invalid input (``field`` names it)", 500: "A bug of attune-containers",
                     503: "The engine is unreachable or the queue is full; retry after ``Retry-After`` seconds"}
     out: dict[int | str, dict] = {}
     for status in statuses:
-        doc = (examples or {}).get(status, defaults.get(status) or example(status, "…"))
+        doc = (examples or {}).get(status) or default_example(status)
         entry: dict[str, Any] = {"model": Problem, "description": descriptions.get(status, KINDS[status][1]),
                                  "content": {MEDIA_TYPE: {"example": doc}}}
         if status == 503:
@@ -122,3 +127,25 @@ def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[i
                                                 "schema": {"type": "integer"}}}
         out[status] = entry
     return out
+
+
+def document_problems(schema: dict) -> dict:
+    """Every error response of an OpenAPI schema as a problem: ``application/problem+json`` with the
+    Problem schema and an example (FastAPI files a response model under application/json, and its
+    own 422 under HTTPValidationError, a shape this service never answers)."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            for code, response in operation.get("responses", {}).items():
+                if not (code.isdigit() and int(code) >= 400):
+                    continue
+                content = response.setdefault("content", {})
+                content.pop("application/json", None)
+                entry = content.setdefault(MEDIA_TYPE, {})
+                entry["schema"] = {"$ref": "#/components/schemas/Problem"}
+                entry.setdefault("example", default_example(int(code)))
+                if int(code) == 422:
+                    response["description"] = "Invalid input (``field`` names it)"
+    schemas = schema.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return schema

@@ -212,6 +212,11 @@ class ActionRunner:
             self.engine.remove_container(container_id, attempts=3)
         return True
 
+    def _cancelled(self, execution_id: str) -> bool:
+        with self._live_lock:
+            handle = self._handles.get(execution_id)
+            return handle is not None and handle.cancelled
+
     def _attach(self, execution_id: str, container_id: str) -> None:
         """Record the container an execution runs in, so that ``cancel`` finds it; a cancel that
         came first removes it at once."""
@@ -382,7 +387,8 @@ class ActionRunner:
             timed_out, elapsed = container.execute(encode_request(control, request), collector,
                                                    limits.timeout + DEADLINE_GRACE_SECONDS)
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
-                            execution_id=execution_id, action_ref=action.action_ref, image=info.image)
+                            execution_id=execution_id, action_ref=action.action_ref, image=info.image,
+                            cancelled=self._cancelled(execution_id))
             done = collector.done or {}
             pool.note_preload(done.get("preload"))
             # Reused only after a clean end: returned or raised, nothing left running, /tmp empty.
@@ -477,7 +483,7 @@ class ActionRunner:
             container_id, encode_request(control, request), limits.timeout + DEADLINE_GRACE_SECONDS, on_frame)
         return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
                       execution_id=execution_id, action_ref=action.action_ref, image=image,
-                      container_exit=exit_code)
+                      container_exit=exit_code, cancelled=self._cancelled(execution_id))
 
     def _remember(self, container_id: str) -> None:
         with self._live_lock:
@@ -550,12 +556,13 @@ def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
 
 def finish(engine: Engine, container_id: str, collector: ExecutionCollector, limits: ResourceLimits,
            timed_out: bool, elapsed: float, *, execution_id: str, action_ref: str, image: str,
-           container_exit: int | None = None) -> ExecutionResult:
+           container_exit: int | None = None, cancelled: bool = False) -> ExecutionResult:
     """The ExecutionResult of one execution, the same for the cold and the warm path: the pure
-    classification (core/classify.py) with the engine asked about an OOM kill only when needed."""
+    classification (core/classify.py) with the engine asked about an OOM kill only when needed
+    (never for a cancelled execution: we killed it, and its result says cancelled)."""
     return classify(collector, limits, timed_out, elapsed, execution_id=execution_id, action_ref=action_ref,
                     image=image, container_exit=container_exit,
-                    oom=lambda: oom_killed(engine, container_id, time.time() - elapsed))
+                    oom=lambda: not cancelled and oom_killed(engine, container_id, time.time() - elapsed))
 
 
 def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, secrets: Mapping[str, Any] | None,

@@ -206,9 +206,16 @@ def test_the_openapi_schema_documents_the_contract(client):
     assert set(example) == MEMBERS and example["status"] == 422
     assert "Retry-After" in run["responses"]["503"]["headers"]
     undocumented = [f"{name}.{field}" for name, component in schema["components"]["schemas"].items()
-                    for field, spec in component.get("properties", {}).items()
-                    if not spec.get("description") and name not in ("ValidationError", "HTTPValidationError")]
+                    for field, spec in component.get("properties", {}).items() if not spec.get("description")]
     assert undocumented == []
+    # Every error response of every operation is documented as what it is: a problem document.
+    for operation_id, (_, _, op) in operations.items():
+        for code, response in op["responses"].items():
+            if int(code) >= 400:
+                assert list(response["content"]) == [PROBLEM], (operation_id, code)
+                assert response["content"][PROBLEM]["schema"] == {"$ref": "#/components/schemas/Problem"}
+                assert response["content"][PROBLEM]["example"]["status"] == int(code)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
 
 
 TOKEN = "metrics-" + "y" * 24

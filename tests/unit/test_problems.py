@@ -68,3 +68,20 @@ def test_documented_responses_carry_examples_and_retry_after():
     for status, entry in documented.items():
         assert entry["content"][problems.MEDIA_TYPE]["example"]["status"] == status
     assert "Retry-After" in documented[503]["headers"] and "headers" not in documented[404]
+
+
+def test_fastapis_error_responses_become_problem_documents():
+    schema = {"paths": {"/x": {"get": {"responses": {
+        "200": {"content": {"application/json": {"schema": {"type": "integer"}}}},
+        "422": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
+        "404": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}},
+                            problems.MEDIA_TYPE: {"example": {"status": 404, "detail": "mine"}}}}}}}},
+        "components": {"schemas": {"HTTPValidationError": {}, "ValidationError": {}, "Problem": {}}}}
+    responses = problems.document_problems(schema)["paths"]["/x"]["get"]["responses"]
+    assert responses["200"]["content"] == {"application/json": {"schema": {"type": "integer"}}}
+    for code in ("422", "404"):
+        assert list(responses[code]["content"]) == [problems.MEDIA_TYPE]
+        assert responses[code]["content"][problems.MEDIA_TYPE]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert responses["404"]["content"][problems.MEDIA_TYPE]["example"]["detail"] == "mine"
+    assert responses["422"]["content"][problems.MEDIA_TYPE]["example"]["status"] == 422
+    assert set(schema["components"]["schemas"]) == {"Problem"}
