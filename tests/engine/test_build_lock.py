@@ -107,6 +107,23 @@ def test_an_incomplete_lock_is_resolved_not_trusted(locked_pack, fresh_prefix, t
     assert not any("lock complete, no resolution" in line for line in log)
 
 
+def test_a_lock_file_missing_from_the_cache_is_downloaded_by_its_name_and_hash(locked_pack, tmp_path, settings,
+                                                                               engine):
+    cache, image, lock = locked_pack
+    [idna] = [p for p in (cache / "wheelhouse").iterdir() if p.name.startswith("idna-")]
+    idna.unlink()
+    manager = ContainerDependencyManager(settings.model_copy(update={"cache_dir": cache}), engine)
+    pack = load_pack(write_pack(tmp_path, unique_ref("locked"), {"min_version": "3.11", "max_version": "3.11"}, lock))
+    log: list[str] = []
+    # The fetch step alone (no image is built): what it hands back, and what the cache then holds.
+    with manager.wheels.fetch(manager.plan(pack.pack_ref, pack.spec), on_log=log.append) as fetched:
+        assert [d.model_dump() for d in fetched.lock()] == lock_label(engine, image)
+    assert any(line.startswith("fetch: lock complete, no resolution") for line in log), log
+    assert [line for line in log if line.startswith("fetch: downloaded")] == [f"fetch: downloaded {idna.name}"]
+    assert sum(line.startswith("fetch: cached ") for line in log) == 4
+    assert idna.is_file()  # verified by the host and cached with its record, as any download
+
+
 def test_a_lock_file_missing_from_the_cache_is_named_offline(locked_pack, fresh_prefix, tmp_path, settings, engine):
     cache, _, lock = locked_pack
     [idna] = [p for p in (cache / "wheelhouse").iterdir() if p.name.startswith("idna-")]
