@@ -17,9 +17,10 @@ output, our ``fetch:`` lines) goes to stderr.
 - Offline (``ATTUNE_FETCH_OFFLINE=1``, no network): the cache alone must satisfy the requirements.
 - A complete lock (every requirement ``name==version --hash=sha256:...``, and every dependency
   those distributions declare for this Python pinned among them: what ``inspect --lock`` prints)
-  needs no resolution: each file is taken from the cache by its sha256, without pip, a venv or the
-  index; a file the cache lacks is downloaded by its exact name and hash alone (offline: an error
-  naming it). A lock that is not complete is resolved as any requirements are.
+  needs no resolution: each file is taken from the cache by its sha256, without the index (and,
+  unless the installer's tools are fetched too, without pip or a venv); a file the cache lacks is
+  downloaded by its exact name and hash alone (offline: an error naming it). A lock that is not
+  complete is resolved as any requirements are.
 """
 
 import hashlib
