@@ -289,17 +289,23 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         http.state.execution_id = execution_id  # for the access log
         record, new = store.claim(execution_id, body.action_ref, store.fingerprint(body.model_dump(mode="json")))
         if new:
-            if executions["pending"] >= slots + settings.service_max_queued:
-                store.discard(execution_id)
-                raise HTTPException(status_code=503, detail="too many executions queued")
-            executions["pending"] += 1  # counted before the first await: checks and counts never interleave
+            # Set before the first await: a request of the same id arriving meanwhile waits on it.
+            record.ready = asyncio.Event()
             try:
-                prepared = await run_in_threadpool(functools.partial(
-                    runner().prepare, body.action_ref, body.parameters, body.secrets, limits=body.limits,
-                    environment=body.environment, execution_id=execution_id, warm=body.warm))
-            except BaseException:
-                executions["pending"] -= 1
+                if executions["pending"] >= slots + settings.service_max_queued:
+                    raise HTTPException(status_code=503, detail="too many executions queued")
+                executions["pending"] += 1  # counted before the first await: checks and counts never interleave
+                try:
+                    prepared = await run_in_threadpool(functools.partial(
+                        runner().prepare, body.action_ref, body.parameters, body.secrets, limits=body.limits,
+                        environment=body.environment, execution_id=execution_id, warm=body.warm))
+                except BaseException:
+                    executions["pending"] -= 1
+                    raise
+            except BaseException as exc:
                 store.discard(execution_id)
+                record.refused = exc
+                record.ready.set()
                 raise
             submitted = time.monotonic()
 
@@ -309,11 +315,23 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
             record.future = executions["pool"].submit(call)
             record.task = asyncio.ensure_future(run_record(record))
+            record.ready.set()
             log.info("execution accepted", extra={"execution_id": execution_id, "action_ref": body.action_ref})
+        else:
+            await settled(record)
         if not run_async and await wait_for(record, http, wait, owner=new):
             return finished_result(record)
         return JSONResponse(record.execution.model_dump(mode="json"), status_code=202,
                             headers={"Location": f"/v1/executions/{execution_id}"})
+
+    async def settled(record: Record) -> None:
+        """Wait until the request that created ``record`` either queued it or was refused; a
+        refusal is this request's too (the same id and request: the same answer)."""
+        await record.ready.wait()
+        if isinstance(record.refused, Exception):
+            raise record.refused
+        if record.refused is not None:  # the creating request was itself cancelled
+            raise HTTPException(status_code=503, detail="the execution was not queued; retry")
 
     def record_of(execution_id: str) -> Record:
         record = store.get(execution_id)
@@ -337,6 +355,10 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         Cancelling a cancelled execution answers it again; a finished one is 409."""
         http.state.execution_id = execution_id
         record = record_of(execution_id)
+        try:
+            await settled(record)
+        except Exception:
+            raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
         execution = record.execution
         if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
             raise ExecutionConflictError(f"execution {execution_id!r} already finished ({execution.status.value})")

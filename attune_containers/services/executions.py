@@ -58,6 +58,8 @@ class Record:
         self.fingerprint = fingerprint
         self.task: Any = None  # the service's asyncio task running it
         self.future: Any = None  # its concurrent.futures.Future on the executor
+        self.ready: Any = None  # an asyncio.Event: set once it is queued, or refused
+        self.refused: BaseException | None = None  # why it was never queued
 
 
 class ExecutionStore:

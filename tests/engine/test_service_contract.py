@@ -61,8 +61,15 @@ def finished(client: httpx.Client, execution_id: str, timeout: float = 60) -> di
     raise AssertionError(f"{execution_id} did not finish: {execution}")
 
 
-def labelled(engine, execution_id: str) -> list[str]:
-    return [c["Id"] for c in engine.list_containers({L.EXECUTION_ID: execution_id})]
+def labelled(engine, execution_id: str, within: float = 10) -> list[str]:
+    """The containers of an execution, once none is left or ``within`` seconds passed (a removal
+    the engine's auto-remove already started is still listed for a moment)."""
+    deadline = time.monotonic() + within
+    while True:
+        left = [c["Id"] for c in engine.list_containers({L.EXECUTION_ID: execution_id})]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 def test_every_error_is_one_problem_document(client):
@@ -289,3 +296,21 @@ def test_log_level_warning_keeps_the_access_log_quiet(tmp_path, settings):
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     assert "attune_containers.access" not in log.read_text()
+
+
+def test_concurrent_requests_of_one_id_are_one_execution(client):
+    import concurrent.futures
+
+    def post(request: dict) -> httpx.Response:
+        return client.post("/v1/executions", json=request)
+
+    request = {"action_ref": "probe.sleep", "parameters": {"seconds": 1}, "execution_id": new_id()}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, [request] * 4))
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["result"]["started"] for a in answers}) == 1, "one run, one result for all"
+    refused = {"action_ref": "nopack.sleep", "execution_id": new_id()}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, [refused] * 4))
+    assert [a.status_code for a in answers] == [404] * 4
+    assert all(a.headers["content-type"] == PROBLEM for a in answers)
