@@ -86,6 +86,8 @@ class Lease:
         self.started = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         self._uses: dict[int, dict[str, tuple[str, str]]] = {}
         self._uses_lock = threading.Lock()
+        # Holders collected without close(): their finalizers only queue them here (see _collected).
+        self._collected: list[int] = []
         self._fd: int | None = None
         self.directory.mkdir(parents=True, exist_ok=True)
         self._write_record()  # before the lock is visible: a live lease always has its record
@@ -119,12 +121,16 @@ class Lease:
             return
         key = id(holder)
         with self._uses_lock:
+            dropped = self._drop_collected()
             uses = self._uses.get(key)
             if uses is None:
                 uses = self._uses[key] = {}
                 # A runner dropped without close() withdraws too (and its id can be reused).
-                weakref.finalize(holder, self._withdraw, key)
+                weakref.finalize(holder, self._collected_holder, key)
             if uses.get(pack_ref) == (image, image_id):
+                if dropped and self._fd is not None:
+                    with contextlib.suppress(OSError):
+                        self._write_record()
                 return
             uses[pack_ref] = (image, image_id)
             try:
@@ -151,9 +157,30 @@ class Lease:
 
     def _withdraw(self, key: int) -> None:
         with self._uses_lock:
-            if self._uses.pop(key, None) is not None and self._fd is not None:
+            dropped = self._drop_collected()
+            if (self._uses.pop(key, None) is not None or dropped) and self._fd is not None:
                 with contextlib.suppress(OSError):
                     self._write_record()
+
+    def _collected_holder(self, key: int) -> None:
+        """A holder was garbage-collected. Finalizers run wherever the collector happens to run,
+        even inside this lease's own lock in this very thread (a deadlock seen in a test): so
+        never wait for the lock here; queue the key, and withdraw now only if the lock is free."""
+        self._collected.append(key)
+        if self._uses_lock.acquire(blocking=False):
+            try:
+                if self._drop_collected() and self._fd is not None:
+                    with contextlib.suppress(OSError):
+                        self._write_record()
+            finally:
+                self._uses_lock.release()
+
+    def _drop_collected(self) -> bool:
+        """Withdraw the queued collected holders (the lock is held); whether anything went."""
+        dropped = False
+        while self._collected:
+            dropped = self._uses.pop(self._collected.pop(), None) is not None or dropped
+        return dropped
 
     def images(self) -> list[dict[str, str]]:
         with self._uses_lock:

@@ -126,3 +126,20 @@ def test_a_lease_is_never_visible_unlocked(tmp_path):
         for process in processes:
             process.kill()
             process.wait()
+
+
+def test_a_runner_collected_while_its_lease_is_busy_never_deadlocks(tmp_path):
+    # The garbage collector runs finalizers wherever it happens to run: even while this thread
+    # holds the lease's lock, writing a record (seen in a warm-pool test, which then hung).
+    lease = ownership.acquire(tmp_path)
+    first, second = Holder(), Holder()
+    lease.use(first, "a", "img:a", "sha256:aa")
+    lease.use(second, "b", "img:b", "sha256:bb")
+    key = id(first)
+    with lease._uses_lock:
+        lease._collected_holder(key)  # must return at once, not wait for the lock it is inside
+    assert "img:a" in json.dumps(lease.images())  # queued, not yet withdrawn
+    lease.use(second, "b", "img:b", "sha256:bb")  # the next use takes the queue in
+    assert [i["image"] for i in lease.images()] == ["img:b"]
+    assert set(ownership.live_images(tmp_path)) == {"img:b", "sha256:bb"}  # and the record says so
+    lease.withdraw(second)
