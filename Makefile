@@ -13,9 +13,11 @@ demo: base
 	$(BIN)/python examples/demo.py
 
 test: base
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 unit: venv
+	$(BIN)/ruff check .
 	$(BIN)/pytest tests/unit
 
 # Per-action overhead (bare process, cold, warm, service, docker run --rm) as ratios of one run.

@@ -249,7 +249,8 @@ def _print_prune_report(report: PruneReport) -> None:
     out.print(table)
     if young:
         out.print(f"kept {len(young)} build leftovers younger than the grace period "
-                  f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)", highlight=False)
+                  f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)",
+                  highlight=False)
     for note in report.notes:
         out.print(f"note: {note}", highlight=False)
     for error in report.errors:

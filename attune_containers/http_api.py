@@ -460,7 +460,8 @@ class Guard:
             if not declared.isdigit():
                 return await _refuse(send, 400, "invalid Content-Length", instance=scope.get("path"))
             if int(declared) > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path"))
+                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes",
+                                     instance=scope.get("path"))
         # Read the body here, counting (chunked bodies declare no length): at most max_body bytes
         # are ever held, and the app gets it replayed.
         chunks, size = [], 0
@@ -471,7 +472,8 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path"))
+                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes",
+                                     instance=scope.get("path"))
             chunks.append(chunk)
             if not message.get("more_body"):
                 break

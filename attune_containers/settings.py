@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     @field_validator("image_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", v):
+        component = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+        if not re.fullmatch(rf"{component}(?:/{component})*(?::\d+)?(?:/{component})*", v):
             raise ValueError(f"{v!r} is not a valid image repository prefix")
         return v
 

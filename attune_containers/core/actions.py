@@ -108,7 +108,8 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
         # .nan and .inf are YAML floats too; refused here, not as a ValidationError later.
         raise InvalidSpecError(f"must be a positive number of seconds up to {MAX_TIMEOUT}, got {timeout!r}",
                                field="timeout")
-    properties = ((document.get("parameters") or {}).get("properties") or {}) if isinstance(document.get("parameters"), dict) else {}
+    parameters = document.get("parameters")
+    properties = (parameters.get("properties") or {}) if isinstance(parameters, dict) else {}
     secrets = tuple(sorted(k for k, v in properties.items() if isinstance(v, dict) and v.get("secret") is True))
     return ActionDefinition(
         action_ref=action_ref, pack_ref=pack_ref, name=name, pack_dir=pack_dir,

@@ -179,7 +179,8 @@ def test_a_library_that_fails_to_preload_fails_no_execution(settings, engine, tm
         runner.close()
 
 
-def test_a_library_whose_import_starts_a_thread_is_imported_per_execution_instead(hostile, index, engine, tmp_path):
+def test_a_library_whose_import_starts_a_thread_is_imported_per_execution_instead(
+        hostile, index, engine, tmp_path):  # noqa: F811 - the fixtures imported above
     # A daemon thread in the zygote would make every fork unsafe: the loop must notice and fall back.
     filename, data = make_wheel("threadlib", "1.0", {"threadlib.py": (
         "import threading, time\n"

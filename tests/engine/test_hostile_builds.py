@@ -32,7 +32,7 @@ from attune_containers.errors import BuildError
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.wheels import WheelCache
 
-from ..support import TEST_PREFIX, images_of, unique_ref
+from ..support import images_of, unique_ref
 
 BRIDGE = "172.17.0.1"  # the host as containers on the default bridge reach it (engine-here.md)
 PYPI = "https://pypi.org/simple/"

@@ -28,7 +28,7 @@ from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.services.pruner import PrunePolicy, Pruner
 from attune_containers.services.runner import ActionRunner, _container_run
 
-from ..support import TEST_PREFIX, unique_ref
+from ..support import unique_ref
 
 PACKS = Path(__file__).resolve().parent.parent / "packs"
 ROOT = Path(__file__).resolve().parents[2]

@@ -96,7 +96,8 @@ def test_a_restart_after_a_crash_removes_the_leftovers(tmp_path, settings, engin
     again, client = start(tmp_path / "b.sock", settings)
     try:
         assert containers_of(engine, process.pid) == []  # ...and the next instance removes them
-        assert client.post("/v1/executions", json={"action_ref": "probe.echo", "parameters": {"x": 1}}).json()["result"] == {"x": 1}
+        answer = client.post("/v1/executions", json={"action_ref": "probe.echo", "parameters": {"x": 1}})
+        assert answer.json()["result"] == {"x": 1}
     finally:
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=60)

@@ -28,7 +28,8 @@ def canonical(pack) -> list[str]:
 
 def test_list_form(tmp_path):
     """meta.python_dependencies as a plain list of requirement strings."""
-    d = make_pack(tmp_path, "ref: core.http\nlabel: HTTP\nversion: 1.2.0\nmeta:\n  python_dependencies:\n    - requests>=2\n    - PyYAML\n")
+    d = make_pack(tmp_path, "ref: core.http\nlabel: HTTP\nversion: 1.2.0\nmeta:\n"
+                            "  python_dependencies:\n    - requests>=2\n    - PyYAML\n")
     pack = load_pack(d)
     assert (pack.pack_ref, pack.label, pack.version) == ("core.http", "HTTP", "1.2.0")
     assert pack.spec.dependencies == ["requests>=2", "PyYAML"]

@@ -196,7 +196,8 @@ def test_labels_hold_no_build_secrets():
     """Neither the CA bundle nor index credentials (nor the index URLs) reach the final image's labels."""
     labels = plan("core.http", options=SECRET_OPTIONS).labels([], CREATED)
     blob = json.dumps(labels)
-    for secret in ("s3cr3t-t0ken", "extra-s3cr3t", "builder:", "mirror.example", "BEGIN CERTIFICATE", "MIIBzzCA-UNIT-TEST-MARKER"):
+    for secret in ("s3cr3t-t0ken", "extra-s3cr3t", "builder:", "mirror.example", "BEGIN CERTIFICATE",
+                   "MIIBzzCA-UNIT-TEST-MARKER"):
         assert secret not in blob
 
 
@@ -229,7 +230,8 @@ def test_foreign_images_are_not_environments(labels):
 def test_damaged_labels_degrade_gracefully():
     """Broken JSON or time in a label must not crash listing."""
     info = L.environment_from_image(
-        "sha256:1", "x:y", {L.MANAGED: "true", L.PACK_REF: "p", L.REQUIREMENTS: "{not json", L.INSTALLED: '"str"', L.CREATED: "yesterday"}
+        "sha256:1", "x:y", {L.MANAGED: "true", L.PACK_REF: "p", L.REQUIREMENTS: "{not json", L.INSTALLED: '"str"',
+                            L.CREATED: "yesterday"}
     )
     assert info.requirements == [] and info.installed_dependencies == []
     assert info.created_at == datetime.fromtimestamp(0, timezone.utc)

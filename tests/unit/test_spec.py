@@ -96,7 +96,8 @@ def test_dependencies_and_file_content_combine():
 def test_comments_and_blank_lines_are_dropped():
     """Comments and blanks never reach requirements.txt or the as-given label."""
     content = "# header\n\n   \nbeta>=2   # why we need it\n  gamma  \n#requests\n"
-    spec = validate_spec(DependencySpec(dependencies=["alpha  # inline", "# only a comment", ""], requirements_file_content=content))
+    spec = validate_spec(DependencySpec(dependencies=["alpha  # inline", "# only a comment", ""],
+                                        requirements_file_content=content))
     assert spec.requirement_lines() == ["alpha", "beta>=2", "gamma"]
     assert spec.as_given == ("alpha", "beta>=2", "gamma")
     assert not any("#" in line for line in spec.requirement_lines())
