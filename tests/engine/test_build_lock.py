@@ -8,10 +8,8 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
-import yaml
 
 from attune_containers.core import labels as L
 from attune_containers.core.packs import load_pack
@@ -19,6 +17,7 @@ from attune_containers.errors import BuildError
 from attune_containers.services.manager import ContainerDependencyManager
 
 from ..support import TEST_PREFIX, unique_ref
+from .test_cli import write_pack
 
 DEPENDENCIES = {"dependencies": ["requests==2.32.3"], "min_version": "3.11", "max_version": "3.11"}
 
@@ -26,16 +25,6 @@ DEPENDENCIES = {"dependencies": ["requests==2.32.3"], "min_version": "3.11", "ma
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=900)
-
-
-def write_pack(root: Path, pack_ref: str, python_dependencies, requirements_txt: str | None = None) -> Path:
-    directory = root / pack_ref
-    directory.mkdir(parents=True)
-    (directory / "pack.yaml").write_text(yaml.safe_dump({
-        "ref": pack_ref, "version": "1.0.0", "meta": {"python_dependencies": python_dependencies}}))
-    if requirements_txt is not None:
-        (directory / "requirements.txt").write_text(requirements_txt)
-    return directory
 
 
 def lock_label(engine, image: str) -> list[dict]:
