@@ -41,6 +41,9 @@ _URL = re.compile(r"https?://[^\s'\"\\]+")
 def config_file() -> Path | None:
     explicit = os.environ.get(CONFIG_ENV)
     if explicit:
+        if not Path(explicit).is_file():
+            # A file the operator named and we cannot read would silently mean "all defaults".
+            raise ValueError(f"the config file {explicit} ({CONFIG_ENV}) does not exist or is not a file")
         return Path(explicit)
     for candidate in (Path("attune-containers.toml"), Path.home() / ".config/attune-containers/config.toml"):
         if candidate.is_file():
@@ -51,6 +54,27 @@ def config_file() -> Path | None:
 # Settings whose value, when a higher-precedence source gives it, replaces lower ones whole: a set
 # of base images is one choice. (Limits and pool policy do merge field by field.)
 REPLACED_WHOLE = ("base_images",)
+
+
+class _KnownKeys(PydanticBaseSettingsSource):
+    """The config file's values, refusing keys that are no setting: a misspelt key would otherwise be
+    ignored and its setting left at its default without a word."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource, path: Path) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+        self.path = path
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is what is used
+        return self.inner.get_field_value(field, field_name)
+
+    def __call__(self) -> dict:
+        values = dict(self.inner())
+        unknown = sorted(set(values) - set(self.settings_cls.model_fields))
+        if unknown:
+            raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                             f"in the config file {self.path}")
+        return values
 
 
 class _Shadowed(PydanticBaseSettingsSource):
@@ -204,7 +228,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = config_file()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_KnownKeys(TomlConfigSettingsSource(settings_cls, toml_file=path), path))
         # pydantic-settings deep-merges mappings across sources; a mapping given at a higher level
         # must replace the lower one instead (base_images from the environment replaces the config
         # file's, it does not add to it).

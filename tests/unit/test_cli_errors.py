@@ -31,6 +31,17 @@ def test_a_config_file_that_does_not_parse_is_invalid_configuration(no_engine, m
     assert "invalid configuration" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("text", "named"), [("image_prefx = 'typo'\n", "image_prefx"), (None, "missing.toml")])
+def test_an_unknown_key_or_a_missing_config_file_is_invalid_configuration(no_engine, monkeypatch, capsys, text, named):
+    config = no_engine / ("config.toml" if text is not None else "missing.toml")
+    if text is not None:
+        config.write_text(text)
+    monkeypatch.setenv("ATTUNE__CONTAINERS__CONFIG", str(config))
+    assert cli.main(["ls"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid configuration" in err and named in err
+
+
 def test_bad_input_keeps_its_own_message(no_engine, capsys):
     assert cli.main(["prune", "--keep", "-1"]) == 2
     err = capsys.readouterr().err

@@ -163,3 +163,19 @@ def test_limits_merge_field_by_field_across_sources(config, monkeypatch):
     monkeypatch.setenv("ATTUNE__CONTAINERS__LIMITS", '{"cpus": 2}')
     limits = Settings().limits
     assert (limits.memory, limits.cpus, limits.pids) == ("512m", 2.0, 128)
+
+
+def test_an_unknown_key_in_the_config_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    config = tmp_path / "config.toml"
+    config.write_text('image_prefix = "mine"\nimage_prefx = "typo"\n')
+    monkeypatch.setenv("ATTUNE__CONTAINERS__CONFIG", str(config))
+    with pytest.raises(ValueError, match=r"unknown setting image_prefx in the config file"):
+        Settings()
+    config.write_text('image_prefix = "mine"\n')
+    assert Settings().image_prefix == "mine"
+
+
+def test_a_named_config_file_that_does_not_exist_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTUNE__CONTAINERS__CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match="missing.toml .* does not exist"):
+        Settings()
