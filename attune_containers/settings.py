@@ -56,17 +56,24 @@ def config_file() -> Path | None:
 REPLACED_WHOLE = ("base_images",)
 
 
-class _KnownKeys(PydanticBaseSettingsSource):
+class _Wrapped(PydanticBaseSettingsSource):
+    """A settings source that passes another's values through a check or a filter (``__call__``)."""
+
+    def __init__(self, inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(inner.settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is what is used
+        return self.inner.get_field_value(field, field_name)
+
+
+class _KnownKeys(_Wrapped):
     """The config file's values, refusing keys that are no setting: a misspelt key would otherwise be
     ignored and its setting left at its default without a word."""
 
     def __init__(self, inner: PydanticBaseSettingsSource, path: Path) -> None:
-        super().__init__(inner.settings_cls)
-        self.inner = inner
+        super().__init__(inner)
         self.path = path
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is what is used
-        return self.inner.get_field_value(field, field_name)
 
     def __call__(self) -> dict:
         values = dict(self.inner())
@@ -77,16 +84,12 @@ class _KnownKeys(PydanticBaseSettingsSource):
         return values
 
 
-class _Shadowed(PydanticBaseSettingsSource):
+class _Shadowed(_Wrapped):
     """A settings source that drops the REPLACED_WHOLE fields a higher source already gives."""
 
     def __init__(self, inner: PydanticBaseSettingsSource, higher: list[PydanticBaseSettingsSource]) -> None:
-        super().__init__(inner.settings_cls)
-        self.inner = inner
+        super().__init__(inner)
         self.higher = higher
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is what is used
-        return self.inner.get_field_value(field, field_name)
 
     def __call__(self) -> dict:
         values = dict(self.inner())
