@@ -1,32 +1,50 @@
 """The ``attune-containers`` command: a thin shell over the services.
 
-Exit codes: 0 success, 1 the operation failed (a build, a removal), 2 invalid input (a pack, a
-spec, an argument), 3 the Docker engine is unreachable.
+Exit codes: 0 success, 1 the operation failed (a build, a removal, no image for a pack), 2 invalid
+input (a pack, a spec, an argument, the configuration), 3 the Docker engine is unreachable. With
+``--json`` an error is also a JSON document on stdout: the service's problem details plus
+``exit_code``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.filesize import decimal as decimal_size
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
+from . import errors as error_types
+from .core import problems
 from .core.execution import ExecutionStatus, ResourceLimits
+from .core.pack_ref import validate_pack_ref
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
+from .core.plan import BuildPlan, make_plan
 from .core.prune_policy import PrunePolicy, parse_duration
-from .errors import AttuneContainersError, ConfigurationError, InvalidSpecError
+from .core.spec import EnvironmentInfo, validate_spec
+from .core.versions import BaseImage, choose_python
+from .errors import (
+    AttuneContainersError,
+    ConfigurationError,
+    EngineUnavailableError,
+    EnvironmentNotFoundError,
+    InvalidSpecError,
+)
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
-from .services.pruner import PruneReport, Pruner
+from .services.pruner import ImageEntry, PruneReport, Pruner
 from .services.runner import ActionRunner
-from .settings import Settings
+from .settings import Settings, parse_bytes
 
 # Soft wrap: long image references and hashes stay on one line, so output can be copied and grepped.
 # Not a terminal: wide tables rather than columns cut to 80 characters.
@@ -53,23 +71,150 @@ def _print_json(data: Any) -> None:
 
 
 def _human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"  # pragma: no cover
+    return "?" if n is None else decimal_size(n)  # kB, MB, GB in powers of 1000, as docker shows sizes
+
+
+def _pydantic_message(exc: ValueError) -> str:
+    """pydantic's own words, one line per error and without its documentation links."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                     for e in exc.errors(include_url=False))
+
+
+# -- argument types: argparse turns their errors into "argument --x: ..." and exit 2 ------------
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _memory(text: str) -> str:
+    _size(text)  # checked here for one clear message; the limits keep the size as written
+    return text.strip()
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port: 1 to 65535")
+    return port
+
+
+# -- output: tables, --format, -q ----------------------------------------------------------------
+
+
+def _cell(value: Any) -> Text:
+    # Never markup: pack refs and error messages come from packs and must print as they are.
+    return value if isinstance(value, Text) else Text("" if value is None else str(value))
+
+
+def _print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A table on a terminal; elsewhere tab-separated lines, the header first, so that cut, awk and
+    sort read it whole (no box characters, no cut or wrapped cells)."""
+    if out.is_terminal:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*map(_cell, row))
+        out.print(table)
+        return
+    for row in [headers, *rows]:
+        print("\t".join(re.sub(r"[\t\r\n]+", " ", _cell(v).plain) for v in row))
+
+
+# {{.field}} and {{json .field}} (docker's habit) over the fields of the JSON document only: no
+# attribute access, indexing or calls, so a format string cannot reach anything but those values.
+_ACTION = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z_][A-Za-z0-9_]*)?\s*\}\}")
+FORMAT_HELP = ("format each item with a template: {{.field}} or {{json .field}} for the fields of --json "
+               "({{.}}: all), \\t and \\n for tab and newline; or 'json' for one JSON document a line. "
+               "Not a Go template: nothing else is evaluated")
+
+
+def _formatter(template: str, model: type[BaseModel]) -> Callable[[dict[str, Any]], str]:
+    """Compile ``template`` for documents of ``model``; InvalidSpecError (exit 2) for anything that
+    is not a literal, a known field or the whole document."""
+    if template == "json":
+        return lambda doc: json.dumps(doc, sort_keys=True, default=str)
+    fields = set(model.model_fields) | set(model.model_computed_fields)
+    parts: list[tuple[str, str | None, bool]] = []  # (literal, field, as json)
+    pieces = re.split(r"(\{\{.*?\}\})", template.replace("\\t", "\t").replace("\\n", "\n"), flags=re.S)
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            if "{{" in piece or "}}" in piece:
+                raise InvalidSpecError(f"unbalanced braces in {template!r}", field="format")
+            parts.append((piece, None, False))
+            continue
+        match = _ACTION.fullmatch(piece)
+        if match is None:
+            raise InvalidSpecError(f"{piece!r} is not {{{{.field}}}} or {{{{json .field}}}}; nothing else is "
+                                   "evaluated", field="format")
+        name = match.group(2) or ""
+        if name and name not in fields:
+            raise InvalidSpecError(f"no field {name!r}; the fields are {', '.join(sorted(fields))}", field="format")
+        parts.append(("", name, bool(match.group(1))))
+
+    def value(doc: dict[str, Any], name: str, as_json: bool) -> str:
+        v = doc[name] if name else doc
+        if as_json or isinstance(v, dict | list):
+            return json.dumps(v, sort_keys=True, default=str)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return "" if v is None else str(v)
+
+    return lambda doc: "".join(lit if name is None else value(doc, name, as_json) for lit, name, as_json in parts)
+
+
+def _short_id(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]  # docker's -q: 12 hex digits
+
+
+def _print_items(args: argparse.Namespace, items: Sequence[BaseModel], model: type[BaseModel]) -> bool:
+    """-q and --format (for ls and inspect); False when neither was asked for."""
+    if getattr(args, "quiet", False):
+        for item in items:
+            print(_short_id(getattr(item, "id")))
+        return True
+    if getattr(args, "format", None):
+        render = _formatter(args.format, model)
+        for item in items:
+            print(render(item.model_dump(mode="json")))
+        return True
+    return False
 
 
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition) -> BuildPlan:
+    """The plan ``render`` and ``validate`` show. Without an engine (CI linting packs) the configured
+    base images stand in uninspected: everything is checked, but the exact Python version, and so
+    the dependency hash and the image tag, are unknown."""
+    try:
+        return manager.plan(pack.pack_ref, pack.spec, pull_base=False)
+    except EngineUnavailableError:
+        settings = manager.settings
+        validate_pack_ref(pack.pack_ref)
+        validated = validate_spec(pack.spec, settings.requirement_policy())
+        bases = sorted((BaseImage(minor=m, reference=r) for m, r in settings.base_images.items()),
+                       key=lambda b: b.minor_key)
+        base = choose_python(bases, validated.min_version, validated.max_version)
+        err.print("note: no engine answers: the exact Python version and the image tag are not known", highlight=False)
+        return make_plan(pack.pack_ref, validated, base, settings.build_options(), settings.image_prefix)
+
+
 def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     pack = _pack(args.pack)
-    plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
-    if args.requirements:
+    plan = _plan_without_pull(manager, pack)
+    if args.json:
+        _print_json({"pack_ref": pack.pack_ref, "dockerfile": plan.dockerfile(),
+                     "requirements": plan.spec.requirement_lines()})
+    elif args.requirements:
         sys.stdout.write("".join(line + "\n" for line in plan.spec.requirement_lines()))
     else:
         sys.stdout.write(plan.dockerfile())
@@ -79,7 +224,7 @@ def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) ->
 def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     pack = _pack(args.pack)
     manager.settings.run_limits(pack=pack.limits)  # a pack asking more than the operator's caps is invalid here too
-    plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
+    plan = _plan_without_pull(manager, pack)
     report = {
         "pack_ref": pack.pack_ref,
         "valid": True,
@@ -102,10 +247,18 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
 
 
 def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    if isinstance(args.all, str):  # the older spelling, --all PACKS_DIR
+        if args.packs_dir is not None and args.packs_dir != args.all:
+            raise InvalidSpecError("give the packs tree once: --all --packs-dir PACKS_DIR", field="packs-dir")
+        args.packs_dir = args.all
     if args.all:
+        if args.packs_dir is None:
+            raise InvalidSpecError("--all builds every pack of --packs-dir PACKS_DIR: give it", field="packs-dir")
         return _build_all(args, manager)
     if args.pack is None:
-        raise InvalidSpecError("give a PACK, or --all PACKS_DIR", field="build")
+        raise InvalidSpecError("give a PACK, or --all --packs-dir PACKS_DIR", field="build")
+    if args.packs_dir is not None:
+        raise InvalidSpecError("--packs-dir goes with --all (one PACK is built by its own path)", field="packs-dir")
     if args.manifest:
         raise InvalidSpecError("--manifest goes with --all PACKS_DIR --push", field="manifest")
     pack = _pack(args.pack)
@@ -142,7 +295,9 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
     from .services.prebuild import build_all
 
     if args.pack is not None:
-        raise InvalidSpecError("give either PACK or --all PACKS_DIR", field="build")
+        raise InvalidSpecError("give either PACK or --all --packs-dir PACKS_DIR", field="build")
+    # Every pack would fail alike on an engine that does not answer: that is exit 3, not a table.
+    manager.engine.ping()
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, disable=args.json or not err.is_terminal)
     lines: dict[str, Any] = {}
@@ -163,21 +318,26 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
     with progress:
         from .core.packs import scan_pack_tree
 
-        overall = progress.add_task("all packs", total=len(scan_pack_tree(args.all)))
-        report = build_all(manager, args.all, jobs=args.jobs, push=args.push, offline=args.offline or None,
+        overall = progress.add_task("all packs", total=len(scan_pack_tree(args.packs_dir)))
+        report = build_all(manager, args.packs_dir, jobs=args.jobs, push=args.push, offline=args.offline or None,
                            on_event=on_event, manifest=args.manifest)
     if args.json:
         _print_json(report.model_dump(mode="json"))
     else:
-        table = Table("pack", "python", "hash", "outcome", "time", "size", "image / error")
-        for p in report.packs:
-            colour = {"failed": "red", "invalid": "red", "built": "green"}.get(p.outcome, "")
-            table.add_row(p.pack_ref, p.python or "", (p.dependency_hash or "")[:12],
-                          f"[{colour}]{p.outcome}[/{colour}]" if colour else p.outcome,
-                          f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
-                          (p.error or "").splitlines()[0][:80] if p.error else (p.pushed or p.image or ""))
-        out.print(table)
+        colours = {"failed": "red", "invalid": "red", "built": "green"}
+        _print_table(("pack", "python", "hash", "outcome", "time", "size", "image / error"), [
+            (p.pack_ref, p.python, (p.dependency_hash or "")[:12], Text(p.outcome, style=colours.get(p.outcome, "")),
+             f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
+             _headline(p.error) if p.error else (p.pushed or p.image or ""))
+            for p in report.packs])
     return 0 if report.ok else 1
+
+
+def _headline(error: str) -> str:
+    """An error's first line, with pip's own ERROR line when the build log has one: the cause."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    pip = next((line for line in lines[1:] if line.startswith(("ERROR", "error:"))), None)
+    return " ".join(filter(None, (lines[0] if lines else "", pip)))
 
 
 def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -188,7 +348,8 @@ def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         if args.json:
             _print_json({"removed": removed, **stats.model_dump(mode="json")})
         else:
-            out.print(f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}")
+            out.print(f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}",
+                      highlight=False)
         return 0
     stats = manager.wheels.stats()
     if args.json:
@@ -200,17 +361,20 @@ def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 
 
 def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    if args.pack is not None:
+        validate_pack_ref(args.pack)
+    if args.format:
+        _formatter(args.format, ImageEntry)  # a bad template is exit 2 before the engine is asked
     images = Pruner(manager).images(args.pack, Path(args.packs_dir) if args.packs_dir else None)
     if args.json:
         _print_json([e.model_dump(mode="json") for e in images])
         return 0
-    table = Table("pack_ref", "image", "python", "hash", "size", "created", "last used", "current")
-    for e in images:
-        table.add_row(e.pack_ref, e.image, e.runtime_version, e.dependency_hash[:12],
-                      _human_size(e.size_bytes), e.created_at.isoformat(),
-                      e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
-                      "yes" if e.current else "")
-    out.print(table)
+    if _print_items(args, images, ImageEntry):
+        return 0
+    _print_table(("pack_ref", "image", "python", "hash", "size", "created", "last used", "current"), [
+        (e.pack_ref, e.image, e.runtime_version, e.dependency_hash[:12], _human_size(e.size_bytes),
+         e.created_at.isoformat(), e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
+         "yes" if e.current else "") for e in images])
     return 0
 
 
@@ -239,14 +403,12 @@ def _print_prune_report(report: PruneReport) -> None:
     verb = "would remove" if report.dry_run else "removed"
     # Every build leaves a build stage behind: young ones would be most of the table. One line.
     young = [i for i in report.kept if i.kind != "image"]
-    table = Table("", "kind", "image or container", "pack", "size", "unique", "reason")
-    for label, items in ((verb, report.removed), ("skipped", report.skipped),
-                         ("kept", [i for i in report.kept if i.kind == "image"])):
-        for i in items:
-            name = i.id[:19] if i.reference == "<none>" else i.reference
-            table.add_row(label, i.kind, name, i.pack_ref or "", _human_size(i.size_bytes),
-                          _human_size(i.unique_bytes) if i.unique_bytes is not None else "", i.reason)
-    out.print(table)
+    _print_table(("", "kind", "image or container", "pack", "size", "unique", "reason"), [
+        (label, i.kind, i.id[:19] if i.reference == "<none>" else i.reference, i.pack_ref, _human_size(i.size_bytes),
+         _human_size(i.unique_bytes) if i.unique_bytes is not None else "", i.reason)
+        for label, items in ((verb, report.removed), ("skipped", report.skipped),
+                             ("kept", [i for i in report.kept if i.kind == "image"]))
+        for i in items])
     if young:
         out.print(f"kept {len(young)} build leftovers younger than the grace period "
                   f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)",
@@ -266,11 +428,15 @@ def _print_prune_report(report: PruneReport) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    validate_pack_ref(args.pack_ref)  # a malformed ref is exit 2 before the engine is asked
+    if args.format:
+        _formatter(args.format, EnvironmentInfo)
     environments = manager.list_environments(args.pack_ref)
     if not environments:
-        err.print(f"no image for pack {args.pack_ref!r}")
-        return 1
+        raise EnvironmentNotFoundError(f"no image for pack {args.pack_ref!r} under {manager.settings.image_prefix}/")
     info = manager.get_environment(args.pack_ref) or environments[0]
+    if _print_items(args, [info], EnvironmentInfo):
+        return 0
     if args.lock:
         # A requirements file pinning every distribution with its hash: a pack can be rebuilt
         # to the same content from it (pip's hash-checking mode).
@@ -285,8 +451,12 @@ def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -
 
 
 def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    validate_pack_ref(args.pack_ref)
     # Only this configuration's images (image_prefix), each by its own tag; never forced.
     removal = manager.remove_images(args.pack_ref, image=args.image, dry_run=args.dry_run)
+    if not removal.removed and not removal.refused:  # as for inspect: nothing of that pack is exit 1
+        which = f" matching {args.image!r}" if args.image else ""
+        raise EnvironmentNotFoundError(f"no image for pack {args.pack_ref!r}{which} under {manager.settings.image_prefix}/")
     if args.json:
         _print_json({"removed": removal.removed, "refused": removal.refused, "dry_run": args.dry_run})
     else:
@@ -295,8 +465,6 @@ def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
             out.print(f"{verb} {ref}", highlight=False)
         for ref, cause in removal.refused.items():
             err.print(f"[red]not removed[/red] {ref}: {cause}", highlight=False)
-        if not removal.removed and not removal.refused:
-            out.print(f"no image for pack {args.pack_ref!r} under {manager.settings.image_prefix}/", highlight=False)
     return 1 if removal.refused else 0
 
 
@@ -305,23 +473,26 @@ def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -
     if args.json:
         _print_json([i.model_dump(mode="json") for i in images])
         return 0
-    table = Table("python", "image", "exact version", "on this host")
-    for i in images:
-        table.add_row(i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)")
-    out.print(table)
+    _print_table(("python", "image", "exact version", "on this host"), [
+        (i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)") for i in images])
     return 0
 
 
 def cmd_base_bootstrap(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     minors = args.python or sorted(BOOTSTRAP_SUITES)
+    done: dict[str, str] = {}
     for minor in minors:
         reference = f"{args.repository}:{minor}"
         if manager.engine.inspect_image(reference) is not None and not args.force:
-            out.print(f"{reference} exists")
-            continue
-        with err.status(f"bootstrapping {reference} from Debian {BOOTSTRAP_SUITES.get(minor, '?')}"):
-            bootstrap(minor, repository=args.repository)
-        out.print(f"built {reference}")
+            done[reference] = "exists"
+        else:
+            with err.status(f"bootstrapping {reference} from Debian {BOOTSTRAP_SUITES.get(minor, '?')}"):
+                bootstrap(minor, repository=args.repository)
+            done[reference] = "built"
+        if not args.json:
+            out.print(f"{reference} exists" if done[reference] == "exists" else f"built {reference}", highlight=False)
+    if args.json:
+        _print_json([{"image": ref, "outcome": outcome} for ref, outcome in done.items()])
     return 0
 
 
@@ -356,7 +527,7 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
     try:
         limits = ResourceLimits(timeout=args.timeout, memory=args.memory, cpus=args.cpus, network=args.network)
     except ValueError as exc:
-        raise InvalidSpecError(str(exc).splitlines()[-1] if str(exc) else "invalid limit", field="limits") from None
+        raise InvalidSpecError(_pydantic_message(exc), field="limits") from None
     runner = ActionRunner(args.packs_dir, manager)
     with err.status(f"running {args.action_ref}", spinner="dots"):
         # One run per process: a warm container would only outlive it, so the CLI runs cold.
@@ -377,10 +548,22 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
             if result.error.traceback:
                 err.print(result.error.traceback.rstrip(), markup=False, highlight=False)
         print(json.dumps(result.result, indent=2, ensure_ascii=False))
-    if result.status is ExecutionStatus.succeeded:
+    return _run_exit_code(result.status, result.error.type if result.error else None)
+
+
+def _run_exit_code(status: ExecutionStatus, error_type: str | None) -> int:
+    """0 succeeded; 3 the engine did not answer; 2 when the pack was refused on the way (its spec,
+    its Python range: found when its image is ensured, so the result carries our error's class
+    name); 1 for everything else, the action's own failures, timeouts and OOM included."""
+    if status is ExecutionStatus.succeeded:
         return 0
-    if result.error is not None and result.error.type == "EngineUnavailable":
+    if status is not ExecutionStatus.error or error_type is None:
+        return 1
+    if error_type == "EngineUnavailable":
         return 3
+    ours = getattr(error_types, error_type, None)
+    if isinstance(ours, type) and issubclass(ours, AttuneContainersError):
+        return ours.exit_code
     return 1
 
 
@@ -391,6 +574,8 @@ def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         raise InvalidSpecError("give --socket or --port, not both", field="serve")
 
     def announce(where: str) -> None:  # once every check passed and the socket exists
+        if args.json:  # for a supervisor that waits for the service to be ready
+            print(json.dumps({"serving": str(args.packs_dir), "on": where, "openapi": "/openapi.json"}), flush=True)
         err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it",
                   highlight=False)
 
@@ -405,9 +590,30 @@ def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 # -- parser --------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors (exit 2) are a JSON document on stdout too under --json."""
+
+    json_errors = False
+
+    def error(self, message: str):  # type: ignore[override]
+        if _Parser.json_errors:
+            doc = problems.problem(422, message).model_dump()
+            print(json.dumps({**doc, "exit_code": 2}, sort_keys=True))
+        super().error(message)
+
+
+def cmd_completion(args: argparse.Namespace, manager: ContainerDependencyManager | None) -> int:
+    import shtab
+
+    # A static script from the parser itself: no Python runs at completion time.
+    sys.stdout.write(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attune-containers", description="Build and manage one container image per Attune pack."
+    parser = _Parser(
+        prog="attune-containers", description="Build and manage one container image per Attune pack.",
+        epilog="Exit codes: 0 success, 1 the operation failed, 2 invalid input, 3 the Docker engine is unreachable.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -418,18 +624,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    p = add("render", cmd_render, "Print the Dockerfile that would be built for a pack")
+    def add_json(p: argparse.ArgumentParser, what: str = "machine-readable output") -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help=f"{what} on stdout as JSON; an error too")
+        return p
+
+    def add_listing(p: argparse.ArgumentParser, what: str) -> None:
+        shown = p.add_mutually_exclusive_group()
+        shown.add_argument("--json", action="store_true", help=f"{what} as JSON; an error too")
+        shown.add_argument("-q", "--quiet", action="store_true", help="only image IDs (12 hex digits, as docker's -q)")
+        shown.add_argument("--format", metavar="TEMPLATE", help=FORMAT_HELP)
+
+    p = add("render", cmd_render, "Print the Dockerfile that would be built for a pack (no engine needed)")
     p.add_argument("pack", help=pack_help)
     p.add_argument("--requirements", action="store_true", help="print the requirements file instead")
+    add_json(p, "the Dockerfile and the requirements")
 
-    p = add("validate", cmd_validate, "Check a pack's spec (and with --image, its built image)")
+    p = add("validate", cmd_validate, "Check a pack's spec (no engine needed), and with --image its built image")
     p.add_argument("pack", help=pack_help)
     p.add_argument("--image", action="store_true", help="also check that the pack's image runs")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "the report")
 
     p = add("build", cmd_build, "Build a pack's image (or every pack's) unless it exists (idempotent)")
     p.add_argument("pack", nargs="?", help=pack_help)
-    p.add_argument("--all", metavar="PACKS_DIR", help="every pack under this tree, in parallel")
+    p.add_argument("--all", nargs="?", const=True, default=False, metavar="PACKS_DIR",
+                   help="every pack of --packs-dir, in parallel (--all PACKS_DIR is the older spelling)")
+    p.add_argument("--packs-dir", help="the packs tree (PACKS/<pack>/pack.yaml), with --all")
     p.add_argument("--jobs", type=int, default=2, help="builds at once with --all (default 2)")
     p.add_argument("--push", action="store_true", help="push to the registry (ATTUNE__CONTAINERS__REGISTRY)")
     p.add_argument("--manifest", metavar="FILE",
@@ -437,12 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "that workers read from ATTUNE__CONTAINERS__TRUSTED_MANIFEST")
     p.add_argument("--offline", action="store_true", help="use the wheel cache only, networking off")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "the outcome")
 
     p = add("ls", cmd_ls, "List pack images: size, last use, whether current")
     p.add_argument("--pack", help="only this pack_ref")
     p.add_argument("--packs-dir", help="tell current images by this packs tree (default: the last built or used)")
-    p.add_argument("--json", action="store_true")
+    add_listing(p, "every image")
 
     p = add("prune", cmd_prune, "Remove old pack images and build leftovers; criteria combine (AND)")
     p.add_argument("--keep", type=int, metavar="N", help="keep the newest N images of each pack (the current one counts)")
@@ -455,18 +674,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leftover-grace", metavar="DURATION",
                    help="leftovers younger than this stay (default: 1h, or the build timeout if longer)")
     p.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "the report")
 
-    p = add("inspect", cmd_inspect, "Show a pack's current image")
-    p.add_argument("pack_ref")
+    p = add("inspect", cmd_inspect, "Show a pack's current image (exit 1 when it has none)")
+    p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
     p.add_argument("--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
-    p.add_argument("--json", action="store_true")
+    add_listing(p, "the whole EnvironmentInfo")
 
-    p = add("rm", cmd_rm, "Remove a pack's images (of this image_prefix only)")
-    p.add_argument("pack_ref")
+    p = add("rm", cmd_rm, "Remove a pack's images (of this image_prefix only; exit 1 when it has none)")
+    p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
     p.add_argument("--image", metavar="HASH", help="only the image whose dependency hash (tag) or image ID starts with this")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
-    p.add_argument("--json", action="store_true")
+    add_json(p, "what was removed and refused")
 
     p = add("run", cmd_run, "Run an action in its pack's image and print its result")
     p.add_argument("action_ref", help="<pack_ref>.<action name>")
@@ -477,43 +696,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="an extra environment variable")
     p.add_argument("--timeout", type=float, help="seconds (default: the action's, else 300)")
     p.add_argument("--execution-id", help="the caller's id of this execution (default: a new one); a container label")
-    p.add_argument("--memory", help="e.g. 256m (swap is never allowed)")
-    p.add_argument("--cpus", type=float)
+    p.add_argument("--memory", type=_memory, metavar="SIZE", help="e.g. 256m or 1g, binary units (swap is never allowed)")
+    p.add_argument("--cpus", type=float, help="CPUs, fractions allowed (default 1.0)")
     p.add_argument("--network", help="none (default), bridge or a named network")
-    p.add_argument("--json", action="store_true", help="print the whole ExecutionResult as JSON")
+    add_json(p, "the whole ExecutionResult")
 
     p = add("serve", cmd_serve, "Serve executions over HTTP (Unix socket or loopback) with warm pools")
-    p.add_argument("--packs-dir", required=True)
+    p.add_argument("--packs-dir", required=True, help="the packs tree: PACKS/<pack_ref>/pack.yaml")
     p.add_argument("--socket", help="a Unix socket path (recommended)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address with --port")
-    p.add_argument("--port", type=int, help="a TCP port on --host (default 8765 without --socket)")
+    p.add_argument("--port", type=_port, help="a TCP port on --host, 1 to 65535 (default 8765 without --socket)")
     p.add_argument("--allow-remote", action="store_true",
                    help="let --host be a non-loopback address; needs a token (service_token_file)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                    help="the service's log (JSON lines on stderr, an access log included); default info")
+    add_json(p, "one line once the service is ready, where it listens")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
     cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
-    c = cache.add_parser("ls", help="where the cache is and how much it holds")
-    c.add_argument("--json", action="store_true")
+    c = cache.add_parser("ls", help="where the cache is and how much it holds", description="Where the cache is and "
+                         "how much it holds")
+    add_json(c, "its statistics")
     c.set_defaults(func=cmd_cache)
-    c = cache.add_parser("prune", help="remove least recently used files down to a size")
-    c.add_argument("--max-bytes", type=int, help="default: the configured cache_max_bytes")
+    c = cache.add_parser("prune", help="remove least recently used files down to a size",
+                         description="Remove least recently used files down to a size")
+    c.add_argument("--max-bytes", type=_size, metavar="SIZE",
+                   help="e.g. 500m or 2g, binary units (default: the configured cache_max_bytes)")
     c.add_argument("--all", action="store_true", help="empty the cache")
-    c.add_argument("--json", action="store_true")
+    add_json(c, "what was removed and what is left")
     c.set_defaults(func=cmd_cache)
 
     p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
     base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")
-    b = base.add_parser("ls", help="Which Python versions are available, from which image")
-    b.add_argument("--json", action="store_true")
+    b = base.add_parser("ls", help="Which Python versions are available, from which image",
+                        description="Which Python versions are available, from which image")
+    add_json(b, "every configured base image")
     b.set_defaults(func=cmd_base_ls)
-    b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)")
+    b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)",
+                        description="Build local base images from Debian suites (debootstrap)")
     b.add_argument("--python", action="append", choices=sorted(BOOTSTRAP_SUITES),
                    help="a Python minor version; repeat for several (default: all)")
     b.add_argument("--repository", default="attune-base/python", help="repository of the images made")
     b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    add_json(b, "each image and whether it was built")
     b.set_defaults(func=cmd_base_bootstrap)
+
+    p = add("completion", cmd_completion, "Print a shell completion script: "
+            "eval \"$(attune-containers completion bash)\", or save it where your shell loads completions")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell")
     return parser
 
 
@@ -526,23 +756,36 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValueError as exc:  # pydantic's ValidationError, or a config file that does not parse
-        raise ConfigurationError(str(exc)) from None
+        raise ConfigurationError(_pydantic_message(exc)) from None
+
+
+def _json_error(exc: AttuneContainersError) -> None:
+    """The error as the service's problem document, with the exit code: what a script reads."""
+    status = problems.status_of(exc)
+    if exc.exit_code == 2 and status not in (404, 422):
+        status = 422  # invalid input of the CLI's own (the configuration): not the engine's error
+    doc = problems.problem(status, str(exc), field=getattr(exc, "field", None)).model_dump()
+    print(json.dumps({**doc, "exit_code": exc.exit_code}, sort_keys=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _Parser.json_errors = "--json" in argv
     args = parser.parse_args(argv)
+    if args.func is cmd_completion:
+        return cmd_completion(args, None)  # needs no configuration and no engine
     signal.signal(signal.SIGTERM, _terminate)
     try:
         manager = ContainerDependencyManager(_settings())
         return args.func(args, manager)
-    except ConfigurationError as exc:
-        err.print(f"[red]invalid configuration:[/red] {exc}", highlight=False)
-        return exc.exit_code
     except AttuneContainersError as exc:
         # Bad input has its own errors (InvalidSpecError, InvalidPolicyError: exit 2). Any other
         # exception, a ValueError included, is a bug: it is not dressed up as one of these.
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        if getattr(args, "json", False):
+            _json_error(exc)
+        what = "invalid configuration" if isinstance(exc, ConfigurationError) else "error"
+        err.print(Text.assemble((f"{what}:", "red"), f" {exc}"), highlight=False)  # never markup: packs' words
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")

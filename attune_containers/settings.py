@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +37,26 @@ DEFAULT_BASE_IMAGES = {f"3.{m}": f"python:3.{m}-slim" for m in range(9, 15)}
 _MINOR = re.compile(r"3\.\d{1,2}")
 _REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")
 _URL = re.compile(r"https?://[^\s'\"\\]+")
+
+
+def parse_bytes(value: str | int) -> int:
+    """``"1g"`` -> 1073741824: the Docker SDK's parser, binary units b, k, m, g as ``docker run
+    --memory`` takes them; what the CLI and the configuration accept wherever a size is given."""
+    from docker.errors import DockerException
+    from docker.utils import parse_bytes as docker_parse_bytes
+
+    text = str(value).strip()
+    # The SDK takes "" as 0 and "-1g" as negative: neither is a size anyone means.
+    if isinstance(value, bool) or not text or text.startswith("-"):
+        raise ValueError(f"{value!r} is not a size: bytes, or a number with b, k, m or g (512m, 1g)")
+    try:
+        return docker_parse_bytes(value if isinstance(value, int) else text)
+    except DockerException:
+        raise ValueError(f"{value!r} is not a size: bytes, or a number with b, k, m or g (512m, 1g)") from None
+
+
+# A byte count that may be written as a size ("4g") in the config file and the environment.
+Bytes = Annotated[int, BeforeValidator(lambda v: parse_bytes(v) if isinstance(v, str) else v)]
 
 
 def config_file() -> Path | None:
@@ -123,7 +144,7 @@ class Settings(BaseSettings):
         Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attune-containers",
         description="The shared wheel cache of every build on this host",
     )
-    cache_max_bytes: int = Field(4 * 1024**3, ge=0, description="Bound of the wheel cache; oldest files go first")
+    cache_max_bytes: Bytes = Field(4 * 1024**3, ge=0, description="Bound of the wheel cache; oldest files go first")
     offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
     registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
     allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
@@ -139,7 +160,7 @@ class Settings(BaseSettings):
     allow_sdist_builds: bool = Field(
         False, description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
         "hands back is cached); false: only wheels are used")
-    fetch_max_bytes: int = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
+    fetch_max_bytes: Bytes = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
     limits: ResourceLimits = Field(
@@ -167,7 +188,7 @@ class Settings(BaseSettings):
         None, description="File holding the service's bearer token (not readable by others)")
     service_token: SecretStr | None = Field(
         None, description="The service's bearer token itself (prefer service_token_file)")
-    service_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body the service reads")
+    service_max_body_bytes: Bytes = Field(8 * 1024 * 1024, ge=1024, description="Largest request body the service reads")
     service_max_queued: int = Field(64, ge=1, description="Executions waiting for a slot before the service answers 503")
     service_executions_kept: int = Field(1000, ge=1, description="Finished executions the service keeps for GET "
                                          "/v1/executions/{id} and idempotent retries (the oldest dropped first)")
