@@ -122,6 +122,9 @@ class _Shadowed(_Wrapped):
 
 
 class Settings(BaseSettings):
+    """The configuration of one installation: ``ATTUNE__CONTAINERS__*`` variables over the config file
+    over the defaults (the module's docstring says where the file is). Frozen once read."""
+
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     image_prefix: str = Field("attune-packs", description="Repository prefix of pack images")

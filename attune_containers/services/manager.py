@@ -80,6 +80,9 @@ class Ensured(BaseModel):
 
 
 class ContainerDependencyManager:
+    """One image per pack spec: plans, builds (or reuses, or pulls), lists and removes the images of
+    one configuration (``Settings``, its ``image_prefix``). Safe to use from many threads."""
+
     runtime_type = "python"
 
     def __init__(self, settings: Settings | None = None, engine: Engine | None = None) -> None:

@@ -93,7 +93,11 @@ def owner_labels() -> dict[str, str]:
 
 
 class ActionRunner:
-    """Runs actions of one packs tree. Safe to call from many threads at once."""
+    """Runs actions of one packs tree. Safe to call from many threads at once.
+
+    A context manager: ``with ActionRunner("packs") as runner: runner.run("pack.action", {...})``
+    closes its warm pools and removes its containers when the block ends (else call ``close()``).
+    """
 
     def __init__(
         self,
@@ -228,6 +232,12 @@ class ActionRunner:
             cancelled = handle.cancelled
         if cancelled:
             self.engine.remove_container(container_id, attempts=3)
+
+    def __enter__(self) -> ActionRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # its pools and live containers go with the block, whatever ended it
 
     def close(self) -> None:
         """Kill and remove every container this runner still has (interrupts, shutdown)."""
