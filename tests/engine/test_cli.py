@@ -138,3 +138,53 @@ def test_help_for_every_command():
     for command in ("render", "validate", "build", "ls", "inspect", "rm", "base"):
         result = cli(command, "--help")
         assert result.returncode == 0 and "usage:" in result.stdout, command
+
+
+def test_scripts_read_ls_and_inspect_with_q_format_and_tabs(tmp_path, engine):
+    pack_ref = unique_ref("listing")
+    pack = write_pack(tmp_path, pack_ref, {"dependencies": ["six==1.17.0"], "min_version": "3.9", "max_version": "3.11"})
+    built = cli("build", str(pack), "--json", state_dir=tmp_path / "state")
+    assert built.returncode == 0, built.stderr
+    info = json.loads(built.stdout)
+    short = info["id"].removeprefix("sha256:")[:12]
+    try:
+        # Not a terminal: a header and tab-separated rows, no box characters.
+        table = cli("ls", "--pack", pack_ref).stdout.splitlines()
+        assert table[0].split("\t")[:3] == ["pack_ref", "image", "python"]
+        assert table[1].split("\t")[:2] == [pack_ref, info["image"]] and "│" not in "".join(table)
+        assert cli("ls", "--pack", pack_ref, "-q").stdout == short + "\n"
+        assert cli("inspect", pack_ref, "-q").stdout == short + "\n"
+        formatted = cli("ls", "--pack", pack_ref, "--format", r"{{.pack_ref}}\t{{.dependency_hash}}")
+        assert formatted.stdout == f"{pack_ref}\t{info['dependency_hash']}\n", formatted.stderr
+        inspected = cli("inspect", pack_ref, "--format", "{{.runtime_version}} {{json .installed_dependencies}}")
+        assert inspected.stdout == f"{info['runtime_version']} {json.dumps(info['installed_dependencies'])}\n"
+    finally:
+        assert cli("rm", pack_ref).returncode == 0
+    # A pack with no image: exit 1 for inspect and rm alike, a 404 problem under --json.
+    for command in ("inspect", "rm"):
+        missing = cli(command, pack_ref, "--json")
+        assert missing.returncode == 1, (command, missing.stdout, missing.stderr)
+        problem = json.loads(missing.stdout)
+        assert (problem["status"], problem["exit_code"]) == (404, 1) and pack_ref in problem["detail"]
+        assert cli(command, pack_ref).returncode == 1
+
+
+def test_run_with_an_invalid_pack_is_exit_2(tmp_path, engine):
+    pack_ref = unique_ref("badrun")
+    folder = write_pack(tmp_path, pack_ref, ["-e /etc"])
+    (folder / "actions").mkdir()
+    (folder / "actions" / "x.yaml").write_text("entry_point: x.py\n")
+    (folder / "actions" / "x.py").write_text("def run():\n    return 1\n")
+    result = cli("run", f"{pack_ref}.x", "--packs-dir", str(tmp_path), "--json", state_dir=tmp_path / "state")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert json.loads(result.stdout)["error"]["type"] == "InvalidSpecError"
+    assert images_of(engine, pack_ref) == []
+
+
+def test_the_build_all_table_shows_pips_error_line(tmp_path, engine):
+    write_pack(tmp_path / "tree", unique_ref("pipfails"), ["attune-containers-no-such-dist-xyz==9.9.9"])
+    result = cli("build", "--all", "--packs-dir", str(tmp_path / "tree"), state_dir=tmp_path / "state")
+    assert result.returncode == 1, result.stderr
+    (row,) = result.stdout.splitlines()[1:]
+    assert row.split("\t")[3] == "failed"
+    assert "ERROR: Could not find a version that satisfies the requirement" in row
