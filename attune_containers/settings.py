@@ -49,6 +49,9 @@ def parse_bytes(value: str | int) -> int:
     # The SDK takes "" as 0 and "-1g" as negative: neither is a size anyone means.
     if isinstance(value, bool) or not text or text.startswith("-"):
         raise ValueError(f"{value!r} is not a size: bytes, or a number with b, k, m or g (512m, 1g)")
+    # "1GiB" and "256Mi" mean what "1g" and "256m" do, for the docker CLI and for the run limits
+    # (core.execution.parse_size): the SDK's parser only lacks the spelling.
+    text = re.sub(r"(?i)([kmg])i(b?)$", r"\1\2", text)
     try:
         return docker_parse_bytes(value if isinstance(value, int) else text)
     except DockerException:

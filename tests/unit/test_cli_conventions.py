@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from attune_containers import cli
+from attune_containers.core.execution import parse_size
 from attune_containers.core.spec import EnvironmentInfo
 from attune_containers.errors import InvalidSpecError
 from attune_containers.services.pruner import ImageEntry
@@ -131,12 +132,15 @@ def test_sizes_print_as_docker_does():
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("1g", 1024**3), ("512m", 512 * 1024**2), ("2k", 2048), ("100", 100), ("1GB", 1024**3), (4096, 4096)])
+    ("1g", 1024**3), ("512m", 512 * 1024**2), ("2k", 2048), ("100", 100), ("1GB", 1024**3), (4096, 4096),
+    ("1GiB", 1024**3), ("256Mi", 256 * 1024**2), ("1.5g", 1536 * 1024**2)])
 def test_sizes_are_taken_as_docker_run_takes_them(text, expected):
     assert parse_bytes(text) == expected
+    if isinstance(text, str):  # the run limits (the pure core's parser) read every such size alike
+        assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "1q", "-1g", "g", "1gib"])
+@pytest.mark.parametrize("text", ["", "1q", "-1g", "g", "1gi2", "1ib"])
 def test_what_is_not_a_size_is_refused(text):
     with pytest.raises(ValueError, match="is not a size"):
         parse_bytes(text)
