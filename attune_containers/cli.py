@@ -178,7 +178,7 @@ def _print_items(args: argparse.Namespace, items: Sequence[BaseModel], model: ty
     """-q and --format (for ls and inspect); False when neither was asked for."""
     if getattr(args, "quiet", False):
         for item in items:
-            print(_short_id(getattr(item, "id")))
+            print(_short_id(item.id))  # type: ignore[attr-defined]
         return True
     if getattr(args, "format", None):
         render = _formatter(args.format, model)
@@ -628,11 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help=f"{what} on stdout as JSON; an error too")
         return p
 
-    def add_listing(p: argparse.ArgumentParser, what: str) -> None:
-        shown = p.add_mutually_exclusive_group()
+    def add_listing(p: argparse.ArgumentParser, what: str) -> argparse._MutuallyExclusiveGroup:
+        shown = p.add_mutually_exclusive_group()  # one way of showing at a time
         shown.add_argument("--json", action="store_true", help=f"{what} as JSON; an error too")
         shown.add_argument("-q", "--quiet", action="store_true", help="only image IDs (12 hex digits, as docker's -q)")
         shown.add_argument("--format", metavar="TEMPLATE", help=FORMAT_HELP)
+        return shown
 
     p = add("render", cmd_render, "Print the Dockerfile that would be built for a pack (no engine needed)")
     p.add_argument("pack", help=pack_help)
@@ -678,8 +679,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", cmd_inspect, "Show a pack's current image (exit 1 when it has none)")
     p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
-    p.add_argument("--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
-    add_listing(p, "the whole EnvironmentInfo")
+    add_listing(p, "the whole EnvironmentInfo").add_argument(
+        "--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
 
     p = add("rm", cmd_rm, "Remove a pack's images (of this image_prefix only; exit 1 when it has none)")
     p.add_argument("pack_ref", help="the pack, e.g. hello_requests")

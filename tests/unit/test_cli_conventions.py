@@ -110,10 +110,12 @@ def test_quiet_prints_short_ids_like_docker(capsys):
     assert not cli._print_items(argparse.Namespace(quiet=False, format=None), [INFO], EnvironmentInfo)
 
 
-def test_listing_options_exclude_each_other():
-    for path in (("ls",), ("inspect",)):
-        with pytest.raises(SystemExit):
-            cli.build_parser().parse_args([*path, *(["p"] if path == ("inspect",) else []), "-q", "--json"])
+@pytest.mark.parametrize("argv", [["ls", "-q", "--json"], ["ls", "--format", "json", "-q"], ["inspect", "p", "-q", "--lock"],
+                                  ["inspect", "p", "--json", "--format", "json"]])
+def test_ways_of_showing_exclude_each_other(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(argv)
+    assert exited.value.code == 2 and "not allowed with" in capsys.readouterr().err
 
 
 # -- tables and sizes ------------------------------------------------------------------------------
