@@ -75,7 +75,7 @@ def _human_size(n: int | None) -> str:
 
 
 def _pydantic_message(exc: ValueError) -> str:
-    """pydantic's own words, one line per error and without its documentation links."""
+    """pydantic's own words, every error on one line ("; " between them), without its documentation links."""
     if not isinstance(exc, ValidationError):
         return str(exc)
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
