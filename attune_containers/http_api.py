@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -144,7 +144,7 @@ class LogLine(BaseModel):
 class LogMissed(BaseModel):
     """Lines this reader missed because it read too slowly (the execution never waits for a reader)."""
 
-    event: str = Field("missed", description="missed")
+    event: Literal["missed"] = Field("missed", description="missed")
     lines: int = Field(description="How many chunks or lines were dropped for this reader")
     bytes: int = Field(description="How many bytes they held")
 
@@ -152,7 +152,7 @@ class LogMissed(BaseModel):
 class LogEnd(BaseModel):
     """The last event of an execution's log stream: it ended."""
 
-    event: str = Field("end", description="end")
+    event: Literal["end"] = Field("end", description="end")
     status: ExecutionStatus | None = Field(description="How the execution ended")
     stdout_truncated: bool = Field(description="Whether stdout went past its limit (what followed is not in the log)")
     stderr_truncated: bool = Field(description="Whether stderr went past its limit (what followed is not in the log)")
@@ -161,14 +161,14 @@ class LogEnd(BaseModel):
 class BuildResult(BaseModel):
     """The last line of a streamed build: the environment, ensured."""
 
-    event: str = Field("result", description="result")
+    event: Literal["result"] = Field("result", description="result")
     environment: EnvironmentInfo = Field(description="What POST /v1/environments/{pack_ref} answers otherwise")
 
 
 class BuildFailed(BaseModel):
     """The last line of a streamed build that failed after it started streaming."""
 
-    event: str = Field("error", description="error")
+    event: Literal["error"] = Field("error", description="error")
     problem: problems.Problem = Field(description="The problem document the call would have answered")
 
 

@@ -174,3 +174,19 @@ def test_a_build_streams_its_lines_and_the_service_logs_them(tmp_path, settings)
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     logged = [r["message"] for r in records if r["logger"] == "attune_containers.build" and r.get("pack_ref") == "probe"]
     assert logged == [e["data"] for e in lines]
+
+
+def test_the_openapi_schema_documents_both_streams(service):
+    client, _ = service
+    schema = client.get("/openapi.json").json()
+    logs = schema["paths"]["/v1/executions/{execution_id}/logs"]["get"]
+    assert logs["operationId"] == "streamExecutionLogs"
+    assert set(logs["responses"]["200"]["content"]) == {"application/x-ndjson", "text/event-stream"}
+    streamed = logs["responses"]["200"]["content"]["application/x-ndjson"]["schema"]["oneOf"]
+    assert {ref["$ref"].rsplit("/", 1)[1] for ref in streamed} == {"LogLine", "LogMissed", "LogEnd"}
+    ensure = schema["paths"]["/v1/environments/{pack_ref}"]["post"]
+    assert set(ensure["responses"]["200"]["content"]) == {"application/json", "application/x-ndjson"}
+    assert "stream" in {p["name"] for p in ensure["parameters"]}
+    components = schema["components"]["schemas"]
+    assert {"LogLine", "LogMissed", "LogEnd", "BuildResult", "BuildFailed"} <= set(components)
+    assert "image_id" in components["ExecutionResult"]["properties"]
