@@ -235,6 +235,8 @@ def log_build_lines(manager: ContainerDependencyManager) -> None:
 
     def logged(pack_ref: str, *args: Any, on_log: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
         def sink(line: str) -> None:
+            if not line.strip():
+                return  # the engine's blank separators say nothing
             build_log.info("%s", line.rstrip("\n"), extra={"pack_ref": pack_ref})
             if on_log is not None:
                 on_log(line)
