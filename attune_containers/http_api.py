@@ -571,7 +571,6 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             return await run_in_threadpool(runner().ensure_pack, pack_ref)
         loop = asyncio.get_running_loop()
         reader = LogReader(loop, READER_QUEUE_BYTES, [])
-        failure: dict[str, BaseException] = {}
 
         def build() -> None:
             def line(text: str) -> None:
@@ -581,7 +580,6 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             try:
                 info = runner().ensure_pack(pack_ref, on_log=line)
             except Exception as exc:
-                failure["error"] = exc
                 if problems.status_of(exc) == 500:
                     log.error("building %s failed", pack_ref, exc_info=exc, extra={"pack_ref": pack_ref})
                 reader.finish({"event": "error", "problem": problems.from_exception(
@@ -592,8 +590,8 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         # Kept referenced by the stream; the build goes on whatever the client does.
         building = loop.run_in_executor(None, build)
         first = await reader.next() or []
-        if first and first[0].get("event") == "error":
-            raise failure["error"]  # nothing sent yet: the usual problem answer and status
+        if first and first[0].get("event") == "error":  # nothing sent yet: the usual problem answer
+            return answer(problems.Problem(**first[0]["problem"]))
 
         async def events() -> AsyncIterator[list[dict[str, Any]]]:
             yield first

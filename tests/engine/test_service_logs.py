@@ -7,8 +7,11 @@ reader that never reads never holds the execution up, and closing the stream can
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket as socketlib
+import subprocess
+import sys
 import time
 import uuid
 
@@ -190,3 +193,45 @@ def test_the_openapi_schema_documents_both_streams(service):
     components = schema["components"]["schemas"]
     assert {"LogLine", "LogMissed", "LogEnd", "BuildResult", "BuildFailed"} <= set(components)
     assert "image_id" in components["ExecutionResult"]["properties"]
+
+
+def test_a_failed_build_ends_its_stream_with_a_problem_and_lazy_builds_are_logged_too(tmp_path, settings):
+    pack = tmp_path / "packs" / "broken"
+    (pack / "actions").mkdir(parents=True)
+    (pack / "pack.yaml").write_text("ref: broken\nversion: 1.0.0\nmeta:\n  python_dependencies:\n"
+                                    "    - definitely-not-a-package-zz==1.0\n")
+    (pack / "actions" / "act.yaml").write_text("name: act\nrunner_type: python\nentry_point: act.py\n")
+    (pack / "actions" / "act.py").write_text("def run():\n    return 1\n")
+    socket, log = tmp_path / "broken.sock", tmp_path / "broken.log"
+    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
+    with open(log, "w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir",
+                                    str(tmp_path / "packs"), "--socket", str(socket)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=sink)
+    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=300)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if client.get("/livez").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        events = ndjson(client.post("/v1/environments/broken", params={"stream": "true"}))
+        assert any("definitely-not-a-package-zz" in e.get("data", "") for e in events[:-1])
+        failed = events[-1]
+        assert failed["event"] == "error" and failed["problem"]["status"] == 422
+        assert "definitely-not-a-package-zz" in failed["problem"]["detail"]
+        # An execution's lazy build: its lines are logged although nobody streams them.
+        result = client.post("/v1/executions", json={"action_ref": "broken.act"}).json()
+        assert result["status"] == "error"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    logged = [r for r in records if r["logger"] == "attune_containers.build" and r.get("pack_ref") == "broken"]
+    missing = [r for r in logged if "No matching distribution found" in r["message"]]
+    assert len(missing) == 2, [r["message"] for r in logged]  # the streamed build and the lazy one

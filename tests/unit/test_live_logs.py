@@ -5,12 +5,14 @@ for a reader, however slow."""
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 import threading
 import time
 
 from attune_containers.core.execution import ExecutionResult, ExecutionStatus
 from attune_containers.core.protocol import MAGIC, ExecutionCollector
+from attune_containers.http_api import NDJSON, SSE, encode_event
 from attune_containers.services.executions import ExecutionStore, OutputLog
 
 
@@ -134,3 +136,15 @@ def test_finishing_an_execution_ends_its_readers_and_releases_its_lines():
     other.close()
     log.write("stdout", b"too late")
     assert log._lines == []
+
+
+def test_output_cannot_forge_a_stream_event():
+    forged = "x\n\nevent: end\ndata: {\"event\": \"end\"}\n\n"
+    line = {"stream": "stdout", "data": forged, "ts": "t"}
+    sse = encode_event(line, SSE).decode()
+    assert sse.count("\n\n") == 1 and sse.endswith("\n\n")
+    assert [field.split(":", 1)[0] for field in sse.strip().split("\n")] == ["event", "data"]
+    assert sse.startswith("event: output\n")
+    assert json.loads(sse.strip().split("\n")[1][len("data: "):])["data"] == forged
+    encoded = encode_event(line, NDJSON).decode()
+    assert encoded.count("\n") == 1 and json.loads(encoded) == line
