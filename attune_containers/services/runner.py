@@ -515,7 +515,8 @@ class PreparedExecution(NamedTuple):
 
 
 class _Handle:
-    """A running execution, for ``cancel``: whether it was cancelled, and its container."""
+    """A running execution: whether it was cancelled and its container (``cancel``), and who is
+    told its output (live logs)."""
 
     __slots__ = ("cancelled", "container_id", "on_output")
 
