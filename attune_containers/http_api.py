@@ -34,13 +34,13 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,7 +55,17 @@ from .errors import (
     InvalidSpecError,
     NotFoundError,
 )
-from .services.executions import Execution, ExecutionState, ExecutionStore, Record
+from .services.executions import (
+    READER_QUEUE_BYTES,
+    Execution,
+    ExecutionState,
+    ExecutionStore,
+    LogReader,
+    OutputLog,
+    Record,
+    end_event,
+    timestamp,
+)
 from .services.manager import ContainerDependencyManager
 from .services.metrics import CONTENT_TYPE as metrics_content_type
 from .services.metrics import ServiceMetrics
@@ -67,6 +77,11 @@ MIN_TOKEN_LENGTH = 16
 DISCONNECT_POLL_SECONDS = 0.25
 log = logging.getLogger("attune_containers.service")
 access_log = logging.getLogger("attune_containers.access")
+build_log = logging.getLogger("attune_containers.build")
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+# A streamed answer is sent in pieces of about this size: few writes, and no reader holds much.
+STREAM_PIECE_BYTES = 64 * 1024
 
 
 class BaseImagesMissing(EngineUnavailableError):
@@ -117,6 +132,120 @@ class Readiness(BaseModel):
     base_images: list[str] = Field(description="The configured base images, all present on the engine")
 
 
+class LogLine(BaseModel):
+    """A chunk of an execution's output (``GET /v1/executions/{id}/logs``), or a line of a build log
+    (``POST /v1/environments/{pack_ref}`` streamed)."""
+
+    stream: str = Field(description="stdout or stderr (an execution); build (a build log)")
+    data: str = Field(description="The text, as written (UTF-8; undecodable bytes replaced)")
+    ts: str = Field(description="When the service received it (UTC, ISO 8601)")
+
+
+class LogMissed(BaseModel):
+    """Lines this reader missed because it read too slowly (the execution never waits for a reader)."""
+
+    event: Literal["missed"] = Field("missed", description="missed")
+    lines: int = Field(description="How many chunks or lines were dropped for this reader")
+    bytes: int = Field(description="How many bytes they held")
+
+
+class LogEnd(BaseModel):
+    """The last event of an execution's log stream: it ended."""
+
+    event: Literal["end"] = Field("end", description="end")
+    status: ExecutionStatus | None = Field(description="How the execution ended")
+    stdout_truncated: bool = Field(description="Whether stdout went past its limit (what followed is not in the log)")
+    stderr_truncated: bool = Field(description="Whether stderr went past its limit (what followed is not in the log)")
+
+
+class BuildResult(BaseModel):
+    """The last line of a streamed build: the environment, ensured."""
+
+    event: Literal["result"] = Field("result", description="result")
+    environment: EnvironmentInfo = Field(description="What POST /v1/environments/{pack_ref} answers otherwise")
+
+
+class BuildFailed(BaseModel):
+    """The last line of a streamed build that failed after it started streaming."""
+
+    event: Literal["error"] = Field("error", description="error")
+    problem: problems.Problem = Field(description="The problem document the call would have answered")
+
+
+STREAM_MODELS = (LogLine, LogMissed, LogEnd, BuildResult, BuildFailed)
+
+
+def _stream_content(*models: type[BaseModel], sse: bool) -> dict[str, Any]:
+    """The OpenAPI ``content`` of a streamed 200: one JSON document per line (NDJSON), or per SSE
+    event (its ``data``)."""
+    schema = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in models]}
+    content: dict[str, Any] = {NDJSON: {"schema": schema}}
+    if sse:
+        content[SSE] = {"schema": {"type": "string", "description": "Server-sent events: event output, missed "
+                                   "or end, each with one of the NDJSON documents as its data"}}
+    return content
+
+
+def wants_stream(request: Request) -> str | None:
+    """The streamed media type the client asked for in Accept (SSE first), else None."""
+    accept = request.headers.get("accept", "").lower()
+    if SSE in accept:
+        return SSE
+    if NDJSON in accept:
+        return NDJSON
+    return None
+
+
+def encode_event(document: dict[str, Any], media_type: str) -> bytes:
+    """One stream event: a line of JSON, or an SSE event whose data is that JSON (json.dumps
+    escapes every newline, so one data line holds it)."""
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    if media_type == SSE:
+        name = document.get("event") or "output"
+        return f"event: {name}\ndata: {body}\n\n".encode()
+    return (body + "\n").encode()
+
+
+async def stream_events(source: AsyncIterator[list[dict[str, Any]]], media_type: str) -> AsyncIterator[bytes]:
+    """Events in pieces of about STREAM_PIECE_BYTES, sent as soon as a batch is in."""
+    async for batch in source:
+        piece: list[bytes] = []
+        size = 0
+        for document in batch:
+            encoded = encode_event(document, media_type)
+            piece.append(encoded)
+            size += len(encoded)
+            if size >= STREAM_PIECE_BYTES:
+                yield b"".join(piece)
+                piece, size = [], 0
+        if piece:
+            yield b"".join(piece)
+
+
+def streaming(body: AsyncIterator[bytes], media_type: str) -> StreamingResponse:
+    # no-cache and no proxy buffering: lines are worth something only as they happen.
+    return StreamingResponse(body, media_type=media_type, headers={"Cache-Control": "no-cache",
+                                                                  "X-Accel-Buffering": "no"})
+
+
+def log_build_lines(manager: ContainerDependencyManager) -> None:
+    """Every line of a build the service starts goes to the log (``attune_containers.build``), as
+    well as to whoever asked for it (a streamed POST /v1/environments)."""
+    ensure = manager.ensure
+
+    def logged(pack_ref: str, *args: Any, on_log: Callable[[str], None] | None = None, **kwargs: Any) -> Any:
+        def sink(line: str) -> None:
+            if not line.strip():
+                return  # the engine's blank separators say nothing
+            build_log.info("%s", line.rstrip("\n"), extra={"pack_ref": pack_ref})
+            if on_log is not None:
+                on_log(line)
+
+        return ensure(pack_ref, *args, on_log=sink, **kwargs)
+
+    manager.ensure = logged  # type: ignore[method-assign]
+
+
 def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None = None, *,
                token: bytes | None = None) -> Any:
     """The ASGI app: FastAPI behind the guard (token, body limit). ``token``: required on every
@@ -135,6 +264,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         # The runner sweeps what a previous instance left (its owner process is gone).
         runner_box["runner"] = ActionRunner(packs_dir, manager)
         metrics.watch_builds(runner_box["runner"].manager, log)
+        log_build_lines(runner_box["runner"].manager)
         executions["pool"] = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="execution")
         try:
             yield
@@ -151,8 +281,18 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = problems.document_problems(get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes))
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            # The streamed documents are no route's response_model: add them to the components.
+            definitions: dict[str, Any] = {}
+            for model in STREAM_MODELS:
+                found = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                definitions.update(found.pop("$defs", {}))
+                definitions[model.__name__] = found
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in definitions.items():
+                components.setdefault(name, definition)
+            app.openapi_schema = problems.document_problems(schema)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -308,10 +448,12 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                 record.ready.set()
                 raise
             submitted = time.monotonic()
+            # Bounded as the result is: each stream up to the execution's own output limit.
+            output = record.output = OutputLog(prepared.limits.stdout_limit or 0, prepared.limits.stderr_limit or 0)
 
             def call() -> ExecutionResult:
                 store.started(execution_id)
-                return runner().run_prepared(prepared, submitted=submitted)
+                return runner().run_prepared(prepared, submitted=submitted, on_output=output.write)
 
             record.future = executions["pool"].submit(call)
             record.task = asyncio.ensure_future(run_record(record))
@@ -366,11 +508,98 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             await cancel(record)
         return record.execution
 
+    @app.get("/v1/executions/{execution_id}/logs", operation_id="streamExecutionLogs", tags=["executions"],
+             response_class=StreamingResponse,
+             responses={200: {"description": "The execution's output, then its end", "content":
+                              _stream_content(LogLine, LogMissed, LogEnd, sse=True)},
+                        **problems.responses(404, 500)})
+    async def execution_logs(execution_id: str, http: Request) -> StreamingResponse:
+        """Stream an execution's stdout and stderr: what it wrote so far, then live until it ends,
+        then an ``end`` event, and the stream closes (a finished execution: its result's output at
+        once). ``Accept: text/event-stream`` gives server-sent events, anything else NDJSON. Each
+        stream is kept up to the execution's output limit, as in its result. A reader that falls
+        more than a MiB behind misses lines (a ``missed`` event says how many): the execution never
+        waits for a reader. Closing the stream never cancels the execution."""
+        http.state.execution_id = execution_id
+        record = record_of(execution_id)
+        try:
+            await settled(record)
+        except Exception:
+            raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
+        media_type = wants_stream(http) or NDJSON
+        output = record.output
+        reader = output.subscribe(asyncio.get_running_loop()) if output is not None else None
+
+        async def events() -> AsyncIterator[list[dict[str, Any]]]:
+            if reader is None:  # finished: its output is in its result now
+                yield finished_events(record)
+                return
+            assert output is not None
+            try:
+                while (batch := await reader.next()) is not None:
+                    yield batch
+            finally:
+                output.unsubscribe(reader)
+
+        return streaming(stream_events(events(), media_type), media_type)
+
+    def finished_events(record: Record) -> list[dict[str, Any]]:
+        result = record.execution.result
+        if result is None:  # never ran
+            return [{"event": "end", "status": None, "stdout_truncated": False, "stderr_truncated": False}]
+        ts = (result.finished_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
+        lines = [{"stream": name, "data": text, "ts": ts}
+                 for name, text in (("stdout", result.stdout), ("stderr", result.stderr)) if text]
+        return [*lines, end_event(result)]
+
     @app.post("/v1/environments/{pack_ref}", response_model=EnvironmentInfo, operation_id="ensureEnvironment",
-              tags=["environments"], responses=problems.responses(404, 422, 500, 503))
-    def ensure(pack_ref: str) -> EnvironmentInfo:
-        """Ensure the pack's image (build or pull it if needed); pre-warm if its policy says so."""
-        return runner().ensure_pack(pack_ref)
+              tags=["environments"],
+              responses={200: {"description": "The environment; streamed (NDJSON): its build log lines, then "
+                                              "a result (or an error) line",
+                               "content": _stream_content(LogLine, LogMissed, BuildResult, BuildFailed, sse=False)},
+                         **problems.responses(404, 422, 500, 503)})
+    async def ensure(pack_ref: str, http: Request,
+                     stream: bool = Query(False, description="Stream the build log as NDJSON (as "
+                                                             "Accept: application/x-ndjson does)")) -> Any:
+        """Ensure the pack's image (build or pull it if needed); pre-warm if its policy says so.
+        Streamed (``Accept: application/x-ndjson`` or ``?stream=true``): the build's log lines as
+        they come, then a ``result`` line with the environment; a failure once lines were sent is
+        an ``error`` line holding the problem document (before any line: the usual problem answer).
+        The build goes on if the client leaves."""
+        media_type = NDJSON if stream else wants_stream(http)
+        if media_type != NDJSON:
+            return await run_in_threadpool(runner().ensure_pack, pack_ref)
+        loop = asyncio.get_running_loop()
+        reader = LogReader(loop, READER_QUEUE_BYTES, [])
+
+        def build() -> None:
+            def line(text: str) -> None:
+                text = text.rstrip("\n")
+                reader.offer({"stream": "build", "data": text, "ts": timestamp()}, len(text))
+
+            try:
+                info = runner().ensure_pack(pack_ref, on_log=line)
+            except Exception as exc:
+                if problems.status_of(exc) == 500:
+                    log.error("building %s failed", pack_ref, exc_info=exc, extra={"pack_ref": pack_ref})
+                reader.finish({"event": "error", "problem": problems.from_exception(
+                    exc, instance=http.url.path).model_dump()})
+            else:
+                reader.finish({"event": "result", "environment": info.model_dump(mode="json")})
+
+        # Kept referenced by the stream; the build goes on whatever the client does.
+        building = loop.run_in_executor(None, build)
+        first = await reader.next() or []
+        if first and first[0].get("event") == "error":  # nothing sent yet: the usual problem answer
+            return answer(problems.Problem(**first[0]["problem"]))
+
+        async def events() -> AsyncIterator[list[dict[str, Any]]]:
+            yield first
+            while (batch := await reader.next()) is not None:
+                yield batch
+            await building
+
+        return streaming(stream_events(events(), NDJSON), NDJSON)
 
     @app.get("/v1/environments", response_model=list[EnvironmentInfo], operation_id="listEnvironments",
              tags=["environments"], responses=problems.responses(500, 503))

@@ -172,6 +172,8 @@ class ExecutionResult(BaseModel):
     stderr_truncated: bool = Field(False, description="Whether stderr was cut at stderr_limit")
     error: ExecutionError | None = Field(None, description="Why it did not succeed; null when it succeeded")
     image: str | None = Field(None, description="The image it ran in: <prefix>/<name>:<hash prefix>")
+    image_id: str | None = Field(None, description="The ID of that image (sha256:..., the digest of its "
+                                                   "content): exactly which image ran, whatever its tag says now")
     dependency_hash: str | None = Field(None, description="The dependency hash of that image: exactly which "
                                                           "dependencies the action ran with")
     warm: bool | None = Field(None, description="True: it ran in a warm (reused) container; false: in a fresh "

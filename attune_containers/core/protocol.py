@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
+
+# Told each chunk of the action's output as it arrives ("stdout" or "stderr", the raw bytes), for
+# live logs. Called on the reading thread: it must return at once and never raise.
+OutputObserver = Callable[[str, bytes], None]
 
 MAGIC = b"\x00ATC"
 HEADER = len(MAGIC) + 1 + 4
@@ -68,8 +73,10 @@ class CappedBuffer:
 class ExecutionCollector:
     """What one execution sent back, capped, assembled from the frames as they arrive."""
 
-    def __init__(self, stdout_limit: int, stderr_limit: int, result_limit: int, nonce: str | None = None) -> None:
+    def __init__(self, stdout_limit: int, stderr_limit: int, result_limit: int, nonce: str | None = None,
+                 on_output: OutputObserver | None = None) -> None:
         self.nonce = nonce
+        self.on_output = on_output
         self.stdout = CappedBuffer(stdout_limit)
         self.stderr = CappedBuffer(stderr_limit)
         self.result_limit = result_limit + 4096  # the outcome document wraps the result
@@ -133,8 +140,12 @@ class ExecutionCollector:
     def _accept(self, piece: bytes) -> None:
         if self._kind == OUTPUT:
             self.stdout.write(piece)
+            if self.on_output is not None:
+                self.on_output("stdout", piece)
         elif self._kind == ERRORS:
             self.stderr.write(piece)
+            if self.on_output is not None:
+                self.on_output("stderr", piece)
         elif self._kind == RESULT:
             self.result_size += len(piece)
             if not self.result_too_large:

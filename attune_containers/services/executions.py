@@ -7,16 +7,26 @@ the same id with the same request is the same execution (its result, or a wait f
 with a different request is a conflict. Requests are compared by an HMAC of their canonical JSON
 under a key of this process, so that no secret is kept, not even as a plain hash. An execution
 that ended because the engine was unreachable never ran: its id may be used again.
+
+Live logs: a running execution's output goes to its ``OutputLog`` (each stream kept up to the
+execution's own output limit, as its result keeps it, and released when it finishes: the result
+holds it then), which readers of ``GET /v1/executions/{id}/logs`` replay and then follow. The
+execution never waits for a reader: each reader has its own bounded queue, and what does not fit
+there is dropped for that reader alone and reported to it as missed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import contextlib
 import hashlib
 import hmac
 import json
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
@@ -60,6 +70,7 @@ class Record:
         self.future: Any = None  # its concurrent.futures.Future on the executor
         self.ready: Any = None  # an asyncio.Event: set once it is queued, or refused
         self.refused: BaseException | None = None  # why it was never queued
+        self.output: OutputLog | None = None  # its live output, while it runs
 
 
 class ExecutionStore:
@@ -120,7 +131,9 @@ class ExecutionStore:
             execution.started_at = result.started_at or execution.started_at
             execution.finished_at = result.finished_at or _now()
             self._finished[execution_id] = record
-            return record
+        if record.output is not None:
+            record.output.close(end_event(result))
+        return record
 
     def get(self, execution_id: str) -> Record | None:
         with self._lock:
@@ -133,6 +146,147 @@ class ExecutionStore:
         return {"queued": sum(r.execution.state is ExecutionState.queued for r in live),
                 "running": sum(r.execution.state is ExecutionState.running for r in live),
                 "finished": finished}
+
+
+STREAMS = ("stdout", "stderr")
+# What one log reader may have queued and unread before its lines are dropped (for it alone).
+READER_QUEUE_BYTES = 1024 * 1024
+
+
+class LogReader:
+    """One follower of an ``OutputLog``, read on the event loop. ``offer`` and ``finish`` come
+    from any thread and never block: past ``max_bytes`` unread, lines are dropped (and counted)
+    until the reader has caught up, so the gap it is told of sits where the lines went missing."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int, backlog: list[dict[str, Any]]) -> None:
+        self._loop = loop
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[dict[str, Any], int]] = deque((line, 0) for line in backlog)
+        self._bytes = 0
+        self._missed_lines = 0
+        self._missed_bytes = 0
+        self._end: dict[str, Any] | None = None
+        self._done = False
+        self._wake = asyncio.Event()
+        self._woken = False
+
+    def offer(self, line: dict[str, Any], size: int) -> None:
+        with self._lock:
+            if self._missed_lines or self._bytes + size > self._max_bytes:
+                self._missed_lines += 1
+                self._missed_bytes += size
+            else:
+                self._queue.append((line, size))
+                self._bytes += size
+            self._signal()
+
+    def finish(self, end: dict[str, Any]) -> None:
+        with self._lock:
+            self._end = end
+            self._signal()
+
+    def _signal(self) -> None:
+        # One wake-up call in flight at most: a flood of output never floods the event loop.
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(RuntimeError):  # the loop closed (shutdown): nobody reads
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def next(self) -> list[dict[str, Any]] | None:
+        """The next events (lines, then a ``missed`` note if lines were dropped, then ``end``);
+        None once ``end`` was given."""
+        while True:
+            with self._lock:
+                events = [line for line, _ in self._queue]
+                self._queue.clear()
+                self._bytes = 0
+                if self._missed_lines:
+                    events.append({"event": "missed", "lines": self._missed_lines, "bytes": self._missed_bytes})
+                    self._missed_lines = self._missed_bytes = 0
+                if self._end is not None and not self._done:
+                    events.append(self._end)
+                    self._done = True
+                if events:
+                    return events
+                if self._done:
+                    return None
+                self._wake.clear()
+                self._woken = False
+            await self._wake.wait()
+
+
+class OutputLog:
+    """The output of one live execution: what it wrote so far, each stream up to its limit, and
+    the readers following it. Thread-safe: written from the executor thread, read on the loop."""
+
+    def __init__(self, stdout_limit: int, stderr_limit: int, reader_bytes: int = READER_QUEUE_BYTES) -> None:
+        self._lock = threading.Lock()
+        self._limits = {"stdout": stdout_limit, "stderr": stderr_limit}
+        self._kept = dict.fromkeys(STREAMS, 0)
+        # Incremental: a chunk that ends inside a UTF-8 character leaves the rest for the next one.
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in STREAMS}
+        self._lines: list[dict[str, Any]] = []
+        self._readers: set[LogReader] = set()
+        self._reader_bytes = reader_bytes
+        self.closed = False
+
+    @property
+    def kept(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._kept)
+
+    def write(self, stream: str, data: bytes) -> None:
+        """A chunk of ``stream`` (runner.OutputObserver): kept up to the stream's limit, the rest
+        dropped here as it is cut from the result; never blocks."""
+        with self._lock:
+            if self.closed:
+                return
+            room = max(0, self._limits[stream] - self._kept[stream])
+            piece = data[:room]
+            if not piece:
+                return
+            self._kept[stream] += len(piece)
+            text = self._decoders[stream].decode(piece)
+            if not text:
+                return
+            line = {"stream": stream, "data": text, "ts": timestamp()}
+            self._lines.append(line)
+            for reader in self._readers:
+                reader.offer(line, len(piece))
+
+    def subscribe(self, loop: asyncio.AbstractEventLoop) -> LogReader | None:
+        """A reader that replays what is kept, then follows; None once the log is closed."""
+        with self._lock:
+            if self.closed:
+                return None
+            reader = LogReader(loop, self._reader_bytes, list(self._lines))
+            self._readers.add(reader)
+            return reader
+
+    def unsubscribe(self, reader: LogReader) -> None:
+        with self._lock:
+            self._readers.discard(reader)
+
+    def close(self, end: dict[str, Any]) -> None:
+        """The execution ended: every reader gets ``end``; the lines are released (the result
+        holds the output now)."""
+        with self._lock:
+            self.closed = True
+            self._lines = []
+            readers, self._readers = self._readers, set()
+            for reader in readers:
+                reader.finish(end)
+
+
+def end_event(result: ExecutionResult) -> dict[str, Any]:
+    """The last event of an execution's log stream."""
+    return {"event": "end", "status": result.status.value, "stdout_truncated": result.stdout_truncated,
+            "stderr_truncated": result.stderr_truncated}
+
+
+def timestamp() -> str:
+    return _now().isoformat(timespec="milliseconds")
 
 
 def _never_ran(record: Record) -> bool:

@@ -37,9 +37,9 @@ from ..core import preload
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
 from ..core.spec import EnvironmentInfo
-from ..core.protocol import ExecutionCollector, encode_frame, encode_request
+from ..core.protocol import ExecutionCollector, OutputObserver, encode_frame, encode_request
 from ..core.render import APP_UID, INTERPRETER
-from ..engine import ContainerRun, Engine
+from ..engine import ContainerRun, Engine, LogSink
 from ..errors import (
     AttuneContainersError,
     EngineUnavailableError,
@@ -173,11 +173,14 @@ class ActionRunner:
                            _environment(execution_id, action, environment))
         return PreparedExecution(action, pack, effective, request, execution_id, warm)
 
-    def run_prepared(self, prepared: PreparedExecution, *, submitted: float | None = None) -> ExecutionResult:
-        """Run what ``prepare`` checked; ``submitted`` (time.monotonic()) starts the queue time."""
+    def run_prepared(self, prepared: PreparedExecution, *, submitted: float | None = None,
+                     on_output: OutputObserver | None = None) -> ExecutionResult:
+        """Run what ``prepare`` checked; ``submitted`` (time.monotonic()) starts the queue time;
+        ``on_output`` is told the action's output chunks as they arrive (live logs)."""
         submitted = time.monotonic() if submitted is None else submitted
         execution_id = prepared.execution_id
         handle = _Handle()
+        handle.on_output = on_output
         with self._live_lock:
             mine = self._handles.setdefault(execution_id, handle) is handle
         try:
@@ -215,6 +218,11 @@ class ActionRunner:
         if container_id is not None:
             self.engine.remove_container(container_id, attempts=3)
         return True
+
+    def _observer(self, execution_id: str) -> OutputObserver | None:
+        with self._live_lock:
+            handle = self._handles.get(execution_id)
+            return handle.on_output if handle is not None else None
 
     def _cancelled(self, execution_id: str) -> bool:
         with self._live_lock:
@@ -393,7 +401,7 @@ class ActionRunner:
             self._attach(execution_id, container.id)  # cancel destroys it (never reused)
             self.usage.touch(info.id)
             control = _control(limits, last=False)
-            collector = _collector(limits, control)
+            collector = _collector(limits, control, self._observer(execution_id))
             timed_out, elapsed = container.execute(encode_request(control, request), collector,
                                                    limits.timeout + DEADLINE_GRACE_SECONDS)
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
@@ -422,25 +430,26 @@ class ActionRunner:
                              self._preload(packs[pack_ref], policy))
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
-    def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
-        """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so."""
+    def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None) -> EnvironmentInfo:
+        """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so.
+        ``on_log`` is told the lines of a build it starts."""
         packs = self._packs_tree()
         if pack_ref not in packs:
             raise NotFoundError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
-        info = self._ensure_in_use(pack)
+        info = self._ensure_in_use(pack, on_log)
         policy = self.settings.pool.merged(pack.pool)
         if policy.prewarm and policy.reuse and policy.min_idle:
             self.prewarm(pack_ref)
         return info
 
-    def _ensure_in_use(self, pack: PackDefinition) -> EnvironmentInfo:
+    def _ensure_in_use(self, pack: PackDefinition, on_log: LogSink | None = None) -> EnvironmentInfo:
         """The pack's image, ensured and recorded in this process's lease as in use by this runner,
         so that no prune removes it (ownership.py). A new record is made under the image's lock and
         the image checked after it: a prune either saw the record, or removed the image before it
         was made, and the image is then resolved again (once)."""
         for _ in range(2):
-            info = self.manager.ensure_environment(pack.pack_ref, pack.spec)
+            info = self.manager.ensure_environment(pack.pack_ref, pack.spec, on_log=on_log)
             if self.lease.uses(self, pack.pack_ref, info.image, info.id):
                 return info  # the hot path: recorded already, nothing to write or check
             with self.manager.image_lock(info.image, timeout=60):
@@ -479,7 +488,7 @@ class ActionRunner:
     def _attach_and_wait(self, container_id: str, limits: ResourceLimits, request: bytes,
                          execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:
         control = _control(limits, last=True)
-        collector = _collector(limits, control)
+        collector = _collector(limits, control, self._observer(execution_id))
 
         def on_frame(stream: int, data: bytes) -> None:
             if stream == 1:
@@ -516,17 +525,21 @@ class PreparedExecution(NamedTuple):
 
 
 class _Handle:
-    """A running execution, for ``cancel``: whether it was cancelled, and its container."""
+    """A running execution: whether it was cancelled and its container (``cancel``), and who is
+    told its output (live logs)."""
 
-    __slots__ = ("cancelled", "container_id")
+    __slots__ = ("cancelled", "container_id", "on_output")
 
     def __init__(self) -> None:
         self.cancelled = False
         self.container_id: str | None = None
+        self.on_output: OutputObserver | None = None
 
 
 def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> ExecutionResult:
-    """Say exactly what ran: the image's dependency hash, and whether the container was warm."""
+    """Say exactly what ran: the image (by its content digest), its dependency hash, and whether
+    the container was warm."""
+    result.image_id = info.id
     result.dependency_hash = info.dependency_hash
     result.warm = warm
     return result
@@ -607,9 +620,10 @@ def _control(limits: ResourceLimits, *, last: bool) -> dict[str, Any]:
             "result_limit": limits.result_limit or 0, "last": last}
 
 
-def _collector(limits: ResourceLimits, control: dict[str, Any]) -> ExecutionCollector:
+def _collector(limits: ResourceLimits, control: dict[str, Any],
+               on_output: OutputObserver | None = None) -> ExecutionCollector:
     return ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0,
-                              nonce=control["nonce"])
+                              nonce=control["nonce"], on_output=on_output)
 
 
 def _environment(execution_id: str, action: ActionDefinition, extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -22,9 +22,12 @@ PACKS = Path(__file__).resolve().parent.parent / "packs"
 def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
     env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
            "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket", str(socket)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file beside the socket: a pipe nobody reads would fill up (a build logs
+    # every line) and stall the service.
+    with open(socket.with_suffix(".log"), "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket",
+             str(socket)], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=120)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -34,7 +37,8 @@ def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
         except httpx.TransportError:
             time.sleep(0.2)
     process.kill()
-    raise AssertionError("the service did not start: " + process.communicate()[1])
+    process.communicate()
+    raise AssertionError("the service did not start: " + socket.with_suffix(".log").read_text())
 
 
 def containers_of(engine, pid: int) -> list[str]:

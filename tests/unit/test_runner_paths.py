@@ -33,7 +33,7 @@ class FakeManager:
         self.engine = engine
         self.forgotten: list[str] = []
 
-    def ensure_environment(self, pack_ref: str, spec) -> EnvironmentInfo:
+    def ensure_environment(self, pack_ref: str, spec, *, on_log=None) -> EnvironmentInfo:
         now = datetime.now(timezone.utc)
         return EnvironmentInfo(id="sha256:" + "cd" * 32, pack_ref=pack_ref, image=f"test/{pack_ref}:1",
                                runtime_version="3.11.2", dependency_hash="0" * 64,
