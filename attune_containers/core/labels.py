@@ -13,7 +13,6 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-from .render import INTERPRETER
 from .spec import EnvironmentInfo
 
 PREFIX = "io.attune.containers."
@@ -74,19 +73,24 @@ def environment_from_image(image_id: str, reference: str, labels: dict[str, str]
     """An EnvironmentInfo from an image's labels, or None when the image is not one of ours."""
     if labels.get(MANAGED) != "true" or PACK_REF not in labels:
         return None
+    from ..runtimes import RUNTIMES, get_runtime  # the image's runtime: the one whose version label it has
+
+    runtime = next((r for r in RUNTIMES.values() if r.version_label in labels), None) or get_runtime()
+    version_label = runtime.version_label
     created = _parse_time(labels.get(CREATED))
     return EnvironmentInfo(
         id=image_id,
         pack_ref=labels[PACK_REF],
         image=reference,
-        runtime_version=labels.get(PYTHON_VERSION, ""),
+        runtime=runtime.name,
+        runtime_version=labels.get(version_label, ""),
         dependency_hash=labels.get(DEPENDENCY_HASH, ""),
         requirements=_json_list(labels.get(REQUIREMENTS)),
         installed_dependencies=_json_list(labels.get(INSTALLED)),
-        executable_path=INTERPRETER,
+        executable_path=runtime.executable,
         created_at=created,
         updated_at=created,
-        is_valid=bool(labels.get(DEPENDENCY_HASH)) and bool(labels.get(PYTHON_VERSION)),
+        is_valid=bool(labels.get(DEPENDENCY_HASH)) and bool(labels.get(version_label)),
         size_bytes=size_bytes,
     )
 
