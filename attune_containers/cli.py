@@ -22,6 +22,7 @@ from .core.execution import ExecutionStatus, ResourceLimits
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
 from .core.prune_policy import PrunePolicy, parse_duration
 from .errors import AttuneContainersError, ConfigurationError, InvalidSpecError
+from .runtimes import get_runtime
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .services.pruner import PruneReport, Pruner
@@ -93,7 +94,8 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
     if args.json:
         _print_json(report)
     else:
-        out.print(f"[green]valid[/green] {pack.pack_ref}: Python {report['python']} from {plan.base.reference}")
+        name = get_runtime(plan.spec.runtime).display_name
+        out.print(f"[green]valid[/green] {pack.pack_ref}: {name} {report['python']} from {plan.base.reference}")
         for line in report["requirements"]:
             out.print(f"  {line}", highlight=False, markup=False)
         if args.image:
@@ -129,7 +131,8 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         _print_json({"outcome": ensured.outcome, "pushed": pushed, **info.model_dump(mode="json")})
     else:
         out.print(
-            f"{ensured.outcome} {info.image} for {info.pack_ref}: Python {info.runtime_version}, "
+            f"{ensured.outcome} {info.image} for {info.pack_ref}: {get_runtime(info.runtime).display_name} "
+            f"{info.runtime_version}, "
             f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
             + (f"; pushed to {pushed}" if pushed else ""), highlight=False,
         )

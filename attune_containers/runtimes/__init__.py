@@ -18,7 +18,23 @@ _REGISTERED: tuple[Runtime, ...] = (
     PYTHON,
 )
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in _REGISTERED}
+
+
+def check_registry(runtimes: tuple[Runtime, ...]) -> dict[str, Runtime]:
+    """The registry of ``runtimes`` by name; a spelling, meta key or runner type claimed by two
+    runtimes is a programming error (which runtime a pack is would depend on the order)."""
+    claimed: dict[tuple[str, str], str] = {}
+    for runtime in runtimes:
+        for kind, values in (("runtime", (runtime.name, *runtime.aliases)), ("meta key", (runtime.meta_key,)),
+                             ("runner_type", runtime.runner_types)):
+            for value in values:
+                other = claimed.setdefault((kind, value), runtime.name)
+                if other != runtime.name:
+                    raise ValueError(f"{kind} {value!r} is claimed by runtimes {other!r} and {runtime.name!r}")
+    return {r.name: r for r in runtimes}
+
+
+RUNTIMES: dict[str, Runtime] = check_registry(_REGISTERED)
 # A spec without ``runtime`` and a pack without dependencies are Python's, as in the seed.
 DEFAULT_RUNTIME = "python"
 
@@ -59,4 +75,4 @@ def runner_types() -> dict[str, Runtime]:
 
 
 __all__ = ["DEFAULT_RUNTIME", "LOOP_MOUNT", "PACK_MOUNT", "RUNTIMES", "Runtime", "UnknownRuntimeError",
-           "get_runtime", "runner_types", "runtime_for_meta"]
+           "check_registry", "get_runtime", "runner_types", "runtime_for_meta"]

@@ -31,6 +31,8 @@ class Runtime(Protocol):
 
     #: The canonical ``runtime_type`` (``python``): the registry's key and the spec's ``runtime``.
     name: str
+    #: How people call it in messages (``Python``).
+    display_name: str
     #: Other spellings a pack may use for ``runtime`` (``python3``).
     aliases: frozenset[str]
     #: The key of ``pack.yaml``'s ``meta`` that holds the dependency spec (``python_dependencies``).

@@ -25,6 +25,7 @@ WRAPPER = f"{LOOP_MOUNT}/attune_wrapper.py"
 
 class PythonRuntime:
     name = "python"
+    display_name = "Python"
     aliases = frozenset(k for k, v in SUPPORTED_RUNTIMES.items() if v == "python") - {"python"}
     meta_key = "python_dependencies"
     runner_types = ("python", "python3", "python-script", "local-python", "run-python")
