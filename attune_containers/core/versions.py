@@ -25,8 +25,9 @@ class BaseImage(BaseModel):
 
     @property
     def minor_key(self) -> tuple[int, int]:
-        major, minor = self.minor.split(".")[:2]
-        return int(major), int(minor)
+        # Python's keys are major.minor; other runtimes may key by major alone ("22").
+        major, _, minor = self.minor.partition(".")
+        return int(major), int(minor.split(".")[0] or 0)
 
 
 def _key(version: str, width: int) -> tuple[int, ...]:

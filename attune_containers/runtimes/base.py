@@ -50,6 +50,18 @@ class Runtime(Protocol):
         """The spec's canonical form, or InvalidSpecError naming the field at fault."""
         ...
 
+    def base_images(self, settings: Any) -> dict[str, str]:
+        """The configured base images: version (``3.11``) -> image reference."""
+        ...
+
+    def base_version(self, labels: dict[str, str], env: dict[str, str]) -> str | None:
+        """A base image's exact runtime version from its labels or ENV, when it says it (pure)."""
+        ...
+
+    def base_version_command(self) -> list[str]:
+        """argv that prints a base image's exact runtime version, when labels and ENV do not say."""
+        ...
+
     def choose_base(self, available: list[BaseImage], spec: ValidatedSpec) -> BaseImage:
         """The base image to build on among ``available``, or an error naming what was asked and
         what there is. Never a version outside what the spec admits."""

@@ -114,9 +114,9 @@ class ContainerDependencyManager:
         validate_pack_ref(pack_ref)
         runtime = get_runtime(spec.runtime)
         validated = runtime.validate(spec, self.settings.requirement_policy())
-        base = runtime.choose_base(self.bases.available(), validated)
+        base = runtime.choose_base(self.bases.available(runtime), validated)
         if pull_base:
-            base = self.bases.ensure_present(base)
+            base = self.bases.ensure_present(base, runtime)
         return runtime.plan(pack_ref, validated, base, self.settings.build_options(), self.settings.image_prefix)
 
     def fetcher(self, runtime_type: str) -> Any:

@@ -28,6 +28,7 @@ from attune_containers.runtimes import (
 )
 from attune_containers.runtimes.python import PYTHON, PythonRuntime
 from attune_containers.services import runner as runner_module
+from attune_containers.services.base_images import BaseImageCatalog
 from attune_containers.services.manager import ContainerDependencyManager
 from attune_containers.settings import Settings
 
@@ -58,6 +59,12 @@ class ToyRuntime(PythonRuntime):
     def choose_base(self, available, spec):
         self.calls.append("choose_base")
         return BaseImage(minor="22", reference="toy:22", python_version="22.1.0")
+
+    def base_images(self, settings):
+        return settings.runtime_base_images.get(self.name) or {"22": "toy:22-slim"}
+
+    def base_version(self, labels, env):
+        return env.get("TOY_VERSION")
 
     def loop_command(self, exec_uid, zygote_uid, preload):
         return [self.executable, "/opt/attune/runtime/loop.js", str(exec_uid), *preload]
@@ -187,8 +194,25 @@ def test_the_manager_plans_with_the_specs_runtime(toy, tmp_path, monkeypatch):
     monkeypatch.delenv("ATTUNE__CONTAINERS__CONFIG", raising=False)
     manager = ContainerDependencyManager(Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"),
                                          FakeEngine())
-    monkeypatch.setattr(manager.bases, "available", lambda: [])
+    monkeypatch.setattr(manager.bases, "available", lambda runtime=None: [])
     plan = manager.plan("t", load_pack(write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n")).spec,
                         pull_base=False)
     assert toy.calls == ["validate", "choose_base"]
     assert plan.base.reference == "toy:22" and plan.spec.runtime == "toy"
+
+
+class ToyImages(FakeEngine):
+    def inspect_image(self, reference: str) -> dict | None:
+        return {"Id": "sha256:" + "ef" * 32, "Config": {"Env": ["TOY_VERSION=22.1.0", "PYTHON_VERSION=3.11.2"]}}
+
+
+def test_base_images_come_from_each_runtimes_own_setting_and_say_their_version(toy, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ATTUNE__CONTAINERS__CONFIG", raising=False)
+    settings = Settings(state_dir=tmp_path / "state", base_images={"3.11": "python:3.11-slim"},
+                        runtime_base_images={"toy": {"22": "registry.example/toy:22"}})
+    catalog = BaseImageCatalog(settings, ToyImages())
+    (toy_base,) = catalog.available(toy)
+    assert (toy_base.minor, toy_base.reference, toy_base.python_version) == ("22", "registry.example/toy:22", "22.1.0")
+    (python_base,) = catalog.available()
+    assert (python_base.reference, python_base.python_version) == ("python:3.11-slim", "3.11.2")

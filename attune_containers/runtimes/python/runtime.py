@@ -8,6 +8,7 @@ services/wheels.py: this runtime delegates to their public functions until they 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from ..base import LOOP_MOUNT
 from . import preload
 
 LOOP_DIR = Path(__file__).resolve().parent / "loop"
+_EXACT = re.compile(r"\d+\.\d+\.\d+")
 WRAPPER = f"{LOOP_MOUNT}/attune_wrapper.py"
 
 
@@ -35,6 +37,19 @@ class PythonRuntime:
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         return validate_spec(spec, policy)
+
+    def base_images(self, settings: Any) -> dict[str, str]:
+        return dict(settings.base_images)
+
+    def base_version(self, labels: dict[str, str], env: dict[str, str]) -> str | None:
+        # Our bootstrapped images carry a label; the official images an ENV PYTHON_VERSION.
+        for found in (labels.get(L.BASE_PYTHON_VERSION), env.get("PYTHON_VERSION")):
+            if found and _EXACT.fullmatch(found):
+                return found
+        return None
+
+    def base_version_command(self) -> list[str]:
+        return ["python3", "-c", "import platform; print(platform.python_version())"]
 
     def choose_base(self, available: list[BaseImage], spec: ValidatedSpec) -> BaseImage:
         return choose_python(available, spec.min_version, spec.max_version)
