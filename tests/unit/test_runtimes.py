@@ -179,14 +179,19 @@ def test_the_container_runs_the_runtimes_loop_from_its_folder(toy, tmp_path):
     assert default.command[0] == PYTHON.executable and (str(PYTHON.loop_dir), LOOP_MOUNT, True) in default.mounts
 
 
-def test_an_image_says_its_runtime_by_its_version_label(toy):
-    labels = {L.MANAGED: "true", L.PACK_REF: "t", L.DEPENDENCY_HASH: "0" * 64, toy.version_label: "22.1.0"}
+def test_an_image_says_its_runtime_by_its_runtime_label_and_older_images_are_pythons(toy):
+    # An image built on one of our Python bases inherits its python.version label: the runtime
+    # label decides, never which version labels happen to be there.
+    labels = {L.MANAGED: "true", L.PACK_REF: "t", L.DEPENDENCY_HASH: "0" * 64, L.RUNTIME: "toy",
+              toy.version_label: "22.1.0", L.PYTHON_VERSION: "3.13.5"}
     info = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1", labels)
     assert (info.runtime, info.runtime_version, info.executable_path, info.is_valid) == (
         "toy", "22.1.0", toy.executable, True)
     python = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1",
                                       {L.MANAGED: "true", L.PACK_REF: "t", L.PYTHON_VERSION: "3.11.2"})
     assert (python.runtime, python.runtime_version) == ("python", "3.11.2")
+    unknown = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1", {**labels, L.RUNTIME: "cobol"})
+    assert (unknown.runtime, unknown.runtime_version, unknown.is_valid) == ("cobol", "", False)
 
 
 def test_the_manager_plans_with_the_specs_runtime(toy, tmp_path, monkeypatch):
