@@ -1,7 +1,7 @@
 """Runtimes as plug-ins: the registry, keyed by ``runtime_type`` (the seed's DependencyManagerRegistry).
 
 A new runtime is one package beside ``python/`` implementing :class:`base.Runtime`, plus one line
-in ``_REGISTERED`` below. Everything else (manager, runner, pool, pruner, CLI, HTTP API) asks
+in ``_PACKAGES`` below. Everything else (manager, runner, pool, pruner, CLI, HTTP API) asks
 :func:`get_runtime` and never names a runtime.
 
 Pure: ``base``, this registry and each runtime's module import no engine (tests/unit/test_core_is_pure.py
@@ -10,13 +10,13 @@ keeps it so); only a runtime's ``fetcher()`` reaches the engine, on demand.
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from ..errors import InvalidSpecError
 from .base import LOOP_MOUNT, PACK_MOUNT, Runtime
-from .python import PYTHON
 
-_REGISTERED: tuple[Runtime, ...] = (
-    PYTHON,
-)
+# The registered runtimes, by package name; each package exports its instance as RUNTIME.
+_PACKAGES = ("python",)
 
 
 
@@ -34,7 +34,7 @@ def check_registry(runtimes: tuple[Runtime, ...]) -> dict[str, Runtime]:
     return {r.name: r for r in runtimes}
 
 
-RUNTIMES: dict[str, Runtime] = check_registry(_REGISTERED)
+RUNTIMES: dict[str, Runtime] = check_registry(tuple(import_module(f"{__name__}.{p}").RUNTIME for p in _PACKAGES))
 # A spec without ``runtime`` and a pack without dependencies are Python's, as in the seed.
 DEFAULT_RUNTIME = "python"
 

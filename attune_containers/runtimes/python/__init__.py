@@ -4,4 +4,6 @@ imported on the host)."""
 
 from .runtime import PYTHON, PythonRuntime
 
-__all__ = ["PYTHON", "PythonRuntime"]
+RUNTIME = PYTHON  # what the registry (runtimes/__init__.py) takes from each runtime's package
+
+__all__ = ["PYTHON", "RUNTIME", "PythonRuntime"]
