@@ -2,8 +2,9 @@
 the ``attune_wrapper.py`` loop started as ``python -I -S -B``.
 
 Pure apart from :meth:`PythonRuntime.fetcher`, which imports the wheel cache (engine) on demand.
-The build itself (render, plan, fetch) still lives in core/render.py, core/plan.py and
-services/wheels.py: this runtime delegates to their public functions until they move here.
+Its spec (spec.py) and version choice (versions.py) live here; the build itself (render, plan,
+fetch) still lives in core/render.py, core/plan.py and services/wheels.py: this runtime delegates
+to their public functions until they move here.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 from ...core import labels as L
 from ...core.plan import BuildPlan, make_plan
 from ...core.render import INTERPRETER, BuildOptions
-from ...core.spec import SUPPORTED_RUNTIMES, DependencySpec, RequirementPolicy, ValidatedSpec, validate_spec
-from ...core.versions import BaseImage, choose_python
+from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec
+from ...core.versions import BaseImage
 from ..base import LOOP_MOUNT
 from . import preload
+from .spec import validate_python_spec
+from .versions import choose_python
 
 LOOP_DIR = Path(__file__).resolve().parent / "loop"
 _EXACT = re.compile(r"\d+\.\d+\.\d+")
@@ -28,7 +31,7 @@ WRAPPER = f"{LOOP_MOUNT}/attune_wrapper.py"
 class PythonRuntime:
     name = "python"
     display_name = "Python"
-    aliases = frozenset(k for k, v in SUPPORTED_RUNTIMES.items() if v == "python") - {"python"}
+    aliases = frozenset({"python3"})
     meta_key = "python_dependencies"
     runner_types = ("python", "python3", "python-script", "local-python", "run-python")
     version_label = L.PYTHON_VERSION
@@ -36,7 +39,7 @@ class PythonRuntime:
     loop_dir = LOOP_DIR
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
-        return validate_spec(spec, policy)
+        return validate_python_spec(spec, policy)
 
     def base_images(self, settings: Any) -> dict[str, str]:
         return dict(settings.base_images)
