@@ -29,10 +29,10 @@ from .core import problems
 from .core.execution import ExecutionStatus, ResourceLimits
 from .core.pack_ref import validate_pack_ref
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
-from .core.plan import BuildPlan, make_plan
+from .core.plan import BuildPlan
 from .core.prune_policy import PrunePolicy, parse_duration
-from .core.spec import EnvironmentInfo, validate_spec
-from .core.versions import BaseImage, choose_python
+from .core.spec import EnvironmentInfo
+from .core.versions import BaseImage
 from .errors import (
     AttuneContainersError,
     ConfigurationError,
@@ -40,6 +40,7 @@ from .errors import (
     EnvironmentNotFoundError,
     InvalidSpecError,
 )
+from .runtimes import get_runtime
 from .services.base_images import BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .services.pruner import ImageEntry, PruneReport, Pruner
@@ -200,12 +201,14 @@ def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition
     except EngineUnavailableError:
         settings = manager.settings
         validate_pack_ref(pack.pack_ref)
-        validated = validate_spec(pack.spec, settings.requirement_policy())
-        bases = sorted((BaseImage(minor=m, reference=r) for m, r in settings.base_images.items()),
+        runtime = get_runtime(pack.spec.runtime)
+        validated = runtime.validate(pack.spec, settings.requirement_policy())
+        bases = sorted((BaseImage(minor=m, reference=r) for m, r in runtime.base_images(settings).items()),
                        key=lambda b: b.minor_key)
-        base = choose_python(bases, validated.min_version, validated.max_version)
-        err.print("note: no engine answers: the exact Python version and the image tag are not known", highlight=False)
-        return make_plan(pack.pack_ref, validated, base, settings.build_options(), settings.image_prefix)
+        base = runtime.choose_base(bases, validated)
+        err.print(f"note: no engine answers: the exact {runtime.display_name} version and the image tag are not known",
+                  highlight=False)
+        return runtime.plan(pack.pack_ref, validated, base, settings.build_options(), settings.image_prefix)
 
 
 def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -238,7 +241,8 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
     if args.json:
         _print_json(report)
     else:
-        out.print(f"[green]valid[/green] {pack.pack_ref}: Python {report['python']} from {plan.base.reference}")
+        name = get_runtime(plan.spec.runtime).display_name
+        out.print(f"[green]valid[/green] {pack.pack_ref}: {name} {report['python']} from {plan.base.reference}")
         for line in report["requirements"]:
             out.print(f"  {line}", highlight=False, markup=False)
         if args.image:
@@ -282,7 +286,8 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         _print_json({"outcome": ensured.outcome, "pushed": pushed, **info.model_dump(mode="json")})
     else:
         out.print(
-            f"{ensured.outcome} {info.image} for {info.pack_ref}: Python {info.runtime_version}, "
+            f"{ensured.outcome} {info.image} for {info.pack_ref}: {get_runtime(info.runtime).display_name} "
+            f"{info.runtime_version}, "
             f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
             + (f"; pushed to {pushed}" if pushed else ""), highlight=False,
         )

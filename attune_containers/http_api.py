@@ -55,6 +55,7 @@ from .errors import (
     InvalidSpecError,
     NotFoundError,
 )
+from .runtimes import RUNTIMES
 from .services.executions import (
     READER_QUEUE_BYTES,
     Execution,
@@ -336,7 +337,8 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         """Ready for executions: the engine answers and every configured base image is present."""
         engine = runner().engine
         engine.ping()  # EngineUnavailableError: 503
-        images = runner().manager.bases.available()
+        bases = runner().manager.bases
+        images = [image for runtime in RUNTIMES.values() for image in bases.available(runtime)]
         missing = [image.reference for image in images if not image.present]
         if missing:
             raise BaseImagesMissing("base images missing: " + ", ".join(missing)

@@ -77,7 +77,7 @@ def config_file() -> Path | None:
 
 # Settings whose value, when a higher-precedence source gives it, replaces lower ones whole: a set
 # of base images is one choice. (Limits and pool policy do merge field by field.)
-REPLACED_WHOLE = ("base_images",)
+REPLACED_WHOLE = ("base_images", "runtime_base_images")
 
 
 class _Wrapped(PydanticBaseSettingsSource):
@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     base_images: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_BASE_IMAGES),
         description="Python minor version -> base image providing it",
+    )
+    # Python's stay in base_images (the setting predates runtimes); a new runtime reads its own
+    # here, so adding one needs no new setting.
+    runtime_base_images: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Base images of the other runtimes: runtime -> version -> image (else the runtime's defaults)",
     )
     pip_index_url: str | None = Field(None, description="Index URL for builds (builder stage only)")
     pip_extra_index_urls: list[str] = Field(default_factory=list)
@@ -216,6 +222,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"base_images key {minor!r} is not a Python minor version like '3.11'")
             if not _REFERENCE.fullmatch(ref):
                 raise ValueError(f"base_images[{minor!r}] = {ref!r} is not an image reference")
+        return v
+
+    @field_validator("runtime_base_images")
+    @classmethod
+    def _runtime_bases(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for runtime, images in v.items():
+            for version, ref in images.items():
+                if not re.fullmatch(r"\d+(?:\.\d+){0,2}", version) or not _REFERENCE.fullmatch(ref):
+                    raise ValueError(f"runtime_base_images[{runtime!r}][{version!r}] = {ref!r} is not "
+                                     "a version and an image reference")
         return v
 
     @field_validator("registry")

@@ -23,7 +23,6 @@ MAX_TIMEOUT = 7 * 24 * 3600  # as ResourceLimits.timeout; the operator's max_lim
 _ACTION_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _ENTRY_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _FUNCTION = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-PYTHON_RUNNERS = {"python", "python3", "python-script", "local-python", "run-python"}
 
 
 class ActionDefinition(BaseModel):
@@ -36,6 +35,8 @@ class ActionDefinition(BaseModel):
     entry_point: str  # relative to the pack's actions/ folder, validated
     function: str | None = None
     timeout: float | None = None
+    # Which registered runtime's runner this action names (its pack's runtime must be the same).
+    runner_type: str = "python"
     secret_parameters: tuple[str, ...] = ()
 
 
@@ -98,9 +99,13 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
         raise InvalidSpecError(f"{yaml_path} cannot be parsed: {exc}", field="action") from None
     if not isinstance(document, dict):
         raise InvalidSpecError(f"{yaml_path} must hold a mapping", field="action")
-    runner = str(document.get("runner_type", "python"))
-    if runner not in PYTHON_RUNNERS:
-        raise InvalidSpecError(f"runner_type {runner!r} is not a Python runner", field="runner_type")
+    from ..runtimes import DEFAULT_RUNTIME, runner_types  # runtimes/ reads pack files through core.packs
+
+    known = runner_types()
+    runner = str(document.get("runner_type", DEFAULT_RUNTIME))
+    if runner not in known:
+        raise InvalidSpecError(f"runner_type {runner!r} is not a runner of any runtime; known: "
+                               f"{', '.join(sorted(known))}", field="runner_type")
     entry_point, function = _entry_point(document.get("entry_point"), pack_dir)
     timeout = document.get("timeout")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
@@ -115,6 +120,7 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
         action_ref=action_ref, pack_ref=pack_ref, name=name, pack_dir=pack_dir,
         entry_point=entry_point, function=function,
         timeout=float(timeout) if timeout is not None else None, secret_parameters=secrets,
+        runner_type=runner,
     )
 
 

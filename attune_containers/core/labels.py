@@ -13,7 +13,6 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
-from .render import INTERPRETER
 from .spec import EnvironmentInfo
 
 PREFIX = "io.attune.containers."
@@ -21,6 +20,8 @@ MANAGED = PREFIX + "managed"
 PACK_REF = PREFIX + "pack_ref"
 DEPENDENCY_HASH = PREFIX + "dependency_hash"
 PYTHON_VERSION = PREFIX + "python.version"
+# Which registered runtime built the image (runtimes/); images from before it are Python's.
+RUNTIME = PREFIX + "runtime"
 REQUIREMENTS = PREFIX + "requirements"
 INSTALLED = PREFIX + "installed"
 CREATED = PREFIX + "created"
@@ -74,19 +75,28 @@ def environment_from_image(image_id: str, reference: str, labels: dict[str, str]
     """An EnvironmentInfo from an image's labels, or None when the image is not one of ours."""
     if labels.get(MANAGED) != "true" or PACK_REF not in labels:
         return None
+    from ..runtimes import RUNTIMES, get_runtime  # imported here: runtimes/ imports this module
+
+    # Its own label says; an image from before that label is the default runtime's (Python's).
+    # Never guessed from a version label: images inherit their base's, Python's on our bases.
+    named = labels.get(RUNTIME)
+    runtime = get_runtime() if named is None else RUNTIMES.get(named)
+    # A runtime this process does not know (another version's): listed, never valid to run.
+    version = labels.get(runtime.version_label, "") if runtime is not None else ""
     created = _parse_time(labels.get(CREATED))
     return EnvironmentInfo(
         id=image_id,
         pack_ref=labels[PACK_REF],
         image=reference,
-        runtime_version=labels.get(PYTHON_VERSION, ""),
+        runtime=runtime.name if runtime is not None else str(named)[:64],
+        runtime_version=version,
         dependency_hash=labels.get(DEPENDENCY_HASH, ""),
         requirements=_json_list(labels.get(REQUIREMENTS)),
         installed_dependencies=_json_list(labels.get(INSTALLED)),
-        executable_path=INTERPRETER,
+        executable_path=runtime.executable if runtime is not None else "",
         created_at=created,
         updated_at=created,
-        is_valid=bool(labels.get(DEPENDENCY_HASH)) and bool(labels.get(PYTHON_VERSION)),
+        is_valid=bool(labels.get(DEPENDENCY_HASH)) and bool(version),
         size_bytes=size_bytes,
     )
 

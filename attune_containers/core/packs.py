@@ -109,7 +109,10 @@ def _definition(
     meta = document.get("meta") or {}
     if not isinstance(meta, dict):
         raise InvalidSpecError("must be a mapping", field="meta")
-    spec = spec_from_python_dependencies(meta.get("python_dependencies"))
+    from ..runtimes import runtime_for_meta  # runtimes/ reads pack files through this module
+
+    runtime, declared = runtime_for_meta(meta)
+    spec = spec_from_meta(declared, runtime.name, runtime.meta_key)
     if extra_requirements is not None:
         combined = "\n".join(
             part for part in (spec.requirements_file_content, extra_requirements) if part
@@ -119,6 +122,12 @@ def _definition(
     label = document.get("label")
     limits = ResourceLimits.from_pack(meta.get("container_limits"), "meta.container_limits")
     pool = PoolSettings.from_pack(meta.get("container_pool"), "meta.container_pool")
+    if pool is not None and pool.preload is not None:
+        # PoolSettings only knows the list suits some runtime; this pack's must accept it.
+        try:
+            runtime.check_preload(pool.preload)
+        except InvalidSpecError as exc:
+            raise InvalidSpecError(str(exc), field="meta.container_pool.preload") from None
     return PackDefinition(
         pack_ref=pack_ref,
         label=str(label) if label is not None else None,
@@ -133,26 +142,32 @@ def _definition(
 
 def spec_from_python_dependencies(value: Any) -> DependencySpec:
     """``meta.python_dependencies`` in either shape (list or object) as a DependencySpec."""
+    return spec_from_meta(value, "python", "python_dependencies")
+
+
+def spec_from_meta(value: Any, runtime: str, meta_key: str) -> DependencySpec:
+    """A runtime's ``meta.<meta_key>`` in either shape (list or object) as a DependencySpec whose
+    ``runtime`` defaults to that runtime."""
     if value is None:
-        return DependencySpec()
+        return DependencySpec(runtime=runtime)
     if isinstance(value, list):
-        return _spec({"dependencies": value})
+        return _spec({"runtime": runtime, "dependencies": value}, meta_key)
     if isinstance(value, dict):
-        return _spec(value)
+        return _spec({"runtime": runtime, **value}, meta_key)
     raise InvalidSpecError(
         f"must be a list of requirements or an object, got {type(value).__name__}",
-        field="meta.python_dependencies",
+        field=f"meta.{meta_key}",
     )
 
 
-def _spec(data: dict[str, Any]) -> DependencySpec:
+def _spec(data: dict[str, Any], meta_key: str) -> DependencySpec:
     try:
         return DependencySpec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidSpecError(
-            first["msg"], field=f"meta.python_dependencies.{where}" if where else "meta.python_dependencies"
+            first["msg"], field=f"meta.{meta_key}.{where}" if where else f"meta.{meta_key}"
         ) from None
 
 

@@ -116,6 +116,7 @@ class BuildPlan(BaseModel):
             L.MANAGED: "true",
             L.PACK_REF: self.pack_ref,
             L.DEPENDENCY_HASH: self.dependency_hash,
+            L.RUNTIME: self.spec.runtime,
             L.PYTHON_VERSION: self.base.python_version or self.base.minor,
             L.REQUIREMENTS: json.dumps([_redact(line) for line in self.spec.as_given]),
             L.INSTALLED: json.dumps(installed),

@@ -25,12 +25,17 @@ class PoolSettings(Layered):
     def _preload(cls, v: list[str] | None) -> list[str] | None:
         if v is None:
             return v
-        from .preload import checked  # packs.py -> pooling.py: imported here to keep that order
+        # The policy is runtime-neutral: a list some runtime accepts passes here, and the pack's
+        # own runtime checks it again when the pack is loaded (core/packs.py).
+        from ..runtimes import RUNTIMES  # packs.py -> pooling.py: imported here to keep that order
 
-        try:
-            return list(checked(v))
-        except Exception as exc:  # noqa: BLE001 - reported as a field error by pydantic
-            raise ValueError(str(exc)) from None
+        errors = []
+        for runtime in RUNTIMES.values():
+            try:
+                return list(runtime.check_preload(v))
+            except Exception as exc:  # noqa: BLE001 - reported as a field error by pydantic
+                errors.append(str(exc))
+        raise ValueError("; ".join(errors))
 
 
 DEFAULT_POOL = PoolSettings(reuse=True, min_idle=0, max_size=4, idle_timeout=300, max_executions=200, prewarm=False)

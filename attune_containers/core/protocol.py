@@ -1,5 +1,5 @@
 """The protocol between the worker and the in-container runner loop
-(``attune_containers/runtime/attune_wrapper.py``), worker side.
+(``attune_containers/runtimes/python/loop/attune_wrapper.py``), worker side.
 
 Each request goes in on the container's stdin as two frames ``length(4, big endian) JSON``: the
 control frame the supervisor reads (nonce, deadline, result limit) and the payload it passes unread

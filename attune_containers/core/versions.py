@@ -1,21 +1,20 @@
-"""Choosing a pack's Python: the newest available version inside its [min_version, max_version]."""
+"""Base images as the runtimes choose among them (each runtime's choice is its own: Python's is
+runtimes/python/versions.py)."""
 
 from __future__ import annotations
 
-from packaging.version import Version
 from pydantic import BaseModel, ConfigDict
-
-from ..errors import PythonVersionUnavailableError
 
 
 class BaseImage(BaseModel):
-    """A base image that provides one Python minor version (``3.11``)."""
+    """A base image that provides one runtime version (Python's minor, ``3.11``)."""
 
     model_config = ConfigDict(frozen=True)
 
     minor: str
     reference: str
-    # The exact interpreter version (``3.11.2``) once the image has been inspected.
+    # The exact runtime version (``3.11.2``) once the image has been inspected. (Named for the
+    # first runtime; the build path reads it under this name.)
     python_version: str | None = None
     # What the image is made of, the same on every host that has the same image: our bootstrap
     # label, else the registry digest, else (a locally built image) its ID. Part of the hash.
@@ -25,43 +24,6 @@ class BaseImage(BaseModel):
 
     @property
     def minor_key(self) -> tuple[int, int]:
-        major, minor = self.minor.split(".")[:2]
-        return int(major), int(minor)
-
-
-def _key(version: str, width: int) -> tuple[int, ...]:
-    release = (*Version(version).release, 0, 0)
-    return tuple(release[:width])
-
-
-def _inside(image: BaseImage, min_version: str | None, max_version: str | None) -> bool:
-    # A bound given as major.minor compares minors, so max_version "3.11" admits 3.11.x. A bound
-    # with a patch level compares the exact version; unknown exact versions do not pass it, so we
-    # never build a version outside the range.
-    for bound, ok in ((min_version, lambda a, b: a >= b), (max_version, lambda a, b: a <= b)):
-        if bound is None:
-            continue
-        if len(Version(bound).release) <= 2:
-            if not ok(image.minor_key, _key(bound, 2)):
-                return False
-        else:
-            if image.python_version is None or not ok(_key(image.python_version, 3), _key(bound, 3)):
-                return False
-    return True
-
-
-def choose_python(
-    available: list[BaseImage], min_version: str | None = None, max_version: str | None = None
-) -> BaseImage:
-    """The newest of ``available`` inside the inclusive range, or a clear error naming both."""
-    fitting = [image for image in available if _inside(image, min_version, max_version)]
-    if fitting:
-        return max(fitting, key=lambda image: (image.minor_key, _key(image.python_version or "0", 3)))
-    versions = ", ".join(
-        image.python_version or image.minor for image in sorted(available, key=lambda i: i.minor_key)
-    )
-    wanted = f"[{min_version or 'any'}, {max_version or 'any'}]"
-    raise PythonVersionUnavailableError(
-        f"no available Python lies inside {wanted}; available: {versions or 'none configured'}",
-        field="python_version",
-    )
+        # Python's keys are major.minor; other runtimes may key by major alone ("22").
+        major, _, minor = self.minor.partition(".")
+        return int(major), int(minor.split(".")[0] or 0)

@@ -17,6 +17,7 @@ from cachetools import TTLCache
 from ..core import labels as L
 from ..core.versions import BaseImage
 from ..engine import Engine
+from ..runtimes import Runtime, get_runtime
 from ..errors import AttuneContainersError, EngineError, EnvironmentNotFoundError, InvalidSpecError
 from ..settings import Settings
 
@@ -32,17 +33,20 @@ class BaseImageCatalog:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self._cache: TTLCache[str, BaseImage] = TTLCache(maxsize=64, ttl=settings.cache_ttl)
+        self._cache: TTLCache[tuple[str, str], BaseImage] = TTLCache(maxsize=64, ttl=settings.cache_ttl)
         self._lock = threading.Lock()
 
-    def available(self) -> list[BaseImage]:
-        """Every configured base image, inspected (exact version, presence) where it is local."""
-        images = [self.describe(minor, ref) for minor, ref in self.settings.base_images.items()]
+    def available(self, runtime: Runtime | None = None) -> list[BaseImage]:
+        """Every base image configured for ``runtime`` (default: the default runtime), inspected
+        (exact version, presence) where it is local."""
+        runtime = runtime or get_runtime()
+        images = [self.describe(minor, ref, runtime) for minor, ref in runtime.base_images(self.settings).items()]
         return sorted(images, key=lambda image: image.minor_key)
 
-    def describe(self, minor: str, reference: str) -> BaseImage:
+    def describe(self, minor: str, reference: str, runtime: Runtime | None = None) -> BaseImage:
+        runtime = runtime or get_runtime()
         with self._lock:
-            cached = self._cache.get(reference)
+            cached = self._cache.get((runtime.name, reference))
         if cached is not None:
             return cached
         attrs = self.engine.inspect_image(reference)
@@ -52,7 +56,7 @@ class BaseImageCatalog:
             image = BaseImage(
                 minor=minor,
                 reference=reference,
-                python_version=self._exact_version(reference, attrs),
+                python_version=self._exact_version(reference, attrs, runtime),
                 identity=_identity(attrs),
                 image_id=attrs["Id"],
                 present=True,
@@ -63,10 +67,10 @@ class BaseImageCatalog:
                     f"Python {image.python_version}; fix ATTUNE__CONTAINERS__BASE_IMAGES"
                 )
             with self._lock:
-                self._cache[reference] = image
+                self._cache[(runtime.name, reference)] = image
         return image
 
-    def ensure_present(self, image: BaseImage) -> BaseImage:
+    def ensure_present(self, image: BaseImage, runtime: Runtime | None = None) -> BaseImage:
         """``image`` pulled if it is not local yet, then described again (exact version known)."""
         if image.present:
             return image
@@ -79,20 +83,15 @@ class BaseImageCatalog:
                 f"`attune-containers base bootstrap --python {image.minor}` and point "
                 "ATTUNE__CONTAINERS__BASE_IMAGES at the result."
             ) from None
-        return self.describe(image.minor, image.reference)
+        return self.describe(image.minor, image.reference, runtime)
 
-    def _exact_version(self, reference: str, attrs: dict) -> str | None:
+    def _exact_version(self, reference: str, attrs: dict, runtime: Runtime) -> str | None:
         config = attrs.get("Config") or {}
-        label = (config.get("Labels") or {}).get(L.BASE_PYTHON_VERSION)
-        if label and _VERSION.fullmatch(label):
-            return label
-        for entry in config.get("Env") or []:
-            key, _, value = entry.partition("=")
-            if key == "PYTHON_VERSION" and _VERSION.fullmatch(value):
-                return value
-        code, output = self.engine.run_once(
-            reference, ["python3", "-c", "import platform; print(platform.python_version())"]
-        )
+        env = dict(entry.partition("=")[::2] for entry in config.get("Env") or [])
+        found = runtime.base_version(config.get("Labels") or {}, env)
+        if found:
+            return found
+        code, output = self.engine.run_once(reference, runtime.base_version_command())
         found = output.strip().splitlines()[-1] if code == 0 and output.strip() else ""
         return found if _VERSION.fullmatch(found) else None
 

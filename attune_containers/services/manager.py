@@ -22,11 +22,10 @@ from pydantic import BaseModel
 
 from ..core import labels as L
 from ..core.pack_ref import image_name_for, validate_pack_ref
-from ..core.plan import TAG_LENGTH, BuildPlan, make_plan
+from ..core.plan import TAG_LENGTH, BuildPlan
 from ..core.prune_policy import PrunePolicy
-from ..core.render import INSTALLED_RECORD, INTERPRETER
-from ..core.spec import DependencySpec, EnvironmentInfo, validate_spec
-from ..core.versions import choose_python
+from ..core.render import INSTALLED_RECORD
+from ..core.spec import DependencySpec, EnvironmentInfo
 from ..engine import Engine, LogSink
 from ..errors import (
     AttuneContainersError,
@@ -38,7 +37,8 @@ from ..errors import (
 )
 from ..settings import Settings
 from .base_images import BaseImageCatalog
-from .wheels import INSTALLED_RECORD_LIMIT, LockedDistribution, WheelCache, read_installed_record
+from ..runtimes import get_runtime
+from .wheels import INSTALLED_RECORD_LIMIT, LockedDistribution, read_installed_record
 from .build_gate import BuildGate
 from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
@@ -80,20 +80,26 @@ class Ensured(BaseModel):
 
 
 class ContainerDependencyManager:
-    """One image per pack spec: plans, builds (or reuses, or pulls), lists and removes the images of
-    one configuration (``Settings``, its ``image_prefix``). Safe to use from many threads."""
+    """One image per pack spec, for every registered runtime (each spec is planned by its own
+    runtime, runtimes/; nothing here names one): plans, builds (or reuses, or pulls), lists and
+    removes the images of one configuration (``Settings``, its ``image_prefix``). Safe to use from
+    many threads."""
 
-    runtime_type = "python"
+    # The seed's DependencyManager attribute: the default runtime, under which the seed's
+    # DependencyManagerRegistry files this manager (it serves every runtime).
+    runtime_type = get_runtime().name
 
     def __init__(self, settings: Settings | None = None, engine: Engine | None = None) -> None:
         self.settings = settings or Settings()
         self.engine = engine or Engine(timeout=self.settings.engine_timeout)
         self.bases = BaseImageCatalog(self.settings, self.engine)
-        self.wheels = WheelCache(self.settings, self.engine)
         self._cache: TTLCache[tuple[str, str], EnvironmentInfo] = TTLCache(
             maxsize=1024, ttl=self.settings.cache_ttl
         )
         self._cache_lock = threading.Lock()
+        self._fetchers: dict[str, Any] = {}
+        # The default runtime's fetcher (the build path and `cache` use it); other runtimes' on demand.
+        self.wheels = self.fetcher(self.runtime_type)
         # The image each pack resolved to last in this process: its "current" environment.
         self._current: dict[str, str] = {}
         self._current_lock = threading.Lock()
@@ -106,13 +112,22 @@ class ContainerDependencyManager:
     # -- planning (pure apart from base image facts) -------------------------------------------
 
     def plan(self, pack_ref: str, spec: DependencySpec, *, pull_base: bool = True) -> BuildPlan:
-        """Validate ``spec``, choose its Python and return the build plan; raises on bad input."""
+        """Validate ``spec``, choose its runtime's version and return the build plan; raises on bad input."""
         validate_pack_ref(pack_ref)
-        validated = validate_spec(spec, self.settings.requirement_policy())
-        base = choose_python(self.bases.available(), validated.min_version, validated.max_version)
+        runtime = get_runtime(spec.runtime)
+        validated = runtime.validate(spec, self.settings.requirement_policy())
+        base = runtime.choose_base(self.bases.available(runtime), validated)
         if pull_base:
-            base = self.bases.ensure_present(base)
-        return make_plan(pack_ref, validated, base, self.settings.build_options(), self.settings.image_prefix)
+            base = self.bases.ensure_present(base, runtime)
+        return runtime.plan(pack_ref, validated, base, self.settings.build_options(), self.settings.image_prefix)
+
+    def fetcher(self, runtime_type: str) -> Any:
+        """The runtime's dependency fetcher and cache, one per runtime and manager."""
+        runtime = get_runtime(runtime_type)
+        with self._cache_lock:
+            if runtime.name not in self._fetchers:
+                self._fetchers[runtime.name] = runtime.fetcher(self.settings, self.engine)
+            return self._fetchers[runtime.name]
 
     # -- the seed's API ---------------------------------------------------------------------
 
@@ -215,9 +230,7 @@ class ContainerDependencyManager:
         info = self.get_environment(pack_ref)
         if info is None or not info.is_valid:
             return False
-        code, output = self.engine.run_once(
-            info.id, [INTERPRETER, "-c", "import platform; print(platform.python_version())"]
-        )
+        code, output = self.engine.run_once(info.id, get_runtime(info.runtime).version_command())
         return code == 0 and output.strip() == info.runtime_version
 
     def list_environments(self, pack_ref: str | None = None) -> list[EnvironmentInfo]:
@@ -474,7 +487,7 @@ class ContainerDependencyManager:
     def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
         # build_timeout is wall-clock for the whole build: the fetch step and both engine builds.
         deadline = time.monotonic() + self.settings.build_timeout
-        with self.wheels.fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
+        with self.fetcher(plan.spec.runtime).fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             context = plan.context(fetched.wheels, fetched.tools)
             lock = fetched.lock()
             try:
@@ -612,6 +625,7 @@ class DependencyManagerRegistry:
 
     @staticmethod
     def _normalize(runtime: str) -> str:
-        from ..core.spec import SUPPORTED_RUNTIMES
-
-        return SUPPORTED_RUNTIMES.get(runtime, runtime)
+        try:
+            return get_runtime(runtime).name
+        except InvalidSpecError:
+            return runtime  # get() then names what is registered

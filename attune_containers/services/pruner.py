@@ -52,6 +52,7 @@ from ..errors import (
     EnvironmentNotFoundError,
     ImageInUseError,
 )
+from ..runtimes import RUNTIMES
 from ..settings import Settings
 from .build_gate import BuildGate
 from .ownership import live_images, owner_alive
@@ -185,7 +186,8 @@ class Pruner:
                     "a build is running: build leftovers stay, and images removed now keep their "
                     "untagged parents (a build may be reusing them); a later prune cleans both")
             if policy.leftovers and policy.pack is None and alone:
-                lineage = _Lineage(self.engine, self.settings.base_images.values())
+                lineage = _Lineage(self.engine, [ref for runtime in RUNTIMES.values()
+                                                 for ref in runtime.base_images(self.settings).values()])
                 self._remove_containers(run, lineage)
                 self._remove_dangling(run, lineage)
             elif policy.leftovers and policy.pack is not None:

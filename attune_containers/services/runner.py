@@ -33,12 +33,11 @@ from ..core.execution import (
     ResourceLimits,
     parse_size,
 )
-from ..core import preload
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
 from ..core.spec import EnvironmentInfo
 from ..core.protocol import ExecutionCollector, OutputObserver, encode_frame, encode_request
-from ..core.render import APP_UID, INTERPRETER
+from ..core.render import APP_UID
 from ..engine import ContainerRun, Engine, LogSink
 from ..errors import (
     AttuneContainersError,
@@ -47,16 +46,13 @@ from ..errors import (
     InvalidSpecError,
     NotFoundError,
 )
+from ..runtimes import LOOP_MOUNT, PACK_MOUNT, Runtime, get_runtime
 from ..settings import Settings
 from . import ownership
 from .manager import ContainerDependencyManager
 from .pool import Pool, PoolRegistry, WarmBudget, pool_key
 from .usage import UsageLog
 
-RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
-PACK_MOUNT = "/opt/attune/pack"
-RUNTIME_MOUNT = "/opt/attune/runtime"
-WRAPPER = f"{RUNTIME_MOUNT}/attune_wrapper.py"
 
 _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -69,7 +65,7 @@ OOM_POLL_SECONDS = 1.0
 DEADLINE_GRACE_SECONDS = 3.0
 # The supervisor starts as root with these capabilities only, to run each execution as APP_UID.
 SUPERVISOR_CAPABILITIES = ("SETUID", "SETGID", "KILL")
-# The uid of a warm container's zygote (see runtime/attune_wrapper.py): neither root nor APP_UID.
+# The uid of a warm container's zygote (the runtime's loop preloads as it): neither root nor APP_UID.
 ZYGOTE_UID = APP_UID + 1
 
 _RUNNERS: weakref.WeakSet[ActionRunner] = weakref.WeakSet()
@@ -121,7 +117,7 @@ class ActionRunner:
         self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers,
                                              parse_size(self.settings.max_warm_memory)))
         self._tree: tuple[int | None, dict[str, Path]] | None = None
-        self._preloads: dict[Path, tuple[tuple[int, int], tuple[str, ...]]] = {}
+        self._preloads: dict[tuple[str, Path], tuple[tuple[int, int], tuple[str, ...]]] = {}
         # Held before any container exists: a sweeper can prove this process alive (ownership.py).
         self.lease = ownership.acquire(self.settings.state_dir, self.engine)
         _RUNNERS.add(self)
@@ -168,6 +164,7 @@ class ActionRunner:
             raise InvalidSpecError(f"{execution_id!r} is not a valid execution id", field="execution_id")
         action = load_action(self.packs_dir, action_ref, self._packs_tree())
         pack = self._pack(action)
+        _check_runner(action, pack)
         effective = self.settings.run_limits(pack=pack.limits, action=ResourceLimits(timeout=action.timeout), request=limits)
         request = _request(action, parameters, secrets, effective,
                            _environment(execution_id, action, environment))
@@ -350,15 +347,16 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         use_pool = policy.reuse if warm is None else warm
         per_run = {L.EXECUTION_ID: execution_id, L.ACTION_REF: action.action_ref}
+        runtime = get_runtime(pack.spec.runtime)
         try:
             if use_pool:
                 warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {L.POOL: "true"},
-                                          self._preload(action.pack_dir, policy))
+                                          self._preload(runtime, action.pack_dir, policy), runtime=runtime)
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return _ran_on(result, info, warm=True)
                 # The warm budget is all busy: this execution runs cold rather than queueing.
-            run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run)
+            run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run, runtime=runtime)
             return _ran_on(self._run_cold(run, info, limits, request, execution_id, action), info, warm=False)
         except EnvironmentNotFoundError:
             self.manager.forget_image(info.id)
@@ -426,8 +424,9 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
         info = self._ensure_in_use(pack)
+        runtime = get_runtime(pack.spec.runtime)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
-                             self._preload(packs[pack_ref], policy))
+                             self._preload(runtime, packs[pack_ref], policy), runtime=runtime)
         return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
 
     def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None) -> EnvironmentInfo:
@@ -463,9 +462,9 @@ class ActionRunner:
     def pool_stats(self) -> list[dict]:
         return [pool.stats() for pool in self.pools.pools()]
 
-    def _preload(self, pack_dir: Path, policy: PoolSettings) -> tuple[str, ...]:
+    def _preload(self, runtime: Runtime, pack_dir: Path, policy: PoolSettings) -> tuple[str, ...]:
         """The libraries a pack's warm containers import ahead: its own list, else what its action
-        files import (parsed again only when the actions folder changes)."""
+        files import, as its runtime finds them (again only when the actions folder changes)."""
         if policy.preload is not None:
             return tuple(policy.preload)
         actions = pack_dir / "actions"
@@ -473,9 +472,9 @@ class ActionRunner:
             stamp = (actions.stat().st_mtime_ns, max((e.stat().st_mtime_ns for e in actions.iterdir()), default=0))
         except OSError:
             return ()
-        cached = self._preloads.get(pack_dir)
+        cached = self._preloads.get((runtime.name, pack_dir))
         if cached is None or cached[0] != stamp:
-            cached = self._preloads[pack_dir] = (stamp, preload.discover(pack_dir))
+            cached = self._preloads[(runtime.name, pack_dir)] = (stamp, runtime.discover_preload(pack_dir))
         return cached[1]
 
     def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
@@ -536,6 +535,19 @@ class _Handle:
         self.on_output: OutputObserver | None = None
 
 
+def _check_runner(action: ActionDefinition, pack: PackDefinition) -> None:
+    """An action runs in its pack's image, so its runner_type must be its pack's runtime's. (A
+    runtime nobody registered is reported when the pack's image is resolved, as before.)"""
+    try:
+        runtime = get_runtime(pack.spec.runtime)
+    except InvalidSpecError:
+        return
+    if action.runner_type not in runtime.runner_types:
+        raise InvalidSpecError(
+            f"runner_type {action.runner_type!r} is not a {runtime.name} runner, and pack {pack.pack_ref!r} "
+            f"is a {runtime.name} pack (runners: {', '.join(runtime.runner_types)})", field="runner_type")
+
+
 def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> ExecutionResult:
     """Say exactly what ran: the image (by its content digest), its dependency hash, and whether
     the container was warm."""
@@ -546,19 +558,19 @@ def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> Ex
 
 
 def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: ResourceLimits,
-                   labels: dict[str, str], preload: tuple[str, ...] = ()) -> ContainerRun:
+                   labels: dict[str, str], preload: tuple[str, ...] = (), *,
+                   runtime: Runtime | None = None) -> ContainerRun:
     """The container of one pack's runner loop, cold or warm: same image, limits and mounts.
-    ``preload``: libraries a warm container's zygote imports once (argv: never a shell)."""
+    ``preload``: libraries a warm container's zygote imports once (argv: never a shell).
+    ``runtime``: whose loop runs (default: the default runtime's)."""
+    runtime = runtime or get_runtime()
     return ContainerRun(
         image=image_id,
-        # -S: no site-packages in the supervisor, so no code of the pack runs in it (the child,
-        # or the zygote, imports site after dropping to its uid).
-        command=[INTERPRETER, "-I", "-S", "-B", WRAPPER, str(APP_UID),
-                 *([str(ZYGOTE_UID), *preload] if preload else [])],
+        command=runtime.loop_command(APP_UID, ZYGOTE_UID if preload else None, preload),
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
         labels={L.RUN: "true", L.PACK_REF: pack_ref, **owner_labels(), **labels},
-        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(RUNTIME_DIR), RUNTIME_MOUNT, True)],
+        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(runtime.loop_dir), LOOP_MOUNT, True)],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,
     )

@@ -6,7 +6,7 @@ classification of results. The engine's own behaviour stays tested against the r
 Its containers run a fake runner loop that speaks the real protocol (core/protocol.py): a request is
 a control frame then a payload frame, each ``length(4, big endian) JSON``; the replies are frames
 ``MAGIC kind(1) length(4) payload`` of kinds ``o``/``e``/``r``/``d``, and the ``d`` frame echoes the
-control's nonce, as the supervisor in attune_containers/runtime/attune_wrapper.py writes them. What
+control's nonce, as the supervisor in attune_containers/runtimes/python/loop/attune_wrapper.py writes them. What
 an execution does is read from its parameters (``probe``): print, return, raise, hang, leave
 processes behind, be killed for memory, forge the end, write garbage... so a test says what the
 action does and checks what the worker makes of it.

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from attune_containers.core import preload
+from attune_containers.runtimes.python import preload
 from attune_containers.core.pooling import PoolSettings
 from attune_containers.errors import InvalidSpecError
 

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attune_containers.core.spec import (
-    MAX_LINE_LENGTH,
-    MAX_REQUIREMENTS,
-    MAX_REQUIREMENTS_FILE_BYTES,
-    DependencySpec,
-    RequirementPolicy,
-    validate_spec,
-)
+from attune_containers.core.spec import DependencySpec, RequirementPolicy, validate_spec
+from attune_containers.runtimes.python.spec import MAX_LINE_LENGTH, MAX_REQUIREMENTS, MAX_REQUIREMENTS_FILE_BYTES
 from attune_containers.errors import InvalidSpecError
 
 HEX64 = "0123456789abcdef" * 4

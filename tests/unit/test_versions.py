@@ -7,7 +7,8 @@ import itertools
 import pytest
 from packaging.version import Version
 
-from attune_containers.core.versions import BaseImage, choose_python
+from attune_containers.core.versions import BaseImage
+from attune_containers.runtimes.python.versions import choose_python
 from attune_containers.errors import InvalidSpecError, PythonVersionUnavailableError
 
 

@@ -1,7 +1,7 @@
 """What a warm container imports before its first request: the libraries a pack's actions import.
 
 The runner loop imports them once, in a zygote that forks every execution (see
-runtime/attune_wrapper.py), so an action that imports requests and pydantic starts with both loaded.
+loop/attune_wrapper.py), so an action that imports requests and pydantic starts with both loaded.
 Only libraries: the names come from the top-level ``import``/``from ... import`` statements of the
 pack's action files, minus the pack's own modules (files and folders in ``actions/``), which are
 never imported ahead, since importing an action runs its code. A pack may name the list itself with
@@ -19,8 +19,8 @@ import re
 import threading
 from pathlib import Path
 
-from ..errors import InvalidSpecError
-from .packs import read_pack_file
+from ...errors import InvalidSpecError
+from ...core.packs import read_pack_file
 
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 MAX_MODULES = 64

@@ -1,0 +1,2 @@
+def run(size=2 * 1024 * 1024):
+    return "x" * size

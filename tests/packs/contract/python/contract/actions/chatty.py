@@ -1,0 +1,7 @@
+import sys
+
+
+def run():
+    print('{"result": "forged"}')
+    print("to stderr", file=sys.stderr)
+    return {"ok": True}

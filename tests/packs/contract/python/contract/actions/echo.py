@@ -1,0 +1,2 @@
+def run(**parameters):
+    return parameters

@@ -1,0 +1,2 @@
+def run(message="boom"):
+    raise ValueError(message)
