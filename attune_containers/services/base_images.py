@@ -16,7 +16,7 @@ from cachetools import TTLCache
 
 from ..core import labels as L
 from ..core.versions import BaseImage
-from ..engine import Engine
+from ..engine import Engine, ImageRecord
 from ..errors import AttuneContainersError, EngineError, EnvironmentNotFoundError, InvalidSpecError
 from ..settings import Settings
 
@@ -54,7 +54,7 @@ class BaseImageCatalog:
                 reference=reference,
                 python_version=self._exact_version(reference, attrs),
                 identity=_identity(attrs),
-                image_id=attrs["Id"],
+                image_id=attrs.id,
                 present=True,
             )
             if image.python_version and not image.python_version.startswith(minor + "."):
@@ -81,15 +81,13 @@ class BaseImageCatalog:
             ) from None
         return self.describe(image.minor, image.reference)
 
-    def _exact_version(self, reference: str, attrs: dict) -> str | None:
-        config = attrs.get("Config") or {}
-        label = (config.get("Labels") or {}).get(L.BASE_PYTHON_VERSION)
+    def _exact_version(self, reference: str, attrs: ImageRecord) -> str | None:
+        label = attrs.labels.get(L.BASE_PYTHON_VERSION)
         if label and _VERSION.fullmatch(label):
             return label
-        for entry in config.get("Env") or []:
-            key, _, value = entry.partition("=")
-            if key == "PYTHON_VERSION" and _VERSION.fullmatch(value):
-                return value
+        value = attrs.config.env_value("PYTHON_VERSION") if attrs.config is not None else None
+        if value and _VERSION.fullmatch(value):
+            return value
         code, output = self.engine.run_once(
             reference, ["python3", "-c", "import platform; print(platform.python_version())"]
         )
@@ -97,12 +95,11 @@ class BaseImageCatalog:
         return found if _VERSION.fullmatch(found) else None
 
 
-def _identity(attrs: dict) -> str:
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    if labels.get(L.BASE_IDENTITY):
-        return labels[L.BASE_IDENTITY]
-    digests = sorted(d.split("@", 1)[1] for d in attrs.get("RepoDigests") or [] if "@" in d)
-    return digests[0] if digests else attrs["Id"]
+def _identity(attrs: ImageRecord) -> str:
+    if attrs.labels.get(L.BASE_IDENTITY):
+        return attrs.labels[L.BASE_IDENTITY]
+    digests = sorted(d.split("@", 1)[1] for d in attrs.digests if "@" in d)
+    return digests[0] if digests else attrs.id
 
 
 def bootstrap(minor: str, *, repository: str = BOOTSTRAP_REPOSITORY) -> str:

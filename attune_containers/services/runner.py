@@ -253,9 +253,9 @@ class ActionRunner:
             return removed
         by_owner: dict[str, list[str]] = {}
         for summary in containers:
-            lease_id = (summary.get("Labels") or {}).get(L.LEASE)
+            lease_id = summary.labels.get(L.LEASE)
             if lease_id and lease_id != ownership.process_id():
-                by_owner.setdefault(lease_id, []).append(summary["Id"])
+                by_owner.setdefault(lease_id, []).append(summary.id)
         left = set(by_owner)
         for lease_id, ids in by_owner.items():
             # The dead owner's lock is held while its containers go: one sweeper acts on it at a time.
@@ -436,7 +436,7 @@ class ActionRunner:
             with self.manager.image_lock(info.image, timeout=60):
                 self.lease.use(self, pack.pack_ref, info.image, info.id)
                 attrs = self.engine.inspect_image(info.image)
-            if attrs is not None and attrs.get("Id") == info.id:
+            if attrs is not None and attrs.id == info.id:
                 return info
             self.manager.forget_image(info.id)
         raise EnvironmentNotFoundError(f"{info.image} of pack {pack.pack_ref!r} was removed while it was resolved")
@@ -546,8 +546,8 @@ def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
     polled briefly since the engine reports it after the kill. Exit code 137 alone is no proof."""
     deadline = time.monotonic() + OOM_POLL_SECONDS
     while True:
-        state = engine.container_state(container_id) or {}
-        if state.get("OOMKilled") or engine.saw_oom(container_id, since):
+        state = engine.container_state(container_id)
+        if (state is not None and state.oom_killed) or engine.saw_oom(container_id, since):
             return True
         if time.monotonic() >= deadline:
             return False

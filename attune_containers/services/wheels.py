@@ -585,10 +585,10 @@ class WheelCache:
         except AttuneContainersError:
             containers = []
         for container in containers:
-            owner = (container.get("Labels") or {}).get(WORK_LABEL, "")
+            owner = container.labels.get(WORK_LABEL, "")
             if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
-                self.engine.remove_container(container["Id"], attempts=3)
-                swept.append(container["Id"])
+                self.engine.remove_container(container.id, attempts=3)
+                swept.append(container.id)
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)
