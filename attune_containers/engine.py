@@ -371,7 +371,9 @@ class Engine:
             with translate_errors(f"removing {reference}"):
                 self.api.remove_image(reference, force=force, noprune=noprune)
         except ImageInUseError as exc:
-            # The engine's 409 has several causes; only some are a container.
+            # The engine's 409 has several causes; only some are a container. No type tells them
+            # apart: the API has no cause code and docker-py raises one APIError for every 409, so
+            # the engine's message is the only sign (tests/engine/test_prefix_scope.py meets two causes).
             text = str(exc)
             if "being used by" in text or "is using its referenced image" in text:
                 raise

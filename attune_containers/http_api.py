@@ -598,6 +598,8 @@ def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socket
         return sock, os.lstat(path).st_ino
     except OSError as exc:
         sock.close()
+        # CPython refuses an AF_UNIX path longer than sun_path with a bare OSError (no errno, no
+        # subclass): its message is the only sign. ENAMETOOLONG is the file system's own refusal.
         if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc):
             raise InvalidSpecError(f"the socket path {path} is too long", field="socket") from None
         raise InvalidSpecError(f"cannot create the socket {path}: {exc.strerror or exc}", field="socket") from None
