@@ -80,7 +80,7 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
     pack = _pack(args.pack)
     manager.settings.run_limits(pack=pack.limits)  # a pack asking more than the operator's caps is invalid here too
     plan = manager.plan(pack.pack_ref, pack.spec, pull_base=False)
-    report = {
+    report: dict[str, Any] = {
         "pack_ref": pack.pack_ref,
         "valid": True,
         "python": plan.base.python_version or plan.base.minor,

@@ -186,13 +186,13 @@ class ContainerRecord:
     @classmethod
     def from_summary(cls, doc: Mapping[str, Any]) -> ContainerRecord:
         """From an entry of the engine's container list (``docker ps -a``)."""
-        names = doc.get("Names") or []
+        names, state = doc.get("Names") or [], doc.get("State")
         return cls(
             id=doc["Id"],
             name=(names[0] if names else doc["Id"][:12]).lstrip("/"),
             image_id=doc.get("ImageID") or "",
             labels=_labels(doc.get("Labels")),
-            status=doc.get("State") if isinstance(doc.get("State"), str) else "",
+            status=state if isinstance(state, str) else "",
             created=parse_engine_time(doc.get("Created")),
         )
 
@@ -458,9 +458,7 @@ class Engine:
         """
         tail: collections.deque[str] = collections.deque(maxlen=400)
         image_id: str | None = None
-        if isinstance(memory, str):
-            memory = docker.utils.parse_bytes(memory)
-        limits = {"memory": memory, "memswap": memory} if memory else None
+        memory_bytes = parse_size(memory) if memory is not None else None  # binary units, as docker's
         started = time.monotonic()
         expired = threading.Event()
         running: list[str] = []  # the step container the engine reported last ("Running in ...")
@@ -477,7 +475,7 @@ class Engine:
                     pull=False,
                     decode=True,
                     timeout=max(1, int(timeout)) + 5 if timeout else None,
-                    container_limits=limits,
+                    container_limits={"memory": memory_bytes, "memswap": memory_bytes} if memory_bytes else None,
                     network_mode=network_mode,
                     nocache=nocache,
                 )
@@ -725,7 +723,9 @@ class Engine:
         """The exit code once the container has stopped, or None if it has not by ``timeout``."""
         try:
             with translate_errors(f"waiting for {container_id[:12]}"):
-                return int(self.api.wait(container_id, timeout=timeout).get("StatusCode", -1))
+                # The stub says int; the SDK hands it to requests as a read timeout, where a float is fine.
+                status = self.api.wait(container_id, timeout=timeout)  # type: ignore[arg-type]
+                return int(status.get("StatusCode", -1))
         except EngineUnavailableError:
             raise
         except EngineError:
@@ -740,7 +740,9 @@ class Engine:
         gone and reports it while a warm container still runs (OOMKilled is set only at exit).
         """
         with translate_errors("reading the engine's events"):
-            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",
+            # Fractional epoch seconds as text (the stub allows only int or datetime): the SDK passes
+            # them on, and the engine takes them, so an event is not missed by rounding.
+            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",  # type: ignore[call-overload]
                                      filters={"container": container_id, "event": "oom"}, decode=True)
             try:
                 return any(True for _ in events)

@@ -130,14 +130,17 @@ class InspectedImage(Protocol):
     def config(self) -> RunConfig | None: ...
 
 
-def content_identity(image: InspectedImage) -> str:
+def content_identity(image: InspectedImage | None) -> str:
     """The digest ``CONTENT`` binds an image to: its RootFS layers (diff IDs, which push and pull
     keep) and the configuration a container runs with. Labels are not part of it, so the label
     step that adds it does not change it; any layer or run setting a derived image adds does.
 
     The document's keys and shapes are those of the first version: images already labelled carry
-    its digest. ValueError for an image whose configuration is unknown (a listing's record)."""
-    config = getattr(image, "config", None)
+    its digest. ValueError for an image that is gone (None) or whose configuration is unknown (a
+    listing's record): no identity rather than a wrong one."""
+    if image is None:
+        raise ValueError("the image is gone: it has no content identity")
+    config = image.config
     if config is None:
         raise ValueError("the image's configuration is unknown: content identity needs an inspected image")
     document = {

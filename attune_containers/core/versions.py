@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from packaging.version import Version
 from pydantic import BaseModel, ConfigDict
 
@@ -38,7 +40,9 @@ def _inside(image: BaseImage, min_version: str | None, max_version: str | None) 
     # A bound given as major.minor compares minors, so max_version "3.11" admits 3.11.x. A bound
     # with a patch level compares the exact version; unknown exact versions do not pass it, so we
     # never build a version outside the range.
-    for bound, ok in ((min_version, lambda a, b: a >= b), (max_version, lambda a, b: a <= b)):
+    checks: tuple[tuple[str | None, Callable[[tuple[int, ...], tuple[int, ...]], bool]], ...] = (
+        (min_version, lambda a, b: a >= b), (max_version, lambda a, b: a <= b))
+    for bound, ok in checks:
         if bound is None:
             continue
         if len(Version(bound).release) <= 2:

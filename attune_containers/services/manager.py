@@ -501,7 +501,7 @@ class ContainerDependencyManager:
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # Build identity: bound to this image's own layers and config (not to a derived one's).
             labels[L.REPOSITORY] = plan.repository
-            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id) or {})
+            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
             labelled = self.engine.build(

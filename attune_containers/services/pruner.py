@@ -377,10 +377,11 @@ class Pruner:
     def _packs(self, packs_dir: Path | None) -> _Packs:
         if packs_dir is None:
             return _Packs(current=self.manager.current_images())
-        packs = _Packs(current={}, existing=set())
+        existing: set[str] = set()
+        packs = _Packs(current={}, existing=existing)
         for entry in scan_pack_tree(packs_dir):
             ref = entry.pack_ref
-            packs.existing.add(ref)
+            existing.add(ref)
             if entry.pack is None:
                 packs.unresolved[ref] = f"{entry.folder} does not load: {entry.error}"
                 continue

@@ -385,7 +385,7 @@ class ActionRunner:
             control = _control(limits, last=False)
             collector = _collector(limits, control)
             timed_out, elapsed = container.execute(encode_request(control, request), collector,
-                                                   limits.timeout + DEADLINE_GRACE_SECONDS)
+                                                   _deadline_seconds(limits))
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image,
                             cancelled=self._cancelled(execution_id))
@@ -410,7 +410,7 @@ class ActionRunner:
         info = self._ensure_in_use(pack)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
                              self._preload(packs[pack_ref], policy))
-        return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
+        return self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
 
     def ensure_pack(self, pack_ref: str) -> EnvironmentInfo:
         """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so."""
@@ -480,7 +480,7 @@ class ActionRunner:
 
         # One request, then EOF: the runner loop serves it and ends.
         exit_code, timed_out, elapsed = self.engine.run_attached(
-            container_id, encode_request(control, request), limits.timeout + DEADLINE_GRACE_SECONDS, on_frame)
+            container_id, encode_request(control, request), _deadline_seconds(limits), on_frame)
         return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
                       execution_id=execution_id, action_ref=action.action_ref, image=image,
                       container_exit=exit_code, cancelled=self._cancelled(execution_id))
@@ -539,6 +539,14 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,
     )
+
+
+def _deadline_seconds(limits: ResourceLimits) -> float:
+    """The worker's own deadline: the run's timeout (resolved limits always have one) plus the
+    grace the supervisor needs to report its own timeout first."""
+    if limits.timeout is None:
+        raise AttuneContainersError("the run's limits have no timeout")
+    return limits.timeout + DEADLINE_GRACE_SECONDS
 
 
 def oom_killed(engine: Engine, container_id: str, since: float) -> bool:

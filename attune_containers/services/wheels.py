@@ -530,10 +530,10 @@ class WheelCache:
                 os.chmod(folder, 0o755)
         os.chmod(self.work_root, 0o711)
         with self._lock():
-            for folder in ("wheelhouse", "tools"):
-                for path in _listing(self.root / folder):
+            for kind in ("wheelhouse", "tools"):
+                for path in _listing(self.root / kind):
                     # Unrecorded (an older version's, or someone's plant): never used, removed now.
-                    if self._record(folder, path.name) is None or not stat.S_ISREG(path.lstat().st_mode):
+                    if self._record(kind, path.name) is None or not stat.S_ISREG(path.lstat().st_mode):
                         _remove(path)
         # pip for the fetch step comes from here and runs in the container before anything is
         # checked: so the tools are verified before every fetch (a few MB).

@@ -75,10 +75,12 @@ def test_content_identity_of_a_record_is_the_digest_images_already_carry():
         "sha256:b154999da7e16c55f1ed1989fe33c10139f1c65807304d3fab578e76404ccb17")
 
 
-def test_a_listed_image_has_no_content_identity_rather_than_a_wrong_one():
+def test_a_listed_or_gone_image_has_no_content_identity_rather_than_a_wrong_one():
     listed = ImageRecord.from_summary({"Id": "sha256:x", "Labels": {L.CONTENT: "sha256:y"}})
     with pytest.raises(ValueError, match="configuration is unknown"):
         L.content_identity(listed)
+    with pytest.raises(ValueError, match="gone"):
+        L.content_identity(None)
 
 
 def test_a_listed_image_drops_none_names_and_uncounted_sizes():
