@@ -14,10 +14,12 @@ demo: base
 
 test: base
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 unit: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest tests/unit
 
 # Per-action overhead (bare process, cold, warm, service, docker run --rm) as ratios of one run.

@@ -228,7 +228,7 @@ def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) 
     pack = _pack(args.pack)
     manager.settings.run_limits(pack=pack.limits)  # a pack asking more than the operator's caps is invalid here too
     plan = _plan_without_pull(manager, pack)
-    report = {
+    report: dict[str, Any] = {
         "pack_ref": pack.pack_ref,
         "valid": True,
         "python": plan.base.python_version or plan.base.minor,
@@ -600,7 +600,7 @@ class _Parser(argparse.ArgumentParser):
 
     json_errors = False
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str):
         if _Parser.json_errors:
             doc = problems.problem(422, message).model_dump()
             print(json.dumps({**doc, "exit_code": 2}, sort_keys=True))

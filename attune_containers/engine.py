@@ -1,8 +1,13 @@
 """The engine layer: the one module that talks to the Docker SDK.
 
-It speaks in plain values (image IDs, references, label dicts, bytes) and raises only this
-package's errors. Streaming builds use the SDK's low-level ``APIClient`` (the models' ``build``
-hides the log until the end); everything else uses whichever side of the SDK is simpler.
+It speaks in plain values (image IDs, references, label dicts, bytes) and small frozen records
+(``ImageRecord``, ``ContainerRecord``, ``ContainerState``, ``DiskUsage``, ``HistoryStep``), and raises
+only this package's errors. The engine's documents are read here and only here: their key names,
+time formats (RFC 3339 with nanoseconds, or epoch seconds), ``<none>`` placeholders and -1 sizes
+are the engine's dialect, which the rest of the package never sees.
+
+Streaming builds use the SDK's low-level ``APIClient`` (the models' ``build`` hides the log until
+the end); everything else uses whichever side of the SDK is simpler.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import socket
 import struct
 import tarfile
 import threading
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
 from typing import IO, Any
 
 import docker
@@ -39,6 +46,248 @@ from .errors import (
 )
 
 LogSink = Callable[[str], None]
+
+
+# -- typed records of the engine's documents ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """What a container of an image runs with: the inspect document's ``Config`` (labels aside)."""
+
+    user: str = ""
+    env: tuple[str, ...] = ()  # "NAME=value" entries, in the image's order
+    working_dir: str = ""
+    cmd: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()  # mount points, sorted
+    shell: tuple[str, ...] = ()
+    on_build: tuple[str, ...] = ()
+    stop_signal: str = ""
+    healthcheck: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def env_value(self, name: str) -> str | None:
+        """The value the image's ``ENV`` gives ``name``, or None."""
+        for entry in self.env:
+            key, _, value = entry.partition("=")
+            if key == name:
+                return value
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    """An image, from a listing or an inspection. Only an inspection carries ``config`` and
+    ``layers`` (a listing's ``config`` is None); everything else is the same from both."""
+
+    id: str
+    tags: tuple[str, ...] = ()  # "repository:tag"; the engine's "<none>:<none>" is left out
+    digests: tuple[str, ...] = ()  # "repository@sha256:..."; "<none>@<none>" left out
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    created: datetime | None = None  # aware (UTC)
+    size: int | None = None
+    parent: str | None = None  # the image it was built on, when the engine knows it locally
+    config: ImageConfig | None = None
+    layers: tuple[str, ...] = ()  # RootFS diff IDs (an inspection only)
+
+    @classmethod
+    def from_summary(cls, doc: Mapping[str, Any]) -> ImageRecord:
+        """From an entry of the engine's image list (``docker images``)."""
+        return cls(
+            id=doc["Id"],
+            tags=_real_names(doc.get("RepoTags"), "<none>:<none>"),
+            digests=_real_names(doc.get("RepoDigests"), "<none>@<none>"),
+            labels=_labels(doc.get("Labels")),
+            created=parse_engine_time(doc.get("Created")),
+            size=_size(doc.get("Size")),
+            parent=doc.get("ParentId") or None,
+        )
+
+    @classmethod
+    def from_inspect(cls, doc: Mapping[str, Any]) -> ImageRecord:
+        """From the engine's inspect document of an image (``docker image inspect``)."""
+        config = doc.get("Config") or {}
+        return cls(
+            id=doc["Id"],
+            tags=_real_names(doc.get("RepoTags"), "<none>:<none>"),
+            digests=_real_names(doc.get("RepoDigests"), "<none>@<none>"),
+            labels=_labels(config.get("Labels")),
+            created=parse_engine_time(doc.get("Created")),
+            size=_size(doc.get("Size")),
+            parent=doc.get("Parent") or None,
+            config=ImageConfig(
+                user=config.get("User") or "",
+                env=tuple(config.get("Env") or ()),
+                working_dir=config.get("WorkingDir") or "",
+                cmd=_strings(config.get("Cmd")),
+                entrypoint=_strings(config.get("Entrypoint")),
+                volumes=tuple(sorted(config.get("Volumes") or {})),
+                shell=_strings(config.get("Shell")),
+                on_build=_strings(config.get("OnBuild")),
+                stop_signal=config.get("StopSignal") or "",
+                healthcheck=dict(config.get("Healthcheck") or {}),
+            ),
+            layers=tuple((doc.get("RootFS") or {}).get("Layers") or ()),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryStep:
+    """One step of an image's history (``docker history``)."""
+
+    id: str | None  # None for a step whose image is not local (the engine's "<missing>")
+    created_by: str
+    size: int | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> HistoryStep:
+        step_id = doc.get("Id")
+        return cls(id=step_id if step_id and step_id != "<missing>" else None,
+                   created_by=doc.get("CreatedBy") or "", size=_size(doc.get("Size")))
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerState:
+    """What a container is doing or how it ended (the inspect document's ``State``)."""
+
+    status: str  # created, running, paused, restarting, removing, exited, dead
+    running: bool = False
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: datetime | None = None  # None: never started (the engine's zero time)
+    finished_at: datetime | None = None  # None: not finished
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ContainerState:
+        exit_code = doc.get("ExitCode")
+        return cls(
+            status=doc.get("Status") or "",
+            running=bool(doc.get("Running")),
+            exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+            oom_killed=bool(doc.get("OOMKilled")),
+            started_at=parse_engine_time(doc.get("StartedAt")),
+            finished_at=parse_engine_time(doc.get("FinishedAt")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerRecord:
+    """A container, from a listing or an inspection. ``labels`` are all it carries, those it
+    inherited from its image included. Only an inspection carries ``state``."""
+
+    id: str
+    name: str  # without the engine's leading "/"; the short ID when it has none
+    image_id: str
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    status: str = ""  # created, running, exited, ... ("" when the engine did not say)
+    created: datetime | None = None
+    state: ContainerState | None = None
+
+    @classmethod
+    def from_summary(cls, doc: Mapping[str, Any]) -> ContainerRecord:
+        """From an entry of the engine's container list (``docker ps -a``)."""
+        names, state = doc.get("Names") or [], doc.get("State")
+        return cls(
+            id=doc["Id"],
+            name=(names[0] if names else doc["Id"][:12]).lstrip("/"),
+            image_id=doc.get("ImageID") or "",
+            labels=_labels(doc.get("Labels")),
+            status=state if isinstance(state, str) else "",
+            created=parse_engine_time(doc.get("Created")),
+        )
+
+    @classmethod
+    def from_inspect(cls, doc: Mapping[str, Any]) -> ContainerRecord:
+        """From the engine's inspect document of a container."""
+        state = ContainerState.from_doc(doc.get("State") or {})
+        return cls(
+            id=doc["Id"],
+            name=(doc.get("Name") or doc["Id"][:12]).lstrip("/"),
+            image_id=doc.get("Image") or "",
+            labels=_labels((doc.get("Config") or {}).get("Labels")),
+            status=state.status,
+            created=parse_engine_time(doc.get("Created")),
+            state=state,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageUsage:
+    """One image in the engine's disk accounting."""
+
+    size: int | None
+    shared_size: int | None  # bytes it shares with other images; None when the engine did not count
+
+    @property
+    def unique_size(self) -> int | None:
+        """Bytes no other image shares: what removing only this image frees."""
+        if self.size is None or self.shared_size is None:
+            return None
+        return self.size - self.shared_size
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskUsage:
+    """The engine's own accounting (``docker system df``)."""
+
+    layers_size: int  # every image layer on the host, shared ones once
+    images: Mapping[str, ImageUsage]  # by image ID
+    containers: Mapping[str, int]  # writable-layer bytes by container ID
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> DiskUsage:
+        return cls(
+            layers_size=_size(doc.get("LayersSize")) or 0,
+            images={i["Id"]: ImageUsage(_size(i.get("Size")), _size(i.get("SharedSize")))
+                    for i in doc.get("Images") or []},
+            containers={c["Id"]: _size(c.get("SizeRw")) or 0 for c in doc.get("Containers") or []},
+        )
+
+
+_ENGINE_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)")
+
+
+def parse_engine_time(value: object) -> datetime | None:
+    """An engine time as an aware datetime: RFC 3339 with up to nanoseconds and ``Z`` (inspect
+    documents; Python's parser takes at most microseconds) or epoch seconds (listings). None when
+    missing, malformed, or the engine's zero time (``0001-01-01T00:00:00Z``: never happened)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str) or value.startswith("0001-"):
+        return None
+    m = _ENGINE_TIME.fullmatch(value)
+    if not m:
+        return None
+    fraction = f".{m.group(2)[:6]:0<6}" if m.group(2) else ""
+    offset = "+00:00" if m.group(3) == "Z" else m.group(3)
+    try:
+        return datetime.fromisoformat(m.group(1) + fraction + offset)
+    except ValueError:  # matched the shape, not the calendar (month 13)
+        return None
+
+
+def _size(value: object) -> int | None:
+    """A byte count; None for the engine's -1 (not computed) or anything that is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _labels(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    # Cmd, Entrypoint, Shell and OnBuild are lists, or null when unset.
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _real_names(value: object, placeholder: str) -> tuple[str, ...]:
+    return tuple(n for n in value if n != placeholder) if isinstance(value, list) else ()
+
 
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
@@ -88,31 +337,32 @@ class Engine:
 
     # -- images -------------------------------------------------------------------------------
 
-    def inspect_image(self, reference: str) -> dict[str, Any] | None:
-        """The engine's inspect document of an image, or None when it does not exist."""
+    def inspect_image(self, reference: str) -> ImageRecord | None:
+        """An image with its configuration and layers, or None when it does not exist."""
         try:
             with translate_errors(f"inspecting {reference}"):
-                return self.api.inspect_image(reference)
+                return ImageRecord.from_inspect(self.api.inspect_image(reference))
         except EnvironmentNotFoundError:
             return None
 
     def list_images(
         self, labels: dict[str, str] | None = None, *, dangling: bool | None = None, intermediate: bool = False
-    ) -> list[dict[str, Any]]:
-        """Image summaries (Id, ParentId, RepoTags, Labels, Created, Size) filtered by labels; one
-        API call. ``intermediate`` adds the images that only exist as parents of others."""
+    ) -> list[ImageRecord]:
+        """Images (without their configuration) filtered by labels; one API call.
+        ``intermediate`` adds the images that only exist as parents of others."""
         filters: dict[str, Any] = {}
         if labels:
             filters["label"] = [f"{k}={v}" for k, v in labels.items()]
         if dangling is not None:
             filters["dangling"] = dangling
         with translate_errors("listing images"):
-            return self.api.images(all=intermediate, filters=filters or None)
+            return [ImageRecord.from_summary(doc)
+                    for doc in self.api.images(all=intermediate, filters=filters or None)]
 
-    def image_history(self, image_id: str) -> list[dict[str, Any]]:
-        """The steps that made an image, newest first (CreatedBy, Size, Id)."""
+    def image_history(self, image_id: str) -> list[HistoryStep]:
+        """The steps that made an image, newest first."""
         with translate_errors(f"reading the history of {image_id}"):
-            return self.api.history(image_id)
+            return [HistoryStep.from_doc(doc) for doc in self.api.history(image_id)]
 
     def remove_image(self, reference: str, *, force: bool = False, noprune: bool = False) -> None:
         """Remove an image. Unforced, the engine refuses (ImageInUseError) while a container uses
@@ -121,7 +371,9 @@ class Engine:
             with translate_errors(f"removing {reference}"):
                 self.api.remove_image(reference, force=force, noprune=noprune)
         except ImageInUseError as exc:
-            # The engine's 409 has several causes; only some are a container.
+            # The engine's 409 has several causes; only some are a container. No type tells them
+            # apart: the API has no cause code and docker-py raises one APIError for every 409, so
+            # the engine's message is the only sign (tests/engine/test_prefix_scope.py meets two causes).
             text = str(exc)
             if "being used by" in text or "is using its referenced image" in text:
                 raise
@@ -132,11 +384,10 @@ class Engine:
                 raise ImageConflictError(f"{text} (other images are built on it)") from None
             raise ImageConflictError(text) from None
 
-    def disk_usage(self) -> dict[str, Any]:
-        """The engine's own accounting (``docker system df``): LayersSize, Images[].Size and
-        SharedSize, Containers[].SizeRw."""
+    def disk_usage(self) -> DiskUsage:
+        """The engine's own accounting (``docker system df``)."""
         with translate_errors("reading the engine's disk usage"):
-            return self.api.df()
+            return DiskUsage.from_doc(self.api.df())
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         with translate_errors(f"tagging {image_id} as {repository}:{tag}"):
@@ -207,9 +458,7 @@ class Engine:
         """
         tail: collections.deque[str] = collections.deque(maxlen=400)
         image_id: str | None = None
-        if isinstance(memory, str):
-            memory = docker.utils.parse_bytes(memory)
-        limits = {"memory": memory, "memswap": memory} if memory else None
+        memory_bytes = parse_size(memory) if memory is not None else None  # binary units, as docker's
         started = time.monotonic()
         expired = threading.Event()
         running: list[str] = []  # the step container the engine reported last ("Running in ...")
@@ -226,7 +475,7 @@ class Engine:
                     pull=False,
                     decode=True,
                     timeout=max(1, int(timeout)) + 5 if timeout else None,
-                    container_limits=limits,
+                    container_limits={"memory": memory_bytes, "memswap": memory_bytes} if memory_bytes else None,
                     network_mode=network_mode,
                     nocache=nocache,
                 )
@@ -278,8 +527,8 @@ class Engine:
 
     def find_containers(
         self, *, ancestor: str | None = None, statuses: list[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Container summaries, running or not. ``ancestor``: only those whose image is that image
+    ) -> list[ContainerRecord]:
+        """Containers (without their state), running or not. ``ancestor``: only those whose image is that image
         or is built on it; ``statuses``: only those in one of these states (created, exited, ...)."""
         filters: dict[str, Any] = {}
         if ancestor:
@@ -287,13 +536,14 @@ class Engine:
         if statuses:
             filters["status"] = list(statuses)
         with translate_errors("listing containers"):
-            return self.api.containers(all=True, filters=filters or None)
+            return [ContainerRecord.from_summary(doc)
+                    for doc in self.api.containers(all=True, filters=filters or None)]
 
-    def inspect_container(self, container_id: str) -> dict[str, Any] | None:
-        """The engine's inspect document of a container, or None when it does not exist."""
+    def inspect_container(self, container_id: str) -> ContainerRecord | None:
+        """A container with its state, or None when it does not exist."""
         with translate_errors(f"inspecting container {container_id[:12]}"):
             try:
-                return self.api.inspect_container(container_id)
+                return ContainerRecord.from_inspect(self.api.inspect_container(container_id))
             except docker.errors.NotFound:
                 return None
 
@@ -473,7 +723,9 @@ class Engine:
         """The exit code once the container has stopped, or None if it has not by ``timeout``."""
         try:
             with translate_errors(f"waiting for {container_id[:12]}"):
-                return int(self.api.wait(container_id, timeout=timeout).get("StatusCode", -1))
+                # The stub says int; the SDK hands it to requests as a read timeout, where a float is fine.
+                status = self.api.wait(container_id, timeout=timeout)  # type: ignore[arg-type]
+                return int(status.get("StatusCode", -1))
         except EngineUnavailableError:
             raise
         except EngineError:
@@ -488,17 +740,20 @@ class Engine:
         gone and reports it while a warm container still runs (OOMKilled is set only at exit).
         """
         with translate_errors("reading the engine's events"):
-            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",
+            # Fractional epoch seconds as text (the stub allows only int or datetime): the SDK passes
+            # them on, and the engine takes them, so an event is not missed by rounding.
+            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",  # type: ignore[call-overload]
                                      filters={"container": container_id, "event": "oom"}, decode=True)
             try:
                 return any(True for _ in events)
             finally:
                 events.close()
 
-    def container_state(self, container_id: str) -> dict[str, Any] | None:
+    def container_state(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None when it is gone (or the engine failed to say)."""
         try:
             with translate_errors(f"inspecting {container_id[:12]}"):
-                return self.api.inspect_container(container_id).get("State") or {}
+                return ContainerState.from_doc(self.api.inspect_container(container_id).get("State") or {})
         except EngineError:
             return None
 
@@ -523,11 +778,12 @@ class Engine:
                 time.sleep(delay)
         return False
 
-    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[dict[str, Any]]:
-        """Container summaries filtered by labels (``{"k": "v"}`` or ``["k"]`` for presence)."""
+    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[ContainerRecord]:
+        """Containers (without their state) filtered by labels (``{"k": "v"}`` or ``["k"]`` for
+        presence)."""
         wanted = [f"{k}={v}" for k, v in labels.items()] if isinstance(labels, dict) else list(labels)
         with translate_errors("listing containers"):
-            return self.api.containers(all=all, filters={"label": wanted})
+            return [ContainerRecord.from_summary(doc) for doc in self.api.containers(all=all, filters={"label": wanted})]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ import stat
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,7 +298,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    def answer(document: problems.Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+    def answer(document: problems.Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if document.status == 503:
             headers = {"Retry-After": str(problems.RETRY_AFTER_SECONDS), **(headers or {})}
         return JSONResponse(document.model_dump(), status_code=document.status, headers=headers,
@@ -505,7 +505,8 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
         execution = record.execution
         if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
-            raise ExecutionConflictError(f"execution {execution_id!r} already finished ({execution.status.value})")
+            raise ExecutionConflictError(f"execution {execution_id!r} already finished "
+                                         f"({execution.status.value if execution.status else 'no status'})")
         if execution.state is not ExecutionState.finished:
             await cancel(record)
         return record.execution
@@ -829,6 +830,8 @@ def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socket
         return sock, os.lstat(path).st_ino
     except OSError as exc:
         sock.close()
+        # CPython refuses an AF_UNIX path longer than sun_path with a bare OSError (no errno, no
+        # subclass): its message is the only sign. ENAMETOOLONG is the file system's own refusal.
         if exc.errno == errno.ENAMETOOLONG or "too long" in str(exc):
             raise InvalidSpecError(f"the socket path {path} is too long", field="socket") from None
         raise InvalidSpecError(f"cannot create the socket {path}: {exc.strerror or exc}", field="socket") from None
@@ -855,7 +858,7 @@ def serve(packs_dir: str | Path, *, socket: str | None = None, host: str = "127.
     token = load_token(settings)
     logs.configure(log_level)
     # Our access log (AccessLog) replaces uvicorn's; uvicorn's own lines go through our handler.
-    options = dict(log_level=log_level, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+    options: dict[str, Any] = dict(log_level=log_level, log_config=None, access_log=False, timeout_graceful_shutdown=30)
     if socket:
         sock, inode = bind_unix_socket(socket, settings.service_socket_group)
         config = uvicorn.Config(create_app(packs_dir, manager, token=token), **options)

@@ -53,7 +53,7 @@ def parse_bytes(value: str | int) -> int:
     # (core.execution.parse_size): the SDK's parser only lacks the spelling.
     text = re.sub(r"(?i)([kmg])i(b?)$", r"\1\2", text)
     try:
-        return docker_parse_bytes(value if isinstance(value, int) else text)
+        return int(docker_parse_bytes(value if isinstance(value, int) else text))
     except DockerException:
         raise ValueError(f"{value!r} is not a size: bytes, or a number with b, k, m or g (512m, 1g)") from None
 

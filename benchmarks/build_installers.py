@@ -62,8 +62,8 @@ def main() -> int:
     finally:
         engine = Engine()
         for summary in engine.list_images({L.MANAGED: "true"}):
-            if any(t.startswith(prefix + "/") for t in summary.get("RepoTags") or []):
-                engine.remove_image(summary["Id"], force=True)
+            if any(t.startswith(prefix + "/") for t in summary.tags):
+                engine.remove_image(summary.id, force=True)
         shutil.rmtree(work, ignore_errors=True)
     med = {name: statistics.median(values) for name, values in times.items()}
     report = {

@@ -131,8 +131,8 @@ def main() -> int:
         for tag in naive_tags:
             subprocess.run(["docker", "rmi", "-f", tag], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for summary in engine.list_images({L.MANAGED: "true"}):
-            if any(t.split("/")[0] in prefixes for t in summary.get("RepoTags") or []):
-                engine.remove_image(summary["Id"], force=True)
+            if any(t.split("/")[0] in prefixes for t in summary.tags):
+                engine.remove_image(summary.id, force=True)
         shutil.rmtree(work, ignore_errors=True)
     med = {case: statistics.median(values) for case, values in times.items() if values}
     ratios = {case: med[case] / med["naive"] for case in CASES if case != "naive" and case in med}

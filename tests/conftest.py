@@ -48,9 +48,9 @@ def _remove_test_images():
     except AttuneContainersError:
         return
     for summary in summaries:
-        if any(tag.startswith(TEST_PREFIX + "/") for tag in summary.get("RepoTags") or []):
+        if any(tag.startswith(TEST_PREFIX + "/") for tag in summary.tags):
             try:
-                engine.remove_image(summary["Id"], force=True)
+                engine.remove_image(summary.id, force=True)
             except AttuneContainersError:
                 pass
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from attune_containers.core import labels as L
-from attune_containers.engine import Engine
+from attune_containers.engine import Engine, ImageRecord
 
 RUN_ID = uuid.uuid4().hex[:8]
 # Every image the tests build lives under this prefix and is removed at the end of the session.
@@ -17,5 +17,5 @@ def unique_ref(stem: str = "t") -> str:
     return f"{stem}{uuid.uuid4().hex[:8]}"
 
 
-def images_of(engine: Engine, pack_ref: str) -> list[dict]:
+def images_of(engine: Engine, pack_ref: str) -> list[ImageRecord]:
     return engine.list_images({L.MANAGED: "true", L.PACK_REF: pack_ref})

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Any, Protocol
 
 from .spec import EnvironmentInfo
 
@@ -70,7 +72,7 @@ OCI_VENDOR = "org.opencontainers.image.vendor"
 OCI_BASE_NAME = "org.opencontainers.image.base.name"
 
 
-def environment_from_image(image_id: str, reference: str, labels: dict[str, str],
+def environment_from_image(image_id: str, reference: str, labels: Mapping[str, str],
                            size_bytes: int | None = None) -> EnvironmentInfo | None:
     """An EnvironmentInfo from an image's labels, or None when the image is not one of ours."""
     if labels.get(MANAGED) != "true" or PACK_REF not in labels:
@@ -101,36 +103,81 @@ def environment_from_image(image_id: str, reference: str, labels: dict[str, str]
     )
 
 
-def content_identity(attrs: dict) -> str:
+class RunConfig(Protocol):
+    """What ``content_identity`` reads of an image's run configuration (the engine layer's
+    ``ImageConfig`` is one; the core does not import the engine)."""
+
+    @property
+    def user(self) -> str: ...
+    @property
+    def env(self) -> tuple[str, ...]: ...
+    @property
+    def working_dir(self) -> str: ...
+    @property
+    def cmd(self) -> tuple[str, ...]: ...
+    @property
+    def entrypoint(self) -> tuple[str, ...]: ...
+    @property
+    def volumes(self) -> tuple[str, ...]: ...
+    @property
+    def shell(self) -> tuple[str, ...]: ...
+    @property
+    def on_build(self) -> tuple[str, ...]: ...
+    @property
+    def stop_signal(self) -> str: ...
+    @property
+    def healthcheck(self) -> Mapping[str, Any]: ...
+
+
+class InspectedImage(Protocol):
+    """What the label checks read of an inspected image (the engine layer's ``ImageRecord``)."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def layers(self) -> tuple[str, ...]: ...
+    @property
+    def config(self) -> RunConfig | None: ...
+
+
+def content_identity(image: InspectedImage | None) -> str:
     """The digest ``CONTENT`` binds an image to: its RootFS layers (diff IDs, which push and pull
     keep) and the configuration a container runs with. Labels are not part of it, so the label
-    step that adds it does not change it; any layer or run setting a derived image adds does."""
-    config = attrs.get("Config") or {}
+    step that adds it does not change it; any layer or run setting a derived image adds does.
+
+    The document's keys and shapes are those of the first version: images already labelled carry
+    its digest. ValueError for an image that is gone (None) or whose configuration is unknown (a
+    listing's record): no identity rather than a wrong one."""
+    if image is None:
+        raise ValueError("the image is gone: it has no content identity")
+    config = image.config
+    if config is None:
+        raise ValueError("the image's configuration is unknown: content identity needs an inspected image")
     document = {
-        "layers": list((attrs.get("RootFS") or {}).get("Layers") or []),
-        "env": config.get("Env") or [],
-        "user": config.get("User") or "",
-        "workdir": config.get("WorkingDir") or "",
-        "cmd": config.get("Cmd") or [],
-        "entrypoint": config.get("Entrypoint") or [],
-        "volumes": sorted((config.get("Volumes") or {}).keys()),
-        "shell": config.get("Shell") or [],
-        "onbuild": config.get("OnBuild") or [],
-        "stopsignal": config.get("StopSignal") or "",
-        "healthcheck": config.get("Healthcheck") or {},
+        "layers": list(image.layers),
+        "env": list(config.env),
+        "user": config.user,
+        "workdir": config.working_dir,
+        "cmd": list(config.cmd),
+        "entrypoint": list(config.entrypoint),
+        "volumes": sorted(config.volumes),
+        "shell": list(config.shell),
+        "onbuild": list(config.on_build),
+        "stopsignal": config.stop_signal,
+        "healthcheck": dict(config.healthcheck),
     }
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def is_built_by_us(attrs: dict) -> bool:
-    """Whether an image (its engine inspect document) is a pack image as our build made it: the
-    managed labels are there and ``CONTENT`` matches the image's own layers and configuration, so
-    the labels are not inherited by an image built FROM one of ours."""
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
+def is_built_by_us(image: InspectedImage) -> bool:
+    """Whether an inspected image is a pack image as our build made it: the managed labels are
+    there and ``CONTENT`` matches the image's own layers and configuration, so the labels are not
+    inherited by an image built FROM one of ours."""
+    labels = image.labels
     if labels.get(MANAGED) != "true" or not labels.get(PACK_REF) or not labels.get(DEPENDENCY_HASH):
         return False
-    return bool(labels.get(CONTENT)) and labels.get(CONTENT) == content_identity(attrs)
+    return bool(labels.get(CONTENT)) and labels.get(CONTENT) == content_identity(image)
 
 
 def _json_list(value: str | None) -> list[str]:

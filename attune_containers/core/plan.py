@@ -23,7 +23,8 @@ import re
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import IO
+from collections.abc import Sequence
+from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
@@ -52,7 +53,7 @@ def _redact(text: str) -> str:
     return re.sub(r"://[^/@\s]+@", "://***@", text)
 
 
-def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict:
+def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict[str, Any]:
     """The canonical document the dependency hash is taken over (exposed for `inspect`/tests)."""
     return {
         "format": HASH_FORMAT,
@@ -106,7 +107,7 @@ class BuildPlan(BaseModel):
     def dockerfile(self) -> str:
         return render_dockerfile(self.base, self.options)
 
-    def context(self, wheels: list[Path] = (), tools: list[Path] = ()) -> IO[bytes]:
+    def context(self, wheels: Sequence[Path] = (), tools: Sequence[Path] = ()) -> IO[bytes]:
         return build_context(self.dockerfile(), wheels, tools)
 
     def labels(self, installed: list[str], created: datetime) -> dict[str, str]:

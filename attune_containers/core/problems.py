@@ -94,12 +94,12 @@ def validation_field(location: tuple[Any, ...] | list[Any]) -> str | None:
     return ".".join(parts) or None
 
 
-def example(status: int, detail: str, field: str | None = None, instance: str = "/v1/executions") -> dict:
+def example(status: int, detail: str, field: str | None = None, instance: str = "/v1/executions") -> dict[str, Any]:
     """An example document for the OpenAPI schema."""
     return problem(status, detail, instance=instance, field=field).model_dump()
 
 
-def default_example(status: int) -> dict:
+def default_example(status: int) -> dict[str, Any]:
     """The example problem document of a status, for the OpenAPI schema."""
     defaults = {
         404: example(404, "no known pack is a prefix of 'nopack.echo'", "action_ref"),
@@ -112,12 +112,12 @@ def default_example(status: int) -> dict:
     return defaults.get(status) or example(status, KINDS.get(status, ("error", "Error"))[1])
 
 
-def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[int | str, dict]:
+def responses(*statuses: int, examples: dict[int, dict[str, Any]] | None = None) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route for the problems it may answer, with examples."""
     descriptions = {404: "Unknown pack, action or execution", 409: "Conflict with the current state",
                     422: "Invalid input (``field`` names it)", 500: "A bug of attune-containers",
                     503: "The engine is unreachable or the queue is full; retry after ``Retry-After`` seconds"}
-    out: dict[int | str, dict] = {}
+    out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         doc = (examples or {}).get(status) or default_example(status)
         entry: dict[str, Any] = {"model": Problem, "description": descriptions.get(status, KINDS[status][1]),
@@ -129,7 +129,7 @@ def responses(*statuses: int, examples: dict[int, dict] | None = None) -> dict[i
     return out
 
 
-def document_problems(schema: dict) -> dict:
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
     """Every error response of an OpenAPI schema as a problem: ``application/problem+json`` with the
     Problem schema and an example (FastAPI files a response model under application/json, and its
     own 422 under HTTPValidationError, a shape this service never answers)."""

@@ -13,6 +13,7 @@ import tarfile
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Sequence
 from typing import IO
 
 import jinja2
@@ -104,7 +105,7 @@ def fetch_env_script(options: BuildOptions) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_context(dockerfile: str, wheels: list[Path] = (), tools: list[Path] = ()) -> IO[bytes]:
+def build_context(dockerfile: str, wheels: Sequence[Path] = (), tools: Sequence[Path] = ()) -> IO[bytes]:
     """A tar of the build context, with fixed owners, modes and times so the layer cache hits.
 
     It holds the Dockerfile, the freeze script and the wheel files to install, and nothing else:

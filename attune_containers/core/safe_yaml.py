@@ -33,9 +33,11 @@ class _BoundedLoader(yaml.SafeLoader):
         self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
         if isinstance(event, yaml.AliasEvent):
-            raise ComposerError(None, None, "aliases (*name) are not allowed in pack files", event.start_mark)
+            # The pure-Python SafeLoader makes only yaml.error.Mark (the stubs also allow libyaml's).
+            raise ComposerError(None, None, "aliases (*name) are not allowed in pack files",
+                                event.start_mark)  # type: ignore[arg-type]
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise ComposerError(None, None, f"more than {MAX_NODES} nodes", event.start_mark)

@@ -16,7 +16,7 @@ from cachetools import TTLCache
 
 from ..core import labels as L
 from ..core.versions import BaseImage
-from ..engine import Engine
+from ..engine import Engine, ImageRecord
 from ..runtimes import Runtime, get_runtime
 from ..errors import AttuneContainersError, EngineError, EnvironmentNotFoundError, InvalidSpecError
 from ..settings import Settings
@@ -58,7 +58,7 @@ class BaseImageCatalog:
                 reference=reference,
                 python_version=self._exact_version(reference, attrs, runtime),
                 identity=_identity(attrs),
-                image_id=attrs["Id"],
+                image_id=attrs.id,
                 present=True,
             )
             if image.python_version and not image.python_version.startswith(minor + "."):
@@ -85,10 +85,9 @@ class BaseImageCatalog:
             ) from None
         return self.describe(image.minor, image.reference, runtime)
 
-    def _exact_version(self, reference: str, attrs: dict, runtime: Runtime) -> str | None:
-        config = attrs.get("Config") or {}
-        env = dict(entry.partition("=")[::2] for entry in config.get("Env") or [])
-        found = runtime.base_version(config.get("Labels") or {}, env)
+    def _exact_version(self, reference: str, attrs: ImageRecord, runtime: Runtime) -> str | None:
+        env = dict(entry.partition("=")[::2] for entry in (attrs.config.env if attrs.config is not None else ()))
+        found = runtime.base_version(dict(attrs.labels), env)
         if found:
             return found
         code, output = self.engine.run_once(reference, runtime.base_version_command())
@@ -96,12 +95,11 @@ class BaseImageCatalog:
         return found if _VERSION.fullmatch(found) else None
 
 
-def _identity(attrs: dict) -> str:
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    if labels.get(L.BASE_IDENTITY):
-        return labels[L.BASE_IDENTITY]
-    digests = sorted(d.split("@", 1)[1] for d in attrs.get("RepoDigests") or [] if "@" in d)
-    return digests[0] if digests else attrs["Id"]
+def _identity(attrs: ImageRecord) -> str:
+    if attrs.labels.get(L.BASE_IDENTITY):
+        return attrs.labels[L.BASE_IDENTITY]
+    digests = sorted(d.split("@", 1)[1] for d in attrs.digests if "@" in d)
+    return digests[0] if digests else attrs.id
 
 
 def bootstrap(minor: str, *, repository: str = BOOTSTRAP_REPOSITORY) -> str:

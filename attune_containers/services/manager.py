@@ -13,6 +13,7 @@ import json
 import re
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -176,7 +177,7 @@ class ContainerDependencyManager:
         if not registry:
             raise AttuneContainersError("no registry is configured (ATTUNE__CONTAINERS__REGISTRY)")
         attrs = self.engine.inspect_image(info.image)
-        if attrs is None or attrs["Id"] != info.id or not L.is_built_by_us(attrs):
+        if attrs is None or attrs.id != info.id or not L.is_built_by_us(attrs):
             raise AttuneContainersError(f"{info.image} is not the image built for pack {info.pack_ref!r}; not pushed")
         remote = f"{registry}/{info.image}"
         repository, tag = remote.rsplit(":", 1)
@@ -191,8 +192,8 @@ class ContainerDependencyManager:
 
     def lock_lines(self, info: EnvironmentInfo) -> list[str]:
         """The image's lock as a requirements file: every distribution pinned with its sha256."""
-        attrs = self.engine.inspect_image(info.id) or {}
-        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        attrs = self.engine.inspect_image(info.id)
+        labels = attrs.labels if attrs is not None else {}
         try:
             lock = [LockedDistribution(**d) for d in json.loads(labels.get(L.LOCK, "[]"))]
         except (ValueError, TypeError) as exc:
@@ -245,18 +246,18 @@ class ContainerDependencyManager:
             labels[L.PACK_REF] = pack_ref
         found = []
         for summary in self.engine.list_images(labels):
-            reference = self._our_reference(summary.get("RepoTags") or [], summary.get("Labels") or {})
+            reference = self._our_reference(summary.tags, summary.labels)
             if reference is None:
                 continue
-            attrs = self.engine.inspect_image(summary["Id"])
+            attrs = self.engine.inspect_image(summary.id)
             if attrs is None or not L.is_built_by_us(attrs):
                 continue
-            info = L.environment_from_image(summary["Id"], reference, summary.get("Labels") or {}, summary.get("Size"))
+            info = L.environment_from_image(summary.id, reference, summary.labels, summary.size)
             if info is not None and (pack_ref is None or info.pack_ref == pack_ref):
                 found.append(info)
         return sorted(found, key=lambda i: (i.created_at, i.image), reverse=True)
 
-    def expected_reference(self, labels: dict[str, str]) -> str | None:
+    def expected_reference(self, labels: Mapping[str, str]) -> str | None:
         """The one reference a pack image with these labels has in this configuration."""
         pack_ref, dependency_hash = labels.get(L.PACK_REF), labels.get(L.DEPENDENCY_HASH) or ""
         if not pack_ref or not re.fullmatch(r"[0-9a-f]{64}", dependency_hash):
@@ -267,7 +268,7 @@ class ContainerDependencyManager:
             return None
         return f"{self.settings.image_prefix}/{name}:{dependency_hash[:TAG_LENGTH]}"
 
-    def _our_reference(self, tags: list[str], labels: dict[str, str]) -> str | None:
+    def _our_reference(self, tags: Sequence[str], labels: Mapping[str, str]) -> str | None:
         expected = self.expected_reference(labels)
         return expected if expected is not None and expected in tags else None
 
@@ -307,7 +308,7 @@ class ContainerDependencyManager:
                 users = self.engine.find_containers(ancestor=info.id)
                 if users:
                     refused[info.image] = "used by container " + ", ".join(
-                        (c.get("Names") or [c["Id"][:12]])[0].lstrip("/") for c in users[:3])
+                        c.name for c in users[:3])
                 else:
                     removed.append(info.image)
             return Removal(removed=removed, refused=refused)
@@ -367,7 +368,7 @@ class ContainerDependencyManager:
         attrs = self.engine.inspect_image(plan.image)
         if attrs is None:
             return None
-        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        labels = attrs.labels
         if labels.get(L.PACK_REF) != plan.pack_ref or labels.get(L.DEPENDENCY_HASH) != plan.dependency_hash:
             raise AttuneContainersError(
                 f"{plan.image} exists but belongs to pack {labels.get(L.PACK_REF)!r} with hash "
@@ -376,9 +377,9 @@ class ContainerDependencyManager:
         if not L.is_built_by_us(attrs):
             return None
         trusted = self._trusted(plan)
-        if trusted is not None and attrs["Id"] != trusted.image_id:
+        if trusted is not None and attrs.id != trusted.image_id:
             return None
-        return L.environment_from_image(attrs["Id"], plan.image, labels, attrs.get("Size"))
+        return L.environment_from_image(attrs.id, plan.image, labels, attrs.size)
 
     def _trusted(self, plan: BuildPlan) -> TrustedImage | None:
         if self.settings.trusted_manifest is None:
@@ -450,10 +451,10 @@ class ContainerDependencyManager:
             attrs = self.engine.inspect_image(remote)
             if attrs is None:
                 raise UntrustedImageError(f"{remote} was pulled but is not on this host")
-            labels = (attrs.get("Config") or {}).get("Labels") or {}
+            labels = attrs.labels
             problems = []
-            if trusted is not None and attrs["Id"] != trusted.image_id:
-                problems.append(f"its ID is {attrs['Id']}, the manifest says {trusted.image_id}")
+            if trusted is not None and attrs.id != trusted.image_id:
+                problems.append(f"its ID is {attrs.id}, the manifest says {trusted.image_id}")
             if labels.get(L.PACK_REF) != plan.pack_ref or labels.get(L.DEPENDENCY_HASH) != plan.dependency_hash:
                 problems.append(f"its labels name pack {labels.get(L.PACK_REF)!r} with hash "
                                 f"{labels.get(L.DEPENDENCY_HASH)!r}")
@@ -462,7 +463,7 @@ class ContainerDependencyManager:
             if problems:
                 raise UntrustedImageError(f"refused {remote} for pack {plan.pack_ref!r}: {'; '.join(problems)}")
             repository, tag = plan.image.rsplit(":", 1)
-            self.engine.tag(attrs["Id"], repository, tag)
+            self.engine.tag(attrs.id, repository, tag)
         except BaseException:
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(remote)
@@ -516,7 +517,7 @@ class ContainerDependencyManager:
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # Build identity: bound to this image's own layers and config (not to a derived one's).
             labels[L.REPOSITORY] = plan.repository
-            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id) or {})
+            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
             labelled = self.engine.build(

@@ -43,7 +43,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -309,11 +309,11 @@ def forget(state_dir: str | Path, lease_id: str) -> None:
         (directory / f"{lease_id}.lock").unlink(missing_ok=True)
 
 
-def collect(state_dir: str | Path, keep: set[str] = frozenset()) -> list[str]:
+def collect(state_dir: str | Path, keep: Collection[str] = frozenset()) -> list[str]:
     """Delete the leases of dead owners that nothing refers to (``keep``: ids that still have
     containers), and temporary files of owners killed while taking their lease."""
     directory = owners_dir(state_dir)
-    collected = []
+    collected: list[str] = []
     try:
         entries = list(directory.iterdir())
     except FileNotFoundError:

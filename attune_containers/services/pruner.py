@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -43,7 +44,7 @@ from ..core.plan import BuildPlan
 from ..core.render import ATTUNE_DIR, BuildOptions, render_dockerfile
 from ..core.versions import BaseImage
 from ..core.spec import DependencySpec, EnvironmentInfo
-from ..engine import Engine
+from ..engine import ContainerRecord, DiskUsage, Engine
 from ..errors import (
     AttuneContainersError,
     ContainerInUseError,
@@ -168,8 +169,7 @@ class Pruner:
         verdicts = select_images(facts, policy, current=packs.current, now=now,
                                  existing_packs=packs.existing, unresolved=packs.unresolved)
         before = self.engine.disk_usage()
-        run = _Run(policy, now, report, _sizes(before),
-                   {c["Id"]: c.get("SizeRw") or 0 for c in before.get("Containers") or []})
+        run = _Run(policy, now, report, _sizes(before), dict(before.containers))
         for v in verdicts:
             if v.action == "keep":
                 report.kept.append(run.image_item(v))
@@ -196,11 +196,11 @@ class Pruner:
         report.estimated_bytes = sum(i.unique_bytes or 0 for i in report.removed)
         if report.removed and not policy.dry_run:
             after = self.engine.disk_usage()
-            layers = before["LayersSize"] - after["LayersSize"]
+            layers = before.layers_size - after.layers_size
             containers = sum(i.size_bytes or 0 for i in report.removed if i.kind == "container")
             report.reclaimed_bytes = max(layers, 0) + containers
-            expected = ({i["Id"] for i in before["Images"]} - run.removed_images) | run.exposed
-            report.reclaimed_exact = layers >= 0 and {i["Id"] for i in after["Images"]} == expected
+            expected = (set(before.images) - run.removed_images) | run.exposed
+            report.reclaimed_exact = layers >= 0 and set(after.images) == expected
             if not report.reclaimed_exact:
                 report.notes.append("other images changed during the prune: reclaimed_bytes includes their change")
         return report
@@ -217,7 +217,7 @@ class Pruner:
             return
         try:
             attrs = self.engine.inspect_image(image.reference)
-            if attrs is None or attrs["Id"] != image.id:
+            if attrs is None or attrs.id != image.id:
                 run.report.skipped.append(run.image_item(verdict, "gone or replaced meanwhile"))
                 return
             if (not policy.include_current and policy.packs_dir is None
@@ -250,8 +250,8 @@ class Pruner:
                     run.fail(run.image_item(verdict), exc)
                     return
                 run.removed_images.add(image.id)
-                if not alone and attrs.get("Parent"):
-                    run.exposed.add(attrs["Parent"])
+                if not alone and attrs.parent:
+                    run.exposed.add(attrs.parent)
                 self.usage.forget(image.id)
                 self.manager.forget_images({image.id})
             run.report.removed.append(run.image_item(verdict))
@@ -264,7 +264,7 @@ class Pruner:
         ours = {i.id for i in self.manager.list_environments()}
         built = self.manager.builds.ids()
         for summary in self.engine.find_containers(statuses=STOPPED):
-            image_id = summary.get("ImageID") or ""
+            image_id = summary.image_id
             image_labels = lineage.labels.get(image_id)
             # Only containers of this configuration's images: its pack images, or images its own
             # builds made. Base images are shared by every configuration: not a sign of ours.
@@ -272,25 +272,23 @@ class Pruner:
             if image_labels is None or not on_ours:
                 continue  # another configuration's image, or one we cannot see
             # A container inherits its image's labels: only labels it was given itself make it ours.
-            own = sorted(k for k, v in (summary.get("Labels") or {}).items()
+            own = sorted(k for k, v in summary.labels.items()
                          if k.startswith(L.PREFIX) and image_labels.get(k) != v)
             if not own:
                 continue
-            attrs = self.engine.inspect_container(summary["Id"])
+            attrs = self.engine.inspect_container(summary.id)
             if attrs is None:
                 continue
-            state = attrs.get("State") or {}
-            since = _engine_time(state.get("FinishedAt")) or _engine_time(attrs.get("Created")) or run.now
-            age = run.now - since
-            name = (summary.get("Names") or [summary["Id"][:12]])[0].lstrip("/")
+            finished = attrs.state.finished_at if attrs.state is not None else None
+            age = run.now - (finished or attrs.created or run.now)
             item = PruneItem(
-                kind="container", id=summary["Id"], reference=name,
-                pack_ref=(summary.get("Labels") or {}).get(L.PACK_REF),
-                reason=f"{state.get('Status', summary.get('State'))} container of ours ({', '.join(own)}), "
+                kind="container", id=summary.id, reference=summary.name,
+                pack_ref=summary.labels.get(L.PACK_REF),
+                reason=f"{attrs.status or summary.status} container of ours ({', '.join(own)}), "
                        f"stopped {format_duration(age)} ago",
-                size_bytes=run.container_sizes.get(summary["Id"]),
+                size_bytes=run.container_sizes.get(summary.id),
             )
-            if owner_alive(self.settings.state_dir, (summary.get("Labels") or {}).get(L.LEASE)):
+            if owner_alive(self.settings.state_dir, summary.labels.get(L.LEASE)):
                 # Stopped, but its owner lives (a container is `created` before it starts): the
                 # owner removes it; whatever the grace period, it is not a leftover yet.
                 run.report.kept.append(item.model_copy(update={"reason": item.reason + ", its owner is alive"}))
@@ -301,7 +299,7 @@ class Pruner:
                 continue
             if not run.policy.dry_run:
                 try:
-                    if not self.engine.remove_stopped_container(summary["Id"]):
+                    if not self.engine.remove_stopped_container(summary.id):
                         continue  # removed by someone else meanwhile
                 except ContainerInUseError as exc:
                     run.report.skipped.append(item.model_copy(update={"reason": f"the engine refused: {exc}"}))
@@ -317,12 +315,12 @@ class Pruner:
         grace = run.grace(self.settings)
         built = self.manager.builds.ids()
         for summary in self.engine.list_images(dangling=True):
-            image_id = summary["Id"]
+            image_id = summary.id
             base = lineage.base_of(image_id)
             if base is None:
                 continue  # not built on this configuration's base images: not ours to judge
-            labels = summary.get("Labels") or {}
-            size, unique = run.sizes.get(image_id, (summary.get("Size"), None))
+            labels = summary.labels
+            size, unique = run.sizes.get(image_id, (summary.size, None))
             item = PruneItem(kind="build-leftover", id=image_id, reference="<none>",
                              pack_ref=labels.get(L.PACK_REF), reason="", size_bytes=size, unique_bytes=unique)
             recorded = self.manager.builds.contains(image_id, built)
@@ -339,7 +337,7 @@ class Pruner:
                     "reason": f"dangling image on {base} without a step of our Dockerfile: "
                               "not identifiably ours, left alone"}))
                 continue
-            age = run.now - datetime.fromtimestamp(summary.get("Created", 0), timezone.utc)
+            age = run.now - (summary.created or datetime.fromtimestamp(0, timezone.utc))
             item = item.model_copy(update={"reason": f"{what}, created {format_duration(age)} ago"})
             if age < grace:
                 run.report.kept.append(item.model_copy(update={
@@ -367,7 +365,7 @@ class Pruner:
         attrs = self.engine.inspect_image(image_id)
         return attrs is not None and L.is_built_by_us(attrs)
 
-    def _built_here(self, image_id: str, labels: dict[str, str]) -> bool:
+    def _built_here(self, image_id: str, labels: Mapping[str, str]) -> bool:
         """An untagged pack image of this configuration: its labels are its own (not inherited by
         an image built FROM a pack image) and name a repository under our image_prefix."""
         try:
@@ -381,10 +379,11 @@ class Pruner:
     def _packs(self, packs_dir: Path | None) -> _Packs:
         if packs_dir is None:
             return _Packs(current=self.manager.current_images())
-        packs = _Packs(current={}, existing=set())
+        existing: set[str] = set()
+        packs = _Packs(current={}, existing=existing)
         for entry in scan_pack_tree(packs_dir):
             ref = entry.pack_ref
-            packs.existing.add(ref)
+            existing.add(ref)
             if entry.pack is None:
                 packs.unresolved[ref] = f"{entry.folder} does not load: {entry.error}"
                 continue
@@ -437,14 +436,14 @@ class _Lineage:
     def __init__(self, engine: Engine, base_references: Any) -> None:
         self.engine = engine
         summaries = engine.list_images(intermediate=True)
-        self.parent = {s["Id"]: s.get("ParentId") or None for s in summaries}
-        self.labels = {s["Id"]: s.get("Labels") or {} for s in summaries}
-        self.tags = {s["Id"]: [t for t in s.get("RepoTags") or [] if t != "<none>:<none>"] for s in summaries}
+        self.parent = {s.id: s.parent for s in summaries}
+        self.labels = {s.id: s.labels for s in summaries}
+        self.tags = {s.id: list(s.tags) for s in summaries}
         self.bases: dict[str, str] = {}
         for reference in base_references:
             attrs = engine.inspect_image(reference)
             if attrs is not None:
-                self.bases[attrs["Id"]] = reference
+                self.bases[attrs.id] = reference
         self._history_length: dict[str, int] = {}
         self._steps: dict[str, set[str]] = {}
 
@@ -467,7 +466,7 @@ class _Lineage:
             self._steps[base] = our_dockerfile_steps(base)
         history = self.engine.image_history(image_id)  # newest first; the base's steps are last
         own = history[: max(len(history) - self._history_length[base], 0)]
-        return bool(own) and all(history_step(step.get("CreatedBy") or "") in self._steps[base] for step in own)
+        return bool(own) and all(history_step(step.created_by) in self._steps[base] for step in own)
 
 
 def our_dockerfile_steps(base_reference: str) -> set[str]:
@@ -520,27 +519,12 @@ def _instructions(dockerfile: str) -> list[str]:
     return found
 
 
-def _sizes(usage: dict[str, Any]) -> dict[str, tuple[int | None, int | None]]:
-    sizes = {}
-    for image in usage.get("Images") or []:
-        size, shared = image.get("Size"), image.get("SharedSize")
-        unique = size - shared if isinstance(size, int) and isinstance(shared, int) and shared >= 0 else None
-        sizes[image["Id"]] = (size, unique)
-    return sizes
+def _sizes(usage: DiskUsage) -> dict[str, tuple[int | None, int | None]]:
+    return {image_id: (image.size, image.unique_size) for image_id, image in usage.images.items()}
 
 
-def _describe(containers: list[dict[str, Any]]) -> str:
-    names = [f"{(c.get('Names') or [c['Id'][:12]])[0].lstrip('/')} ({c.get('State', '?')})" for c in containers]
+def _describe(containers: list[ContainerRecord]) -> str:
+    names = [f"{c.name} ({c.status or '?'})" for c in containers]
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return "container " + ", ".join(names[:3]) + more
 
-
-def _engine_time(value: str | None) -> datetime | None:
-    """The engine's RFC 3339 times (nanoseconds, 'Z'); None for its zero time."""
-    if not value or value.startswith("0001-"):
-        return None
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value)
-    if not m:
-        return None
-    text = m.group(1) + (f".{m.group(2)[:6]}" if m.group(2) else "") + ("+00:00" if m.group(3) == "Z" else m.group(3))
-    return datetime.fromisoformat(text)

@@ -268,9 +268,9 @@ class ActionRunner:
             return removed
         by_owner: dict[str, list[str]] = {}
         for summary in containers:
-            lease_id = (summary.get("Labels") or {}).get(L.LEASE)
+            lease_id = summary.labels.get(L.LEASE)
             if lease_id and lease_id != ownership.process_id():
-                by_owner.setdefault(lease_id, []).append(summary["Id"])
+                by_owner.setdefault(lease_id, []).append(summary.id)
         left = set(by_owner)
         for lease_id, ids in by_owner.items():
             # The dead owner's lock is held while its containers go: one sweeper acts on it at a time.
@@ -401,7 +401,7 @@ class ActionRunner:
             control = _control(limits, last=False)
             collector = _collector(limits, control, self._observer(execution_id))
             timed_out, elapsed = container.execute(encode_request(control, request), collector,
-                                                   limits.timeout + DEADLINE_GRACE_SECONDS)
+                                                   _deadline_seconds(limits))
             result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
                             execution_id=execution_id, action_ref=action.action_ref, image=info.image,
                             cancelled=self._cancelled(execution_id))
@@ -427,7 +427,7 @@ class ActionRunner:
         runtime = get_runtime(pack.spec.runtime)
         run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
                              self._preload(runtime, packs[pack_ref], policy), runtime=runtime)
-        return self._pool(run, info, policy).prewarm(policy.min_idle if count is None else count)
+        return self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
 
     def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None) -> EnvironmentInfo:
         """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so.
@@ -454,7 +454,7 @@ class ActionRunner:
             with self.manager.image_lock(info.image, timeout=60):
                 self.lease.use(self, pack.pack_ref, info.image, info.id)
                 attrs = self.engine.inspect_image(info.image)
-            if attrs is not None and attrs.get("Id") == info.id:
+            if attrs is not None and attrs.id == info.id:
                 return info
             self.manager.forget_image(info.id)
         raise EnvironmentNotFoundError(f"{info.image} of pack {pack.pack_ref!r} was removed while it was resolved")
@@ -498,7 +498,7 @@ class ActionRunner:
 
         # One request, then EOF: the runner loop serves it and ends.
         exit_code, timed_out, elapsed = self.engine.run_attached(
-            container_id, encode_request(control, request), limits.timeout + DEADLINE_GRACE_SECONDS, on_frame)
+            container_id, encode_request(control, request), _deadline_seconds(limits), on_frame)
         return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
                       execution_id=execution_id, action_ref=action.action_ref, image=image,
                       container_exit=exit_code, cancelled=self._cancelled(execution_id))
@@ -576,13 +576,21 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
     )
 
 
+def _deadline_seconds(limits: ResourceLimits) -> float:
+    """The worker's own deadline: the run's timeout (resolved limits always have one) plus the
+    grace the supervisor needs to report its own timeout first."""
+    if limits.timeout is None:
+        raise AttuneContainersError("the run's limits have no timeout")
+    return limits.timeout + DEADLINE_GRACE_SECONDS
+
+
 def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
     """Whether the engine saw an OOM kill in the container: its OOMKilled state or its event log,
     polled briefly since the engine reports it after the kill. Exit code 137 alone is no proof."""
     deadline = time.monotonic() + OOM_POLL_SECONDS
     while True:
-        state = engine.container_state(container_id) or {}
-        if state.get("OOMKilled") or engine.saw_oom(container_id, since):
+        state = engine.container_state(container_id)
+        if (state is not None and state.oom_killed) or engine.saw_oom(container_id, since):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -530,10 +530,10 @@ class WheelCache:
                 os.chmod(folder, 0o755)
         os.chmod(self.work_root, 0o711)
         with self._lock():
-            for folder in ("wheelhouse", "tools"):
-                for path in _listing(self.root / folder):
+            for kind in ("wheelhouse", "tools"):
+                for path in _listing(self.root / kind):
                     # Unrecorded (an older version's, or someone's plant): never used, removed now.
-                    if self._record(folder, path.name) is None or not stat.S_ISREG(path.lstat().st_mode):
+                    if self._record(kind, path.name) is None or not stat.S_ISREG(path.lstat().st_mode):
                         _remove(path)
         # pip for the fetch step comes from here and runs in the container before anything is
         # checked: so the tools are verified before every fetch (a few MB).
@@ -585,10 +585,10 @@ class WheelCache:
         except AttuneContainersError:
             containers = []
         for container in containers:
-            owner = (container.get("Labels") or {}).get(WORK_LABEL, "")
+            owner = container.labels.get(WORK_LABEL, "")
             if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
-                self.engine.remove_container(container["Id"], attempts=3)
-                swept.append(container["Id"])
+                self.engine.remove_container(container.id, attempts=3)
+                swept.append(container.id)
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)

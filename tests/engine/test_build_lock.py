@@ -28,7 +28,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def lock_label(engine, image: str) -> list[dict]:
-    return json.loads(engine.inspect_image(image)["Config"]["Labels"][L.LOCK])
+    return json.loads(engine.inspect_image(image).labels[L.LOCK])
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def fresh_prefix(engine):
     prefix = f"{TEST_PREFIX}-lock{uuid.uuid4().hex[:6]}"
     yield prefix
     for summary in engine.list_images({L.MANAGED: "true"}):
-        if any(tag.startswith(prefix + "/") for tag in summary.get("RepoTags") or []):
-            engine.remove_image(summary["Id"], force=True)
+        if any(tag.startswith(prefix + "/") for tag in summary.tags):
+            engine.remove_image(summary.id, force=True)
 
 
 def test_a_complete_lock_builds_from_the_cache_alone_with_no_resolution(locked_pack, fresh_prefix, tmp_path,

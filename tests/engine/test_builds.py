@@ -62,7 +62,7 @@ def test_build_only_settings_never_reach_the_final_image(settings, engine, tmp_p
     })
     manager = ContainerDependencyManager(build_settings, engine)
     info = manager.ensure_environment(unique_ref("secrets"), DependencySpec(dependencies=["six==1.17.0"]))
-    attrs = engine.inspect_image(info.id)
+    attrs = engine.api.inspect_image(info.id)  # the engine's whole document, not our record of it
     history = engine.api.history(info.id)
     visible = json.dumps(attrs) + json.dumps(history)
     assert marker not in visible and secret not in visible
@@ -139,7 +139,7 @@ def test_labels_identify_the_image_not_its_name(manager, engine):
     pack_ref = unique_ref("impostor")
     spec = DependencySpec(min_version="3.13")
     plan = manager.plan(pack_ref, spec)
-    base_id = engine.inspect_image(plan.base.reference)["Id"]
+    base_id = engine.inspect_image(plan.base.reference).id
     repository, tag = plan.image.rsplit(":", 1)
     engine.tag(base_id, repository, tag)
     try:
@@ -147,4 +147,4 @@ def test_labels_identify_the_image_not_its_name(manager, engine):
             manager.ensure_environment(pack_ref, spec)
     finally:
         engine.remove_image(plan.image)
-    assert L.PACK_REF not in (engine.inspect_image(base_id)["Config"].get("Labels") or {})
+    assert L.PACK_REF not in engine.inspect_image(base_id).labels

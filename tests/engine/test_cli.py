@@ -59,9 +59,9 @@ def test_build_then_rebuild_reuses(tmp_path, engine):
 def ours(engine) -> set[str]:
     """Every image of this test run, tagged or not (other sessions may share the engine); a
     refused pack must add none, not even an untagged build stage."""
-    return {i["Id"] for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
-            if any(t.startswith(TEST_PREFIX + "/") for t in i.get("RepoTags") or [])} | {
-        i["Id"] for i in engine.list_images(dangling=True)}
+    return {i.id for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
+            if any(t.startswith(TEST_PREFIX + "/") for t in i.tags)} | {
+        i.id for i in engine.list_images(dangling=True)}
 
 
 HOSTILE = {

@@ -102,8 +102,8 @@ def test_the_deadline_holds_when_the_caller_is_killed(settings, engine, tmp_path
         deadline = time.monotonic() + 120
         while container is None and time.monotonic() < deadline:
             for summary in engine.list_containers({L.RUN: "true", L.EXECUTION_ID: execution_id}):
-                if summary.get("State") == "running":
-                    container = summary["Id"]
+                if summary.status == "running":
+                    container = summary.id
             time.sleep(0.2)
         assert container is not None, "the action's container never started"
         killed_at = time.monotonic()

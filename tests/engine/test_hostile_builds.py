@@ -433,10 +433,10 @@ def test_a_killed_build_leaves_no_credentials_and_no_fetch_container(hostile, en
         for folder in work.iterdir():
             assert folder.stat().st_mode & 0o077 == 0, oct(folder.stat().st_mode)
         fetchers = engine.list_containers({L.HELPER: "fetch"})
-        ours = [c for c in fetchers if c["Labels"].get(L.CACHE) == WheelCache(hostile, engine).cache_id]
+        ours = [c for c in fetchers if c.labels.get(L.CACHE) == WheelCache(hostile, engine).cache_id]
         assert len(ours) == 1
-        # Nothing docker inspect shows carries them.
-        assert secret not in json.dumps(engine.inspect_container(ours[0]["Id"]))
+        # Nothing docker inspect shows carries them: the engine's whole document, not our record of it.
+        assert secret not in json.dumps(engine.api.inspect_container(ours[0].id))
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)
@@ -445,7 +445,7 @@ def test_a_killed_build_leaves_no_credentials_and_no_fetch_container(hostile, en
     started = time.monotonic()
     WheelCache(hostile, engine).sweep()
     assert time.monotonic() - started < 30
-    assert engine.inspect_container(ours[0]["Id"]) is None
+    assert engine.inspect_container(ours[0].id) is None
     assert list((hostile.cache_dir / "work").iterdir()) == []
     for path in hostile.cache_dir.rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
@@ -466,7 +466,7 @@ def test_build_timeout_is_a_wall_clock_limit_of_the_fetch_step(hostile, engine, 
     assert time.monotonic() - started < 45
     assert images_of(engine, pack_ref) == []
     assert [c for c in engine.list_containers({L.HELPER: "fetch"})
-            if c["Labels"].get(L.CACHE) == WheelCache(limited, engine).cache_id] == []
+            if c.labels.get(L.CACHE) == WheelCache(limited, engine).cache_id] == []
 
 
 def test_what_the_fetch_step_hands_back_is_bounded(hostile, engine, index):

@@ -55,7 +55,7 @@ def six_old(settings, engine):
 def test_creation_builds_a_labelled_image(six_old, engine):
     pack_ref, info = six_old
     attrs = engine.inspect_image(info.image)
-    labels = attrs["Config"]["Labels"]
+    labels = attrs.labels
     assert labels[L.PACK_REF] == pack_ref
     assert labels[L.DEPENDENCY_HASH] == info.dependency_hash
     assert labels[L.PYTHON_VERSION] == info.runtime_version
@@ -63,7 +63,7 @@ def test_creation_builds_a_labelled_image(six_old, engine):
     assert "six==1.16.0" in json.loads(labels[L.INSTALLED])
     for key in (L.OCI_CREATED, L.OCI_TITLE, L.TOOL_VERSION, L.CREATED, L.OCI_BASE_NAME):
         assert labels.get(key), key
-    assert attrs["Config"]["User"] not in ("", "0", "root", "0:0")
+    assert attrs.config.user not in ("", "0", "root", "0:0")
     assert run_python(engine, info.image, "import six; print(six.__version__)") == "1.16.0"
 
 

@@ -117,7 +117,7 @@ def prune(settings, engine, policy: PrunePolicy):
 
 
 def containers_of_lease(engine, lease: str) -> dict[str, str]:
-    return {c["Id"]: c["State"] for c in engine.list_containers({L.RUN: "true", L.LEASE: lease})}
+    return {c.id: c.status for c in engine.list_containers({L.RUN: "true", L.LEASE: lease})}
 
 
 def sweeper(settings, engine) -> ActionRunner:
@@ -233,7 +233,7 @@ def test_a_worker_in_another_pid_namespace_keeps_its_containers_until_it_dies(se
         created = worker.ask(do="create", pack="probe")["container"]
         assert worker.ask(do="prewarm", pack="probe")["started"] == 1
         mine = containers_of_lease(engine, worker.lease)
-        labels = engine.inspect_container(created)["Config"]["Labels"]
+        labels = engine.inspect_container(created).labels
         assert labels[L.OWNER] == f"{socket.gethostname()}:1"  # its pid, in its namespace
         assert sorted(mine.values()) == ["created", "running"]
 
@@ -282,7 +282,8 @@ def test_ownership_is_the_lease_never_the_host_and_pid(settings, engine, made):
         assert dead_here in swept and engine.inspect_container(dead_here) is None
         for kept in (alive_elsewhere, legacy, hostile, unknown):
             assert kept not in swept
-            assert (engine.inspect_container(kept) or {}).get("State", {}).get("Status") == "created"
+            kept_record = engine.inspect_container(kept)
+            assert kept_record is not None and kept_record.status == "created"
     finally:
         other_namespace.stop()
 
@@ -342,7 +343,7 @@ def test_an_image_a_live_worker_uses_is_never_pruned(settings, engine, tmp_path)
         first = worker_a.ask(do="run", action=f"{pack_ref}.echo", parameters={"n": 1})
         assert first["status"] == "succeeded", first
         image_a = first["image"]
-        id_a = engine.inspect_image(image_a)["Id"]
+        id_a = engine.inspect_image(image_a).id
 
         runner_b = ActionRunner(tree_b, manager)
         second = runner_b.run(f"{pack_ref}.echo", {"n": 2})
@@ -359,7 +360,7 @@ def test_an_image_a_live_worker_uses_is_never_pruned(settings, engine, tmp_path)
 
         again = worker_a.ask(do="run", action=f"{pack_ref}.echo", parameters={"n": 3})
         assert again["status"] == "succeeded" and again["image"] == image_a, again
-        assert engine.inspect_image(image_a)["Id"] == id_a  # the same image, not a rebuild
+        assert engine.inspect_image(image_a).id == id_a  # the same image, not a rebuild
 
         # Closed, A uses nothing: its image is an old one like any other.
         assert worker_a.ask(do="close") == {"closed": True}

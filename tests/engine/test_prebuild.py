@@ -164,7 +164,7 @@ def test_lock_records_exact_distributions_and_rebuilds_the_same_content(own_cach
     manager = ContainerDependencyManager(own_cache, engine)
     info = manager.ensure_environment(unique_ref("lock"), DependencySpec(dependencies=["requests==2.31.0"], max_version="3.11"))
     attrs = engine.inspect_image(info.id)
-    lock = json.loads(attrs["Config"]["Labels"][L.LOCK])
+    lock = json.loads(attrs.labels[L.LOCK])
     by_name = {d["name"]: d for d in lock}
     assert by_name["requests"]["version"] == "2.31.0"
     assert {"requests", "urllib3", "idna", "certifi", "charset-normalizer"} <= set(by_name)
@@ -203,7 +203,7 @@ def test_pushed_images_are_pulled_not_built(own_cache, engine, registry, tmp_pat
 
     # A second engine state: the local images gone, as on a fresh worker host.
     for summary in images_of(engine, pack_ref):
-        engine.remove_image(summary["Id"], force=True)
+        engine.remove_image(summary.id, force=True)
     builds: list[str] = []
     # The worker trusts what CI's manifest names (by digest), not the tag.
     worker = ContainerDependencyManager(with_registry.model_copy(update={"allow_build": False,
@@ -212,7 +212,7 @@ def test_pushed_images_are_pulled_not_built(own_cache, engine, registry, tmp_pat
                             on_log=builds.append)
     assert ensured.outcome == "pulled" and builds == []
     assert ensured.info.image == entry.image
-    assert engine.inspect_image(entry.image)["Config"]["Labels"][L.PACK_REF] == pack_ref
+    assert engine.inspect_image(entry.image).labels[L.PACK_REF] == pack_ref
 
     again = build_all(ContainerDependencyManager(with_registry, engine), tree, push=True)
     assert again.packs[0].outcome == "reused"

@@ -55,7 +55,7 @@ def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # 
     log: list[str] = []
     b_only = b.ensure_environment(unique_ref("bonly"), DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"),
                                   on_log=log.append)
-    b_stage = engine.inspect_image(builder_stage_of(log))["Id"]
+    b_stage = engine.inspect_image(builder_stage_of(log)).id
     assert mine.image.startswith(a_settings.image_prefix + "/") and theirs.image.startswith(b_settings.image_prefix + "/")
 
     # Reads: each configuration sees its own images only.
@@ -127,7 +127,7 @@ def test_second_tag_container_and_dry_run_each_report_their_real_cause(bases, en
         one = cli(settings, "rm", pack, "--image", old.dependency_hash[:12], "--json")
         assert one.returncode == 0, one.stderr
         assert json.loads(one.stdout)["removed"] == [old.image]
-        assert engine.inspect_image(old.image) is None and engine.inspect_image(f"{other}:1")["Id"] == old.id
+        assert engine.inspect_image(old.image) is None and engine.inspect_image(f"{other}:1").id == old.id
         assert engine.inspect_image(new.image) is not None
 
         # A container on the other one: "used by a container", with the engine's words.
@@ -167,7 +167,7 @@ def test_images_built_from_ours_are_never_ours(bases, engine, tmp_path):  # noqa
     # On our base image, a step that only contains "/opt/attune" as a substring.
     stranger = build(f"FROM {bases['3.13']}\n{dashboard}RUN echo {uuid.uuid4().hex} > /tmp/y\n")
     try:
-        assert engine.inspect_image(derived)["Config"]["Labels"][L.PACK_REF] == pack  # looks like ours
+        assert engine.inspect_image(derived).labels[L.PACK_REF] == pack  # looks like ours
         assert [e.id for e in manager.list_environments()] == [info.id]
         assert [e.id for e in Pruner(manager).images()] == [info.id]
         assert manager.get_environment(pack).id == info.id

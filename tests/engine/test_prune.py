@@ -56,7 +56,7 @@ def bases(engine: Engine):
         client.images.build(fileobj=io.BytesIO(dockerfile), tag=reference, rm=True, pull=False)
         made[minor] = reference
     yield made
-    purge_descendants(engine, [engine.inspect_image(r)["Id"] for r in made.values()])
+    purge_descendants(engine, [engine.inspect_image(r).id for r in made.values()])
     for reference in made.values():
         engine.remove_image(reference)
 
@@ -65,7 +65,7 @@ def purge_descendants(engine: Engine, base_ids: list[str]) -> None:
     """Remove every image built on these (private) bases, leaves first."""
     for _ in range(50):
         summaries = engine.list_images(intermediate=True)
-        parent = {s["Id"]: s.get("ParentId") for s in summaries}
+        parent = {s.id: s.parent for s in summaries}
         children = {p for p in parent.values() if p}
 
         def on_base(image_id: str) -> bool:
@@ -80,7 +80,7 @@ def purge_descendants(engine: Engine, base_ids: list[str]) -> None:
             return
         for image_id in leaves:
             for c in engine.find_containers(ancestor=image_id):
-                engine.client.api.remove_container(c["Id"], force=True)
+                engine.client.api.remove_container(c.id, force=True)
             try:
                 engine.remove_image(image_id, force=True)
             except AttuneContainersError:
@@ -281,14 +281,14 @@ def test_images_of_other_prefixes_and_foreign_images_stay(env, bases, engine):
     # The same pack under another configuration's prefix.
     mine, theirs = together(lambda: env.manager().ensure_environment(pack, quick(1)),
                             lambda: other.manager().ensure_environment(pack, quick(1)))
-    base_id = engine.inspect_image(bases["3.13"])["Id"]
+    base_id = engine.inspect_image(bases["3.13"]).id
     impostor = f"{env.settings.image_prefix}/impostor"
     engine.tag(base_id, impostor, "1")  # under our prefix, but not built by us: no labels
     # Someone's dangling image on our base image, carrying its inherited labels.
     dockerfile = f"FROM {bases['3.13']}\nRUN echo not-ours > /not-ours\n".encode()
     stranger = engine.client.images.build(fileobj=io.BytesIO(dockerfile), rm=True, pull=False)[0].id
     try:
-        assert engine.inspect_image(stranger)["Config"]["Labels"][L.BASE_MARKER] == "true"  # looks like ours
+        assert engine.inspect_image(stranger).labels[L.BASE_MARKER] == "true"  # looks like ours
         report = env.prune(keep=0, include_current=True, leftovers=True, leftover_grace=timedelta(0))
         assert refs(report.removed) >= {mine.image}
         assert theirs.image not in refs(report.removed + report.kept + report.skipped)
@@ -315,8 +315,8 @@ def test_leftovers_of_ours_go_after_their_grace(env, engine):
     manager = env.manager()
     log: list[str] = []
     info = manager.ensure_environment(unique_ref("leftover"), quick(1), on_log=log.append)
-    stage = engine.inspect_image(builder_stage_of(log))["Id"]
-    assert stage in {s["Id"] for s in engine.list_images(dangling=True)}
+    stage = engine.inspect_image(builder_stage_of(log)).id
+    assert stage in {s.id for s in engine.list_images(dangling=True)}
     # What a crash leaves: a helper container never started, a runner container that exited.
     helper = engine.client.containers.create(info.image, ["/nonexistent"], labels={L.HELPER: "read-file"})
     action = engine.client.containers.run(info.image, [INTERPRETER, "-c", "pass"], detach=True,
@@ -357,14 +357,14 @@ def test_reclaimed_bytes_are_the_engines_figure(env, engine):
         assert refs(report.removed) == {old.image} and not env.exists(old.image)
         [item] = report.removed
         # Only the old image's own layers (its six 1.16 venv) go: what df said was unique to it.
-        df_old = next(i for i in before["Images"] if i["Id"] == old.id)
-        assert item.unique_bytes == df_old["Size"] - df_old["SharedSize"] > 0
-        quiet = {i["Id"] for i in after["Images"]} == {i["Id"] for i in before["Images"]} - {old.id}
+        df_old = before.images[old.id]
+        assert item.unique_bytes == df_old.size - df_old.shared_size > 0
+        quiet = set(after.images) == set(before.images) - {old.id}
         if quiet and report.reclaimed_exact:
             break
     else:
         pytest.fail("the host never stayed quiet for the length of one prune")
-    assert report.reclaimed_bytes == before["LayersSize"] - after["LayersSize"] == item.unique_bytes
+    assert report.reclaimed_bytes == before.layers_size - after.layers_size == item.unique_bytes
 
 
 # -- concurrency ---------------------------------------------------------------------------------
@@ -392,7 +392,7 @@ def test_prune_racing_a_build_leaves_the_build_intact(env, engine):
     thread.join()
     assert "error" not in result, result.get("error")
     info = result["info"]
-    labels = engine.inspect_image(info.image)["Config"]["Labels"]
+    labels = engine.inspect_image(info.image).labels
     assert labels[L.PACK_REF] == pack and labels[L.DEPENDENCY_HASH] == info.dependency_hash
     assert engine.run_once(info.image, [INTERPRETER, "-c", "import sys; print(sys.prefix)"]) == (0, "/opt/attune/venv\n")
     assert len(reports) >= 2 and any("a build is running" in n for r in reports for n in r.notes)
@@ -446,13 +446,13 @@ def test_cli_ls_and_prune(env, cli, engine):
 
     # A dry run removes nothing, and says what the real run then does.
     aggressive = ["--keep", "0", "--include-current", "--older-than", "0s", "--leftover-grace", "0s"]
-    before = {s["Id"] for s in engine.list_images(intermediate=True)}
+    before = {s.id for s in engine.list_images(intermediate=True)}
     code, out, err = cli("prune", *aggressive, "--dry-run", "--json")
     assert code == 0, err
     dry = json.loads(out)
     assert dry["dry_run"] and dry["reclaimed_bytes"] == 0
     assert {i["reference"] for i in dry["removed"] if i["kind"] == "image"} == {old.image, new.image}
-    assert {s["Id"] for s in engine.list_images(intermediate=True)} >= before
+    assert {s.id for s in engine.list_images(intermediate=True)} >= before
     assert env.exists(old.image) and env.exists(new.image)
     code, out, err = cli("prune", *aggressive, "--dry-run")
     assert code == 0 and "would remove" in out and "dry run, nothing removed" in out

@@ -129,7 +129,7 @@ def test_forged_image_under_the_expected_tag_is_refused_and_ci_builds_its_own(se
                                                                           "state_dir": tmp_path / "w2"}), engine)
     ensured = again.ensure(pack_ref, spec())
     assert ensured.outcome == "pulled" and ensured.info.id == entry.image_id
-    assert engine.inspect_image(plan.image)["Id"] == entry.image_id
+    assert engine.inspect_image(plan.image).id == entry.image_id
 
 
 def test_a_trusted_digest_missing_from_the_registry_is_never_replaced_by_the_tag(settings, engine, registry, tmp_path):  # noqa: F811

@@ -19,6 +19,7 @@ import pytest
 from attune_containers.core import labels as L
 from attune_containers.core.execution import ExecutionStatus, ResourceLimits
 from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
+from attune_containers.engine import ContainerRecord
 from attune_containers.errors import InvalidSpecError
 from attune_containers.services.runner import ActionRunner, owner_id
 
@@ -39,7 +40,7 @@ def runner(settings, engine):
     return ActionRunner(PACKS, ContainerDependencyManager(cold(settings), engine))
 
 
-def containers_of(engine, **labels) -> list[dict]:
+def containers_of(engine, **labels) -> list[ContainerRecord]:
     return engine.list_containers({L.RUN: "true", **labels})
 
 
@@ -135,7 +136,7 @@ def test_fork_bomb_is_contained_and_the_host_stays_responsive(runner, engine):
         while thread.is_alive():
             for summary in containers_of(engine, **{L.ACTION_REF: "probe.forkbomb"}):
                 try:
-                    stats = engine.api.stats(summary["Id"], stream=False)
+                    stats = engine.api.stats(summary.id, stream=False)
                 except Exception:  # noqa: BLE001 - the container may end between list and stats
                     continue
                 peak = max(peak, stats.get("pids_stats", {}).get("current", 0))
@@ -204,7 +205,7 @@ def test_secrets_reach_the_helper_but_never_docker_inspect(runner, engine):
     deadline = time.monotonic() + 30
     while not inspected and time.monotonic() < deadline:
         for summary in containers_of(engine, **{L.ACTION_REF: "probe.secret"}):
-            inspected.append(json.dumps(engine.api.inspect_container(summary["Id"])))
+            inspected.append(json.dumps(engine.api.inspect_container(summary.id)))
         time.sleep(0.1)
     thread.join(timeout=60)
     assert inspected, "never saw the running container"
@@ -300,11 +301,11 @@ def owned_by(process: subprocess.Popen) -> dict[str, str]:
     return {L.OWNER: f"{socket.gethostname()}:{process.pid}"}
 
 
-def wait_for_container(engine, process: subprocess.Popen, timeout: float = 60) -> list[dict]:
+def wait_for_container(engine, process: subprocess.Popen, timeout: float = 60) -> list[ContainerRecord]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = containers_of(engine, **owned_by(process))
-        if found and found[0].get("State") == "running":
+        if found and found[0].status == "running":
             return found
         time.sleep(0.1)
     raise AssertionError(f"no running container of process {process.pid}")
@@ -329,9 +330,9 @@ def test_a_killed_callers_container_is_swept_by_the_next_runner(settings, engine
     left = wait_for_container(engine, process)
     process.kill()
     process.communicate(timeout=60)
-    assert [c["Id"] for c in containers_of(engine, **owned_by(process))] == [left[0]["Id"]]
+    assert [c.id for c in containers_of(engine, **owned_by(process))] == [left[0].id]
     swept = ActionRunner(PACKS, ContainerDependencyManager(settings, engine), sweep=False).sweep_leftovers()
-    assert left[0]["Id"] in swept
+    assert left[0].id in swept
     assert gone_soon(engine, **owned_by(process))
 
 

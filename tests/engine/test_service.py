@@ -42,8 +42,8 @@ def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
 
 
 def containers_of(engine, pid: int) -> list[str]:
-    return [c["Id"] for c in engine.list_containers({L.RUN: "true"})
-            if (c.get("Labels") or {}).get(L.OWNER, "").endswith(f":{pid}")]
+    return [c.id for c in engine.list_containers({L.RUN: "true"})
+            if c.labels.get(L.OWNER, "").endswith(f":{pid}")]
 
 
 @pytest.fixture
@@ -107,4 +107,4 @@ def test_a_restart_after_a_crash_removes_the_leftovers(tmp_path, settings, engin
         again.communicate(timeout=60)
     assert containers_of(engine, again.pid) == []
     assert not [c for c in engine.list_containers({L.POOL: "true"})
-                if (c.get("Labels") or {}).get(L.OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))]
+                if c.labels.get(L.OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))]

@@ -66,7 +66,7 @@ def labelled(engine, execution_id: str, within: float = 10) -> list[str]:
     the engine's auto-remove already started is still listed for a moment)."""
     deadline = time.monotonic() + within
     while True:
-        left = [c["Id"] for c in engine.list_containers({L.EXECUTION_ID: execution_id})]
+        left = [c.id for c in engine.list_containers({L.EXECUTION_ID: execution_id})]
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.1)

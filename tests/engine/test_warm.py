@@ -36,7 +36,7 @@ def runner(settings, engine):
 
 def pool_containers(engine) -> list[str]:
     """This process's warm containers (other test runs may share the engine)."""
-    return sorted(c["Id"] for c in engine.list_containers({L.RUN: "true", L.POOL: "true", L.OWNER: owner_id()}))
+    return sorted(c.id for c in engine.list_containers({L.RUN: "true", L.POOL: "true", L.OWNER: owner_id()}))
 
 
 def comparable(result) -> dict:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attune_containers.core.protocol import DONE, ERRORS, MAGIC, OUTPUT, RESULT
-from attune_containers.engine import ContainerRun
+from attune_containers.engine import ContainerRecord, ContainerRun, ContainerState, ImageRecord
 from attune_containers.errors import EngineError
 
 Program = Callable[[dict[str, Any], dict[str, Any]], "Reply"]
@@ -272,8 +272,8 @@ class FakeEngine:
     # (the stand-in manager of test_runner_paths.py resolves every pack to it).
     image_id = "sha256:" + "cd" * 32
 
-    def inspect_image(self, reference: str) -> dict | None:
-        return {"Id": self.image_id}
+    def inspect_image(self, reference: str) -> ImageRecord | None:
+        return ImageRecord(id=self.image_id, tags=(reference,))
 
     # -- what tests look at ----------------------------------------------------------------------
 
@@ -364,22 +364,24 @@ class FakeEngine:
             streams.close()
         return self.wait(container_id, timeout=10), timed_out, time.monotonic() - started
 
-    def container_state(self, container_id: str) -> dict[str, Any] | None:
+    def container_state(self, container_id: str) -> ContainerState | None:
         self._call("container_state", container_id)
         try:
             container = self._get(container_id)
         except EngineError:
             return None
-        return {"Status": container.status, "OOMKilled": container.oom_killed, "ExitCode": container.exit_code}
+        return ContainerState(status=container.status, running=container.status == "running",
+                              exit_code=container.exit_code, oom_killed=container.oom_killed)
 
     def saw_oom(self, container_id: str, since: float) -> bool:
         self._call("saw_oom", container_id)
         return container_id in self.oom_events
 
-    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[dict[str, Any]]:
+    def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[ContainerRecord]:
         self._call("list_containers")
         wanted = labels.items() if isinstance(labels, dict) else [(name, None) for name in labels]
-        return [{"Id": c.id, "Labels": dict(c.run.labels), "State": c.status} for c in self.existing()
+        return [ContainerRecord(id=c.id, name=c.id[:12], image_id=self.image_id, labels=dict(c.run.labels),
+                                status=c.status) for c in self.existing()
                 if (all or not c.ended)
                 and all_match(c.run.labels, wanted)]
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from attune_containers.core import labels as L
+from attune_containers.engine import ImageRecord
 from attune_containers.errors import InvalidSpecError
 from attune_containers.services.manifest import TrustManifest
 from attune_containers.services.provenance import BuildLogIds, BuildRecord
@@ -45,13 +46,16 @@ def test_build_record_is_per_state_dir(tmp_path):
 
 
 def test_content_label_binds_labels_to_their_own_image():
-    attrs = {"RootFS": {"Layers": ["sha256:1", "sha256:2"]}, "Config": {"User": "65532:65532", "Cmd": ["python"]}}
-    labels = {L.MANAGED: "true", L.PACK_REF: "p", L.DEPENDENCY_HASH: "0" * 64, L.CONTENT: L.content_identity(attrs)}
+    attrs = {"Id": "sha256:a", "RootFS": {"Layers": ["sha256:1", "sha256:2"]},
+             "Config": {"User": "65532:65532", "Cmd": ["python"]}}
+    content = L.content_identity(ImageRecord.from_inspect(attrs))
+    labels = {L.MANAGED: "true", L.PACK_REF: "p", L.DEPENDENCY_HASH: "0" * 64, L.CONTENT: content}
     ours = {**attrs, "Config": {**attrs["Config"], "Labels": labels}}
-    assert L.is_built_by_us(ours)
+    assert L.is_built_by_us(ImageRecord.from_inspect(ours))
     derived_layer = {**ours, "RootFS": {"Layers": ["sha256:1", "sha256:2", "sha256:3"]}}
     derived_user = {**ours, "Config": {**ours["Config"], "User": "root"}}
-    assert not L.is_built_by_us(derived_layer) and not L.is_built_by_us(derived_user)
+    assert not L.is_built_by_us(ImageRecord.from_inspect(derived_layer))
+    assert not L.is_built_by_us(ImageRecord.from_inspect(derived_user))
 
 
 def test_the_manifest_takes_only_references_by_digest(tmp_path):

@@ -15,6 +15,7 @@ from attune_containers.core.execution import ResourceLimits
 from attune_containers.core.packs import load_pack
 from attune_containers.core.spec import ValidatedSpec
 from attune_containers.core.versions import BaseImage
+from attune_containers.engine import ImageConfig, ImageRecord
 from attune_containers.errors import InvalidSpecError
 from attune_containers.runtimes import (
     LOOP_MOUNT,
@@ -207,8 +208,9 @@ def test_the_manager_plans_with_the_specs_runtime(toy, tmp_path, monkeypatch):
 
 
 class ToyImages(FakeEngine):
-    def inspect_image(self, reference: str) -> dict | None:
-        return {"Id": "sha256:" + "ef" * 32, "Config": {"Env": ["TOY_VERSION=22.1.0", "PYTHON_VERSION=3.11.2"]}}
+    def inspect_image(self, reference: str) -> ImageRecord | None:
+        return ImageRecord(id="sha256:" + "ef" * 32,
+                           config=ImageConfig(env=("TOY_VERSION=22.1.0", "PYTHON_VERSION=3.11.2")))
 
 
 def test_base_images_come_from_each_runtimes_own_setting_and_say_their_version(toy, tmp_path, monkeypatch):

@@ -6,10 +6,11 @@ this file only makes the name resolvable for linters and for running an action o
 
 import types
 
-parameters = types.MappingProxyType({})
-secrets = types.MappingProxyType({})
-execution_id = None
+# String annotations: this file also runs on the base images' Pythons (3.9 and up).
+parameters: "types.MappingProxyType[str, object]" = types.MappingProxyType({})
+secrets: "types.MappingProxyType[str, str]" = types.MappingProxyType({})
+execution_id: "str | None" = None
 
 
-def get_secret(name, default=None):
+def get_secret(name: str, default: "str | None" = None) -> "str | None":
     return secrets.get(name, default)

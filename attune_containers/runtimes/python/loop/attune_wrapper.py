@@ -227,10 +227,12 @@ def run_execution(request_fd, result_fd):
 
     # The secrets helper: `from attune_action import get_secret`. Never the environment.
     helper = types.ModuleType("attune_action")
-    helper.parameters = types.MappingProxyType(dict(parameters))
-    helper.secrets = types.MappingProxyType(dict(secrets))
-    helper.get_secret = lambda name, default=None: secrets.get(name, default)
-    helper.execution_id = os.environ.get("ATTUNE_EXECUTION_ID")
+    helper.__dict__.update(
+        parameters=types.MappingProxyType(dict(parameters)),
+        secrets=types.MappingProxyType(dict(secrets)),
+        get_secret=lambda name, default=None: secrets.get(name, default),
+        execution_id=os.environ.get("ATTUNE_EXECUTION_ID"),
+    )
     sys.modules["attune_action"] = helper
     del request
 
@@ -282,16 +284,17 @@ class Child:
         self.stdout, out_w = os.pipe()
         self.stderr, err_w = os.pipe()
         self.result, res_w = os.pipe()
-        self.pid = None
+        pid = None
         if ZYGOTE is not None:
             try:
-                self.pid = ZYGOTE.spawn([req_r, res_w, out_w, err_w])
+                pid = ZYGOTE.spawn([req_r, res_w, out_w, err_w])
             except (OSError, ValueError) as exc:
                 fall_back("the zygote failed to fork (%s)" % type(exc).__name__)
-        if self.pid is None:
-            self.pid = os.fork()
-            if self.pid == 0:
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
                 child_main(uid, req_r, res_w, out_w, err_w)
+        self.pid = pid
         for fd in (req_r, out_w, err_w, res_w):
             os.close(fd)
 
