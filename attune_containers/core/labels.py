@@ -22,6 +22,8 @@ MANAGED = PREFIX + "managed"
 PACK_REF = PREFIX + "pack_ref"
 DEPENDENCY_HASH = PREFIX + "dependency_hash"
 PYTHON_VERSION = PREFIX + "python.version"
+# The exact Node.js version of a Node pack image, and of a bootstrapped Node base image.
+NODEJS_VERSION = PREFIX + "nodejs.version"
 # Which registered runtime built the image (runtimes/); images from before it are Python's.
 RUNTIME = PREFIX + "runtime"
 REQUIREMENTS = PREFIX + "requirements"

@@ -16,7 +16,7 @@ from ..errors import InvalidSpecError
 from .base import LOOP_MOUNT, PACK_MOUNT, Runtime
 
 # The registered runtimes, by package name; each package exports its instance as RUNTIME.
-_PACKAGES = ("python",)
+_PACKAGES = ("python", "nodejs")
 
 
 

@@ -45,6 +45,9 @@ class Runtime(Protocol):
     executable: str
     #: The host folder mounted read-only at LOOP_MOUNT: the in-container loop (no engine, no pack code).
     loop_dir: Path
+    #: Further host folders the loop needs, each mounted read-only at its target (Node's
+    #: containers mount the Python runtime's supervisor); usually none.
+    support_mounts: tuple[tuple[Path, str], ...]
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         """The spec's canonical form, or InvalidSpecError naming the field at fault."""
@@ -83,6 +86,10 @@ class Runtime(Protocol):
 
     def version_command(self) -> list[str]:
         """argv that prints the image's exact runtime version (checks an image is intact)."""
+        ...
+
+    def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:
+        """The image's lock label (its decoded JSON list) as the lines ``inspect --lock`` prints."""
         ...
 
     def discover_preload(self, pack_dir: Path) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ from ..errors import (
 from ..settings import Settings
 from .base_images import BaseImageCatalog
 from ..runtimes import get_runtime
-from .wheels import INSTALLED_RECORD_LIMIT, LockedDistribution, read_installed_record
+from .wheels import INSTALLED_RECORD_LIMIT, read_installed_record
 from .build_gate import BuildGate
 from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
@@ -195,10 +195,10 @@ class ContainerDependencyManager:
         attrs = self.engine.inspect_image(info.id)
         labels = attrs.labels if attrs is not None else {}
         try:
-            lock = [LockedDistribution(**d) for d in json.loads(labels.get(L.LOCK, "[]"))]
-        except (ValueError, TypeError) as exc:
+            # Each runtime's lock entries are its own (wheels for Python, npm integrities for Node).
+            return get_runtime(info.runtime).lock_lines(json.loads(labels.get(L.LOCK, "[]")))
+        except (ValueError, TypeError, KeyError) as exc:
             raise AttuneContainersError(f"{info.image} has no readable lock label: {exc}") from None
-        return [d.requirement() for d in lock]
 
     def needs_update(self, pack_ref: str, spec: DependencySpec) -> bool:
         """True when no image exists for the pack's current spec."""
@@ -508,11 +508,13 @@ class ContainerDependencyManager:
         try:
             try:
                 # Written during the build by code from the pack's distributions: bounded, validated.
-                record = read_installed_record(self.engine.read_file(image_id, INSTALLED_RECORD,
-                                                                     max_bytes=INSTALLED_RECORD_LIMIT))
+                raw = self.engine.read_file(image_id, INSTALLED_RECORD, max_bytes=INSTALLED_RECORD_LIMIT)
+                # A runtime's plan may read its own record (Node: name@version of npm packages).
+                reader = getattr(plan, "read_installed", None)
+                installed = reader(raw) if reader is not None else [
+                    f"{d.name}=={d.version}" for d in read_installed_record(raw)]
             except (AttuneContainersError, ValueError) as exc:
                 raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
-            installed = [f"{d.name}=={d.version}" for d in record]
             labels = plan.labels(installed, datetime.now(timezone.utc).replace(microsecond=0))
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # Build identity: bound to this image's own layers and config (not to a derived one's).

@@ -570,7 +570,8 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
         labels={L.RUN: "true", L.PACK_REF: pack_ref, **owner_labels(), **labels},
-        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(runtime.loop_dir), LOOP_MOUNT, True)],
+        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(runtime.loop_dir), LOOP_MOUNT, True),
+                *((str(source), target, True) for source, target in runtime.support_mounts)],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,
     )

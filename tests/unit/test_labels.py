@@ -19,6 +19,7 @@ ON_HOSTS = {
     "PACK_REF": "io.attune.containers.pack_ref",
     "DEPENDENCY_HASH": "io.attune.containers.dependency_hash",
     "PYTHON_VERSION": "io.attune.containers.python.version",
+    "NODEJS_VERSION": "io.attune.containers.nodejs.version",
     "RUNTIME": "io.attune.containers.runtime",
     "REQUIREMENTS": "io.attune.containers.requirements",
     "INSTALLED": "io.attune.containers.installed",

@@ -255,9 +255,9 @@ def test_env_vars_backslashes_non_ascii_and_control_chars_are_refused(dep):
 
 
 def test_unknown_runtime_is_refused():
-    """Only Python packs are supported."""
+    """Only registered runtimes' packs are supported (node is Node.js's alias now)."""
     with pytest.raises(InvalidSpecError) as exc:
-        validate_spec(DependencySpec(runtime="node"))
+        validate_spec(DependencySpec(runtime="ruby"))
     assert exc.value.field == "runtime"
 
 

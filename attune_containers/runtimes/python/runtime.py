@@ -37,6 +37,7 @@ class PythonRuntime:
     version_label = L.PYTHON_VERSION
     executable = INTERPRETER
     loop_dir = LOOP_DIR
+    support_mounts: tuple[tuple[Path, str], ...] = ()
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         return validate_python_spec(spec, policy)
@@ -74,6 +75,11 @@ class PythonRuntime:
 
     def version_command(self) -> list[str]:
         return [INTERPRETER, "-c", "import platform; print(platform.python_version())"]
+
+    def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:
+        from ...services.wheels import LockedDistribution  # pydantic model beside the wheel cache
+
+        return [LockedDistribution(**d).requirement() for d in entries]
 
     def discover_preload(self, pack_dir: Path) -> tuple[str, ...]:
         return preload.discover(pack_dir)

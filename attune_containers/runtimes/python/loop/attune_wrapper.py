@@ -171,12 +171,28 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
                     "start as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
                 os._exit(71)
         os.chdir("/tmp")
+        if CHILD_EXEC:
+            exec_child(request_fd, result_fd)  # never returns
         if not from_zygote:
             site.main()  # the pack's site-packages, now that only this child's uid runs its code
             preload(PRELOAD)  # no zygote: the libraries are still imported before the request
         exit_code = run_execution(request_fd, result_fd)
     finally:
         os._exit(exit_code)
+
+
+def exec_child(request_fd, result_fd):
+    """Another runtime's execution (``--exec``, Node's): the child, already unprivileged and with
+    only its own pipes, becomes that runtime's runner. It finds the request on fd 3 and writes its
+    outcome document to fd 4, as a Python child does on its pipes; everything else (deadline,
+    output frames, result limit, cleanup, verification) stays the supervisor's."""
+    request_copy, result_copy = os.dup(request_fd), os.dup(result_fd)  # copies: dup2 onto 3 cannot clobber 4
+    os.dup2(request_copy, 3)
+    os.dup2(result_copy, 4)
+    for fd in (3, 4):  # os.dup's copies are close-on-exec, and dup2 onto itself keeps that
+        os.set_inheritable(fd, True)
+    close_other_fds({0, 1, 2, 3, 4})
+    os.execve(CHILD_EXEC[0], list(CHILD_EXEC), BASE_ENV)
 
 
 def prefer_to_die():
@@ -696,18 +712,23 @@ def read_control():
 
 
 EXEC_UID = 65532
+# ``EXEC_UID --exec PROGRAM ARG...``: each execution's child execs PROGRAM instead of running
+# Python code (no zygote then). The supervisor is the same.
+CHILD_EXEC: "tuple[str, ...]" = ()
 
 
 def main():
-    global OUT, EXEC_UID
+    global OUT, EXEC_UID, CHILD_EXEC
     EXEC_UID = int(sys.argv[1]) if len(sys.argv) > 1 else EXEC_UID
+    if len(sys.argv) > 3 and sys.argv[2] == "--exec":
+        CHILD_EXEC = tuple(sys.argv[3:])
     # Frames go to a private copy of stdout; fd 1 itself points nowhere, so nothing stray in this
     # process can write into the stream.
     OUT = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
-    if len(sys.argv) > 3:
+    if len(sys.argv) > 3 and not CHILD_EXEC:
         start_preload(EXEC_UID, int(sys.argv[2]), sys.argv[3:])
     while True:
         child = Child(EXEC_UID)  # ready before the request: its start-up is off the critical path

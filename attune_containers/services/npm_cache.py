@@ -1,0 +1,293 @@
+"""The shared npm cache of Node.js pack builds: tarballs shared by every Node pack on this host.
+
+The same division of trust as the wheel cache (services/wheels.py): the host owns the cache; the
+fetch container is not trusted with it.
+
+- A fetch container (the pack's own Node base image, an unprivileged user, read-only root, the
+  network, no writable mount) gets our ``package.json`` (and a known lock), makes the lock when
+  there is none (``npm install --package-lock-only --ignore-scripts``), downloads what it names
+  (``npm ci --ignore-scripts``) and hands back one tar on stdout, bounded by ``fetch_max_bytes``.
+- The host takes only regular files of known shapes from it, checks the lock (every package from
+  an https URL with a sha512 integrity; no git, no links, no local paths) and keeps a tarball only
+  when its sha512 is the one the lock names; it enters the cache as ``content/<sha512 hex>.tgz``.
+- The lock is kept per (package.json, Node major) in ``locks/``: the next build of the same
+  dependencies reuses it, so it installs the same versions, and needs no container (nor network)
+  when every tarball is cached. Offline builds work from the cache alone, else fail naming what
+  is missing.
+- Each cached tarball is hashed again when a build takes it, so what is verified is what is built.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from pydantic import BaseModel, Field
+
+from ..core.execution import ResourceLimits
+from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
+from ..core.render import APP_UID, TEMPLATES_DIR
+from ..engine import ContainerRun, Engine, LogSink, telling_lines
+from ..errors import BuildError
+from ..settings import Settings
+
+FETCH_SCRIPT = TEMPLATES_DIR / "build" / "node-fetch.sh"
+LOCK_LIMIT = 16 * 1024 * 1024
+_HEX = re.compile(r"[0-9a-f]{128}")
+_CONTENT = re.compile(r"c/_cacache/content-v2/sha512/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{124})")
+_NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}")
+_VERSION = re.compile(r"[0-9A-Za-z.+-]{1,100}")
+_LOG_LINE_LIMIT = 4096
+
+
+class LockedPackage(BaseModel):
+    """One package a Node image was built from: the lock label's entries."""
+
+    name: str
+    version: str
+    integrity: str
+
+    @property
+    def sha512_hex(self) -> str:
+        return base64.b64decode(self.integrity.removeprefix("sha512-")).hex()
+
+
+class FetchedPackages(BaseModel):
+    # ``wheels``: what the plan's context takes (the lock, then the tarballs); named as the wheel
+    # cache's result is, so the manager builds both runtimes alike.
+    wheels: list[Path]
+    tools: list[Path] = Field(default_factory=list)
+    locked: list[LockedPackage] = Field(default_factory=list)
+
+    def lock(self) -> list[LockedPackage]:
+        return sorted(self.locked, key=lambda p: (p.name, p.version))
+
+
+def read_lock(data: bytes) -> list[LockedPackage]:
+    """The packages of a ``package-lock.json`` (v2 or v3), or BuildError: it came out of a
+    container that ran npm against the network, so it is checked like pack input."""
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise BuildError(f"the fetch step's package-lock.json is not JSON: {exc}") from None
+    packages = document.get("packages") if isinstance(document, dict) else None
+    if not isinstance(packages, dict):
+        raise BuildError("the fetch step's package-lock.json has no 'packages' (lockfileVersion 2 or 3 is needed)")
+    found: dict[tuple[str, str], LockedPackage] = {}
+    for where, entry in packages.items():
+        if where == "":
+            continue
+        if not isinstance(entry, dict) or not isinstance(where, str) or not where.startswith("node_modules/"):
+            raise BuildError(f"the lock has an entry outside node_modules: {str(where)[:200]!r}")
+        if entry.get("link"):
+            raise BuildError(f"the lock links {where[:200]!r} to a local path; refused")
+        name = entry.get("name") or where.rsplit("node_modules/", 1)[1]
+        version, integrity, resolved = entry.get("version"), entry.get("integrity"), entry.get("resolved")
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(version, str)
+                and _VERSION.fullmatch(version)):
+            raise BuildError(f"the lock has an entry that is not a registry package: {where[:200]!r}")
+        if resolved is not None and (not isinstance(resolved, str) or not resolved.startswith("https://")):
+            raise BuildError(f"{name}@{version} resolves to {str(resolved)[:200]!r}: only https tarballs are installed")
+        if not isinstance(integrity, str) or not integrity.startswith("sha512-"):
+            raise BuildError(f"{name}@{version} has no sha512 integrity in the lock; it cannot be verified")
+        package = LockedPackage(name=name, version=version, integrity=integrity)
+        try:
+            if not _HEX.fullmatch(package.sha512_hex):
+                raise ValueError
+        except ValueError:
+            raise BuildError(f"{name}@{version} has an unreadable integrity") from None
+        found[(name, version)] = package
+    return list(found.values())
+
+
+class NpmCache:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.root = settings.cache_dir / "npm"
+        self.content = self.root / "content"
+        self.locks = self.root / "locks"
+        self.work_root = self.root / "work"
+
+    def _prepare(self) -> None:
+        for folder in (self.root, self.content, self.locks, self.work_root):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.work_root, 0o711)
+
+    def _lock_file(self) -> FileLock:
+        return FileLock(str(self.root / ".lock"))
+
+    @staticmethod
+    def lock_key(plan: Any) -> str:
+        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @contextmanager
+    def fetch(self, plan: Any, *, offline: bool = False, on_log: LogSink | None = None,
+              deadline: float | None = None) -> Iterator[FetchedPackages]:
+        """The verified lock and tarballs of ``plan``, in a work folder removed after the block."""
+        deadline = time.monotonic() + self.settings.build_timeout if deadline is None else deadline
+        self._prepare()
+        key = self.lock_key(plan)
+        known = self.locks / f"{key}.json"
+        work = Path(tempfile.mkdtemp(dir=self.work_root))
+        try:
+            lock_data = known.read_bytes() if known.is_file() else None
+            packages = read_lock(lock_data) if lock_data is not None else None
+            missing = [p for p in packages or () if not (self.content / f"{p.sha512_hex}.tgz").is_file()]
+            if packages is None or missing:
+                if offline:
+                    what = "no lock is known" if packages is None else "not cached: " + ", ".join(
+                        f"{p.name}@{p.version}" for p in missing[:10])
+                    raise BuildError(f"an offline Node.js build needs every package in the npm cache; {what}")
+                lock_data = self._run(plan, work, lock_data, on_log, deadline)
+                packages = read_lock(lock_data)
+                with self._lock_file():
+                    _write_atomic(known, lock_data)
+            assert lock_data is not None and packages is not None
+            ctx = work / "ctx"
+            ctx.mkdir()
+            (ctx / "package-lock.json").write_bytes(lock_data)
+            files = [ctx / "package-lock.json"]
+            for package in packages:
+                name = f"{package.sha512_hex}.tgz"
+                target = ctx / name
+                if target.exists():
+                    continue
+                with self._lock_file():
+                    shutil.copyfile(self.content / name, target)
+                if hashlib.sha512(target.read_bytes()).hexdigest() != package.sha512_hex:
+                    (self.content / name).unlink(missing_ok=True)  # altered: never used again
+                    raise BuildError(f"the cached tarball of {package.name}@{package.version} does not match "
+                                     "its integrity; it was removed, build again to fetch it")
+                files.append(target)
+            yield FetchedPackages(wheels=files, locked=packages)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run(self, plan: Any, work: Path, lock_data: bytes | None, on_log: LogSink | None,
+             deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
+                             "and was stopped")
+        config = work / "config"
+        config.mkdir()
+        (config / "package.json").write_text(plan.package_json())
+        if lock_data is not None:
+            (config / "package-lock.json").write_bytes(lock_data)
+        environment = {"HOME": "/tmp", "NPM_CONFIG_UPDATE_NOTIFIER": "false"}
+        if plan.options.ca_bundle:
+            (config / "extra-ca.pem").write_text(plan.options.ca_bundle)
+            environment["NODE_EXTRA_CA_CERTS"] = "/attune-build/config/extra-ca.pem"
+        for path in (work, config, *config.iterdir()):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # the container's user reads them
+        run = ContainerRun(
+            image=plan.base.reference,
+            command=["/bin/sh", "/attune-fetch/node-fetch.sh"],
+            limits=ResourceLimits(memory=self.settings.build_memory, cpus=None, pids=512, nofile=4096,
+                                  timeout=self.settings.build_timeout, network="bridge", tmp_size="2g"),
+            environment=environment,
+            labels={HELPER_LABEL: "fetch", CACHE_LABEL: "npm", WORK_LABEL: work.name},
+            mounts=[(str(FETCH_SCRIPT.parent), "/attune-fetch", True), (str(config), "/attune-build/config", True)],
+            user=f"{APP_UID}:{APP_UID}",
+        )
+        stream = tempfile.TemporaryFile(dir=work)
+        log: deque[str] = deque(maxlen=400)
+        limit = self.settings.fetch_max_bytes
+        written = 0
+        partial = b""
+
+        def collect(kind: int, data: bytes) -> None:
+            nonlocal written, partial
+            if kind == 1:
+                written += len(data)
+                if written > limit:
+                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes)")
+                stream.write(data)
+                return
+            partial += data
+            *lines, partial = partial.split(b"\n")
+            for raw in lines:
+                line = raw[:_LOG_LINE_LIMIT].decode("utf-8", "replace").rstrip()
+                log.append(line)
+                if on_log is not None and line.strip():
+                    on_log(line)
+
+        container_id = self.engine.create_container(run, auto_remove=True)
+        try:
+            exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, collect)
+        finally:
+            self.engine.kill(container_id)
+            self.engine.remove_container(container_id, attempts=10)
+        if timed_out:
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
+                             "fetching the npm packages; it was stopped")
+        if exit_code not in (0, None):
+            raise BuildError("fetching the npm packages failed", telling_lines(list(log)))
+        stream.seek(0)
+        return self._take(stream)
+
+    def _take(self, stream: Any) -> bytes:
+        """The lock from the container's tar; every tarball it names stored, verified, in the cache."""
+        lock_data: bytes | None = None
+        blobs: dict[str, bytes] = {}
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for member in tar:
+                    if not member.isreg():
+                        continue  # folders, links, devices: never created, never followed
+                    if member.name == "p/package-lock.json" and member.size <= LOCK_LIMIT:
+                        lock_data = _read(tar, member)
+                    elif (match := _CONTENT.fullmatch(member.name)) is not None:
+                        blobs["".join(match.groups())] = _read(tar, member)
+        except tarfile.TarError as exc:
+            raise BuildError(f"the fetch step handed back no readable tar: {exc}") from None
+        if lock_data is None:
+            raise BuildError("the fetch step handed back no package-lock.json")
+        for package in read_lock(lock_data):
+            hex_digest = package.sha512_hex
+            data = blobs.get(hex_digest)
+            if data is None or hashlib.sha512(data).hexdigest() != hex_digest:
+                raise BuildError(f"the fetch step handed back no verified tarball of {package.name}@{package.version}")
+            with self._lock_file():
+                _write_atomic(self.content / f"{hex_digest}.tgz", data)
+        return lock_data
+
+    def stats(self) -> dict[str, int]:
+        files = [p for p in self.content.glob("*.tgz") if p.is_file()] if self.content.is_dir() else []
+        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+
+def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    return handle.read() if handle is not None else b""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+__all__ = ["FetchedPackages", "LockedPackage", "NpmCache", "read_lock"]

@@ -1,0 +1,2 @@
+// CommonJS, synchronous.
+exports.run = (parameters) => parameters;

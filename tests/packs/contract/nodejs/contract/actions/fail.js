@@ -1,0 +1,5 @@
+module.exports = {
+  run({ message = "boom" }) {
+    throw new Error(message);
+  },
+};

@@ -1,0 +1,3 @@
+exports.run = () => {
+  for (;;) { /* never ends */ }
+};
