@@ -44,7 +44,7 @@ engine:
 attune-containers.toml: docker/local-config.toml
 	cp docker/local-config.toml $@
 
-# Local base images (Python 3.9, 3.11, 3.13) from Debian suites; existing ones are kept.
+# Local base images (Python 3.9, 3.11, 3.13; Node.js 18, 20) from Debian suites; existing ones are kept.
 base: venv engine attune-containers.toml
 	$(BIN)/attune-containers base bootstrap
 

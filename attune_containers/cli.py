@@ -41,7 +41,7 @@ from .errors import (
     InvalidSpecError,
 )
 from .runtimes import get_runtime
-from .services.base_images import BOOTSTRAP_SUITES, bootstrap
+from .services.base_images import BOOTSTRAP_SUITES, NODE_BOOTSTRAP_REPOSITORY, NODE_BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .services.pruner import ImageEntry, PruneReport, Pruner
 from .services.runner import ActionRunner
@@ -484,15 +484,20 @@ def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -
 
 
 def cmd_base_bootstrap(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    minors = args.python or sorted(BOOTSTRAP_SUITES)
+    # Neither --python nor --node: every version of every runtime bootstrap knows.
+    everything = not args.python and not args.node
+    wanted = [("python", minor, args.repository, BOOTSTRAP_SUITES)
+              for minor in (args.python or (sorted(BOOTSTRAP_SUITES) if everything else []))]
+    wanted += [("nodejs", major, args.node_repository, NODE_BOOTSTRAP_SUITES)
+               for major in (args.node or (sorted(NODE_BOOTSTRAP_SUITES) if everything else []))]
     done: dict[str, str] = {}
-    for minor in minors:
-        reference = f"{args.repository}:{minor}"
+    for runtime, minor, repository, suites in wanted:
+        reference = f"{repository}:{minor}"
         if manager.engine.inspect_image(reference) is not None and not args.force:
             done[reference] = "exists"
         else:
-            with err.status(f"bootstrapping {reference} from Debian {BOOTSTRAP_SUITES.get(minor, '?')}"):
-                bootstrap(minor, repository=args.repository)
+            with err.status(f"bootstrapping {reference} from Debian {suites.get(minor, '?')}"):
+                bootstrap(minor, repository=repository, runtime=runtime)
             done[reference] = "built"
         if not args.json:
             out.print(f"{reference} exists" if done[reference] == "exists" else f"built {reference}", highlight=False)
@@ -741,8 +746,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)",
                         description="Build local base images from Debian suites (debootstrap)")
     b.add_argument("--python", action="append", choices=sorted(BOOTSTRAP_SUITES),
-                   help="a Python minor version; repeat for several (default: all)")
-    b.add_argument("--repository", default="attune-base/python", help="repository of the images made")
+                   help="a Python minor version; repeat for several (default without --node: all)")
+    b.add_argument("--node", action="append", choices=sorted(NODE_BOOTSTRAP_SUITES),
+                   help="a Node.js major version; repeat for several (default without --python: all)")
+    b.add_argument("--repository", default="attune-base/python", help="repository of the Python images made")
+    b.add_argument("--node-repository", default=NODE_BOOTSTRAP_REPOSITORY, help="repository of the Node.js images made")
     b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
     add_json(b, "each image and whether it was built")
     b.set_defaults(func=cmd_base_bootstrap)

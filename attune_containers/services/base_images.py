@@ -25,6 +25,9 @@ BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent.parent / "docker" / "bootstra
 BOOTSTRAP_REPOSITORY = "attune-base/python"
 # Debian suites that ship each interpreter (docker/bootstrap-base.sh builds from them).
 BOOTSTRAP_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
+# The same for Node.js majors (bookworm: 18.20.x, trixie: 20.19.x), with npm and python3-minimal.
+NODE_BOOTSTRAP_REPOSITORY = "attune-base/node"
+NODE_BOOTSTRAP_SUITES = {"18": "bookworm", "20": "trixie"}
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 
@@ -102,17 +105,22 @@ def _identity(attrs: ImageRecord) -> str:
     return digests[0] if digests else attrs.id
 
 
-def bootstrap(minor: str, *, repository: str = BOOTSTRAP_REPOSITORY) -> str:
-    """Build ``repository:minor`` from Debian packages with debootstrap; return its reference."""
-    suite = BOOTSTRAP_SUITES.get(minor)
+def bootstrap(minor: str, *, repository: str | None = None, runtime: str = "python") -> str:
+    """Build ``repository:minor`` (a Python minor, or with ``runtime="nodejs"`` a Node major) from
+    Debian packages with debootstrap; return its reference."""
+    suites, flag, name = ((NODE_BOOTSTRAP_SUITES, "--node", "Node.js") if runtime == "nodejs"
+                          else (BOOTSTRAP_SUITES, "--python", "Python"))
+    repository = repository or (NODE_BOOTSTRAP_REPOSITORY if runtime == "nodejs" else BOOTSTRAP_REPOSITORY)
+    suite = suites.get(minor)
     if suite is None:
         raise InvalidSpecError(
-            f"no Debian suite ships Python {minor}; bootstrap knows {', '.join(BOOTSTRAP_SUITES)}",
-            field="--python",
+            f"no Debian suite ships {name} {minor}; bootstrap knows {', '.join(suites)}",
+            field=flag,
         )
     reference = f"{repository}:{minor}"
     result = subprocess.run(
-        ["bash", str(BOOTSTRAP_SCRIPT), suite, reference], capture_output=True, text=True, check=False
+        ["bash", str(BOOTSTRAP_SCRIPT), suite, reference, "nodejs" if runtime == "nodejs" else "python"],
+        capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         raise AttuneContainersError(
