@@ -1,8 +1,9 @@
 """The main job end to end: each example pack becomes an image, and its action runs inside it, in a
 fresh container and then in a warm one.
 
-Run by `make demo` once the engine and the base images are set up. The packs pin different
-versions of one library (requests) and ask for different Pythons; each action reports what it saw.
+Run by `make demo` once the engine and the base images are set up. The Python packs pin different
+versions of one library (requests) and ask for different Pythons; the Node.js packs pin different
+versions of lodash and ask for different Node.js majors; each action reports what it saw.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from attune_containers.core.actions import discover_packs
 from attune_containers.core.packs import load_pack
+from attune_containers.runtimes import get_runtime
 from attune_containers.services.runner import ActionRunner
 
 PACKS = Path(__file__).resolve().parent / "packs"
@@ -40,8 +42,9 @@ def main() -> int:
         cold = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=False))
         runner.run(f"{pack_ref}.versions", params, warm=True)  # starts the pack's warm container
         warm = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=True))
-        print(f"{pack_ref}: Python range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
-              f"-> {info.image} (Python {info.runtime_version})")
+        name = get_runtime(spec.runtime).display_name
+        print(f"{pack_ref}: {name} range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
+              f"-> {info.image} ({name} {info.runtime_version})")
         print(f"  image ready in {ensured:.2f} s; ensured again in {again * 1000:.2f} ms")
         print(f"  result: {cold[0].result}")
         print(f"  cold run {cold[0].status.value} in {cold[1] * 1000:.0f} ms; warm run {warm[0].status.value} "
