@@ -25,6 +25,7 @@ unit: venv
 # Per-action overhead (bare process, cold, warm, service, docker run --rm) as ratios of one run.
 bench: base
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/node.py
 
 # Build speed against a hand-written one-stage Dockerfile (issue 11): naive, cold, warm shared
 # cache, complete lock, interleaved, as ratios of one run (a few minutes: every case really builds).
