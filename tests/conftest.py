@@ -33,7 +33,9 @@ def engine() -> Engine:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Settings:
     settings = Settings(image_prefix=TEST_PREFIX, state_dir=tmp_path_factory.mktemp("state"))
-    missing = [ref for ref in settings.base_images.values() if engine.inspect_image(ref) is None]
+    configured = [*settings.base_images.values(),
+                  *(ref for images in settings.runtime_base_images.values() for ref in images.values())]
+    missing = [ref for ref in configured if engine.inspect_image(ref) is None]
     if missing:
         pytest.fail(f"base images missing: {missing}; `make test` bootstraps them")
     return settings

@@ -1,0 +1,81 @@
+"""Node.js packs against the real engine, beyond the runtime contract (test_runtime_contract.py):
+two packs pinning different versions of one library each get their own, a rebuild works offline
+from the shared npm cache with the same hash, the lock label, and the final image's shape."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from attune_containers.core.execution import ExecutionStatus
+from attune_containers.core.spec import DependencySpec
+from attune_containers.errors import BuildError
+from attune_containers.services.runner import ActionRunner
+
+from ..support import unique_ref
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples" / "packs"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("node-packs")
+    for name in ("old_lodash", "new_lodash"):
+        shutil.copytree(EXAMPLES / name, root / name)
+    return root
+
+
+def test_two_packs_with_conflicting_pins_each_get_their_own_version(tree, manager):
+    runner = ActionRunner(tree, manager)
+    try:
+        old = runner.run("old_lodash.versions", {"greeting": "hi"})
+        new = runner.run("new_lodash.versions", {"greeting": "hi"}, {"token": "t"})
+    finally:
+        runner.close()
+    assert old.status is ExecutionStatus.succeeded, (old.error, old.stderr[-500:])
+    assert new.status is ExecutionStatus.succeeded, (new.error, new.stderr[-500:])
+    assert old.result == {"greeting": "Hi", "node": old.result["node"], "lodash": "4.17.20"}
+    assert old.result["node"].startswith("18.")
+    assert new.result["lodash"] == "4.17.21" and new.result["node"].startswith("20.")
+    assert new.result["node_is_20_or_later"] is True and new.result["has_token"] is True
+
+
+def test_the_lock_label_pins_every_package_with_its_integrity(tree, manager):
+    info = manager.ensure_environment("old_lodash", DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.20"],
+                                                                   max_version="18"))
+    assert info.runtime == "nodejs" and info.runtime_version.startswith("18.")
+    assert info.installed_dependencies == ["lodash@4.17.20"]
+    [line] = manager.lock_lines(info)
+    assert line.startswith("lodash@4.17.20 sha512-")
+
+
+def test_the_final_image_is_non_root_with_only_node_modules_and_no_npm_cache(manager):
+    info = manager.ensure_environment(unique_ref("nodeshape"), DependencySpec(runtime="nodejs",
+                                                                              dependencies=["lodash@4.17.21"]))
+    code, output = manager.engine.run_once(info.image, ["/bin/sh", "-c",
+                                           "id -u; echo --; ls -A /opt/attune; echo --; ls -A /opt/attune/node_modules; "
+                                           "echo --; ls -d /tmp/.npm /attune-build 2>&1 | grep -c 'No such'"])
+    assert code == 0, output
+    uid, attune, modules, missing = (part.split() for part in output.split("--"))
+    assert uid == ["65532"]
+    # Only the pack's node_modules and what describes it: no npm cache, no tarballs, no build files.
+    assert sorted(attune) == ["installed.json", "node_modules", "package-lock.json", "package.json"]
+    assert "lodash" in modules and "attune_action" in modules
+    assert missing == ["2"]
+
+
+def test_a_rebuild_works_offline_from_the_cache_and_keeps_the_hash(manager):
+    ref = unique_ref("nodeoffline")
+    spec = DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.21"])
+    first = manager.ensure_environment(ref, spec)
+    manager.remove_environment(ref)
+    again = manager.ensure(ref, spec, offline=True).info
+    assert again.dependency_hash == first.dependency_hash and again.installed_dependencies == ["lodash@4.17.21"]
+
+
+def test_offline_without_the_packages_cached_fails_naming_why(manager):
+    spec = DependencySpec(runtime="nodejs", dependencies=["is-number@7.0.0", "left-pad@1.3.0"])
+    with pytest.raises(BuildError, match="offline"):
+        manager.ensure(unique_ref("nodemiss"), spec, offline=True)
