@@ -85,12 +85,18 @@ def _load_pack_dir(directory: Path, pack_file: Path | None = None) -> PackDefini
         raise InvalidSpecError(f"{pack_file} must hold a mapping", field="pack.yaml")
     # A link (even a dangling one) is refused by read_pack_file, not taken for "no requirements.txt".
     extra = read_pack_file(directory, [REQUIREMENTS_FILE]) if _present(directory, REQUIREMENTS_FILE) else None
+    from ..runtimes import RUNTIMES  # runtimes/ reads pack files through this module
+
+    # Other runtimes' dependency files beside pack.yaml (Node.js: package.json, package-lock.json).
+    names = {name for r in RUNTIMES.values() for name in r.pack_files if name != REQUIREMENTS_FILE}
+    files = {name: read_pack_file(directory, [name]) for name in sorted(names) if _present(directory, name)}
     return _definition(
         document,
         source=str(pack_file),
         default_ref=directory.resolve().name,
         extra_requirements=extra,
         directory=directory,
+        pack_files=files,
     )
 
 
@@ -101,6 +107,7 @@ def _definition(
     default_ref: str | None,
     extra_requirements: str | None,
     directory: Path | None = None,
+    pack_files: dict[str, str] | None = None,
 ) -> PackDefinition:
     pack_ref = document.get("ref", default_ref)
     if pack_ref is None:
@@ -111,9 +118,13 @@ def _definition(
         raise InvalidSpecError("must be a mapping", field="meta")
     from ..runtimes import runtime_for_meta  # runtimes/ reads pack files through this module
 
-    runtime, declared = runtime_for_meta(meta)
+    present = set(pack_files or ()) | ({REQUIREMENTS_FILE} if extra_requirements is not None else set())
+    runtime, declared = runtime_for_meta(meta, present)
     spec = spec_from_meta(declared, runtime.name, runtime.meta_key)
-    if extra_requirements is not None:
+    theirs = {name: text for name, text in (pack_files or {}).items() if name in runtime.pack_files}
+    if theirs:
+        spec = runtime.with_pack_files(spec, theirs)
+    if extra_requirements is not None and REQUIREMENTS_FILE in runtime.pack_files:
         combined = "\n".join(
             part for part in (spec.requirements_file_content, extra_requirements) if part
         )

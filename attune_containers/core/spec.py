@@ -89,6 +89,8 @@ class ValidatedSpec(BaseModel):
     max_version: str | None = None
     # The requirement lines as the pack gave them (comments and blanks dropped), for the image label.
     as_given: tuple[str, ...] = ()
+    # A lock file the pack brings, checked by its runtime (Node.js: package-lock.json); part of the hash.
+    lock: str | None = None
 
     def requirement_lines(self) -> list[str]:
         """The requirements file written into the build context: options first, then sorted lines."""

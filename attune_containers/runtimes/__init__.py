@@ -57,15 +57,18 @@ def get_runtime(runtime_type: str | None = None) -> Runtime:
     return found
 
 
-def runtime_for_meta(meta: dict) -> tuple[Runtime, object]:
+def runtime_for_meta(meta: dict, files: set[str] | frozenset[str] = frozenset()) -> tuple[Runtime, object]:
     """The runtime whose ``meta`` key a pack uses, and that key's value (None: no dependencies,
-    the default runtime). Two runtimes' keys at once is an error: a pack has one runtime."""
+    the default runtime). Two runtimes' keys at once is an error: a pack has one runtime. Without
+    a key, the runtime whose dependency file (``files``: the names beside pack.yaml) is there, when
+    exactly one runtime's is; else the default."""
     present = [r for r in RUNTIMES.values() if meta.get(r.meta_key) is not None]
     if len(present) > 1:
         keys = ", ".join(f"meta.{r.meta_key}" for r in present)
         raise InvalidSpecError(f"a pack has one runtime; found {keys}", field="meta")
     if not present:
-        return get_runtime(DEFAULT_RUNTIME), None
+        by_file = [r for r in RUNTIMES.values() if r.pack_files and r.pack_files[0] in files]
+        return (by_file[0] if len(by_file) == 1 else get_runtime(DEFAULT_RUNTIME)), None
     return present[0], meta[present[0].meta_key]
 
 

@@ -45,6 +45,9 @@ class Runtime(Protocol):
     executable: str
     #: The host folder mounted read-only at LOOP_MOUNT: the in-container loop (no engine, no pack code).
     loop_dir: Path
+    #: The dependency files a pack folder may hold beside pack.yaml, its own first
+    #: (``requirements.txt``; ``package.json`` then ``package-lock.json``).
+    pack_files: tuple[str, ...]
     #: Further host folders the loop needs, each mounted read-only at its target (Node's
     #: containers mount the Python runtime's supervisor); usually none.
     support_mounts: tuple[tuple[Path, str], ...]
@@ -86,6 +89,10 @@ class Runtime(Protocol):
 
     def version_command(self) -> list[str]:
         """argv that prints the image's exact runtime version (checks an image is intact)."""
+        ...
+
+    def with_pack_files(self, spec: DependencySpec, files: dict[str, str]) -> DependencySpec:
+        """``spec`` with the pack folder's dependency files (name -> text, only this runtime's)."""
         ...
 
     def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:

@@ -19,7 +19,6 @@ fetch container is not trusted with it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -41,6 +40,7 @@ from pydantic import BaseModel, Field
 from ..core.execution import ResourceLimits
 from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
 from ..core.render import APP_UID, TEMPLATES_DIR
+from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
 from ..settings import Settings
@@ -52,18 +52,6 @@ _CONTENT = re.compile(r"c/_cacache/content-v2/sha512/([0-9a-f]{2})/([0-9a-f]{2})
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}")
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,100}")
 _LOG_LINE_LIMIT = 4096
-
-
-class LockedPackage(BaseModel):
-    """One package a Node image was built from: the lock label's entries."""
-
-    name: str
-    version: str
-    integrity: str
-
-    @property
-    def sha512_hex(self) -> str:
-        return base64.b64decode(self.integrity.removeprefix("sha512-")).hex()
 
 
 class FetchedPackages(BaseModel):
@@ -78,40 +66,12 @@ class FetchedPackages(BaseModel):
 
 
 def read_lock(data: bytes) -> list[LockedPackage]:
-    """The packages of a ``package-lock.json`` (v2 or v3), or BuildError: it came out of a
-    container that ran npm against the network, so it is checked like pack input."""
+    """The packages of the fetch step's lock, or BuildError: it came out of a container that ran
+    npm against the network, so it is checked like pack input (runtimes/nodejs/lock.py)."""
     try:
-        document = json.loads(data)
-    except ValueError as exc:
-        raise BuildError(f"the fetch step's package-lock.json is not JSON: {exc}") from None
-    packages = document.get("packages") if isinstance(document, dict) else None
-    if not isinstance(packages, dict):
-        raise BuildError("the fetch step's package-lock.json has no 'packages' (lockfileVersion 2 or 3 is needed)")
-    found: dict[tuple[str, str], LockedPackage] = {}
-    for where, entry in packages.items():
-        if where == "":
-            continue
-        if not isinstance(entry, dict) or not isinstance(where, str) or not where.startswith("node_modules/"):
-            raise BuildError(f"the lock has an entry outside node_modules: {str(where)[:200]!r}")
-        if entry.get("link"):
-            raise BuildError(f"the lock links {where[:200]!r} to a local path; refused")
-        name = entry.get("name") or where.rsplit("node_modules/", 1)[1]
-        version, integrity, resolved = entry.get("version"), entry.get("integrity"), entry.get("resolved")
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(version, str)
-                and _VERSION.fullmatch(version)):
-            raise BuildError(f"the lock has an entry that is not a registry package: {where[:200]!r}")
-        if resolved is not None and (not isinstance(resolved, str) or not resolved.startswith("https://")):
-            raise BuildError(f"{name}@{version} resolves to {str(resolved)[:200]!r}: only https tarballs are installed")
-        if not isinstance(integrity, str) or not integrity.startswith("sha512-"):
-            raise BuildError(f"{name}@{version} has no sha512 integrity in the lock; it cannot be verified")
-        package = LockedPackage(name=name, version=version, integrity=integrity)
-        try:
-            if not _HEX.fullmatch(package.sha512_hex):
-                raise ValueError
-        except ValueError:
-            raise BuildError(f"{name}@{version} has an unreadable integrity") from None
-        found[(name, version)] = package
-    return list(found.values())
+        return parse_lock(data)
+    except LockError as exc:
+        raise BuildError(f"the fetch step's {exc}") from None
 
 
 class NpmCache:
@@ -133,7 +93,8 @@ class NpmCache:
 
     @staticmethod
     def lock_key(plan: Any) -> str:
-        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor}, sort_keys=True)
+        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor,
+                           "lock": plan.spec.lock}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @contextmanager
@@ -146,7 +107,9 @@ class NpmCache:
         known = self.locks / f"{key}.json"
         work = Path(tempfile.mkdtemp(dir=self.work_root))
         try:
-            lock_data = known.read_bytes() if known.is_file() else None
+            # The pack's own lock when it brings one; else the one an earlier fetch made, if any.
+            lock_data = (plan.spec.lock.encode() if plan.spec.lock is not None
+                         else known.read_bytes() if known.is_file() else None)
             packages = read_lock(lock_data) if lock_data is not None else None
             missing = [p for p in packages or () if not (self.content / f"{p.sha512_hex}.tgz").is_file()]
             if packages is None or missing:

@@ -79,3 +79,38 @@ def test_offline_without_the_packages_cached_fails_naming_why(manager):
     spec = DependencySpec(runtime="nodejs", dependencies=["is-number@7.0.0", "left-pad@1.3.0"])
     with pytest.raises(BuildError, match="offline"):
         manager.ensure(unique_ref("nodemiss"), spec, offline=True)
+
+
+LOCK_4_17_20 = {
+    "name": "locked", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
+    "packages": {
+        "": {"name": "locked", "version": "1.0.0", "dependencies": {"lodash": "^4.17.0"}},
+        "node_modules/lodash": {
+            "version": "4.17.20", "resolved": "https://registry.npmjs.org/lodash/-/lodash-4.17.20.tgz",
+            "integrity": "sha512-PlhdFcillOINfeV7Ni6oF1TAEayyZBoZ8bcshTHqOYJYlrqzRK5hagpagky5o4HfCzzd1TRkXPMFq6cKk9rGmA==",
+        },
+    },
+}
+
+
+def test_a_packs_own_package_json_and_lock_decide_what_is_installed(tmp_path, manager):
+    import json
+
+    ref = unique_ref("nodelocked")
+    pack = tmp_path / ref
+    (pack / "actions").mkdir(parents=True)
+    (pack / "pack.yaml").write_text(f"ref: {ref}\nversion: 1.0.0\n")
+    # The range admits 4.17.21; the lock says 4.17.20. Its scripts never run (npm ci --ignore-scripts,
+    # and the build writes its own package.json).
+    (pack / "package.json").write_text(json.dumps({"name": "locked", "scripts": {"postinstall": "exit 1"},
+                                                   "dependencies": {"lodash": "^4.17.0"}}))
+    (pack / "package-lock.json").write_text(json.dumps(LOCK_4_17_20))
+    (pack / "actions" / "v.yaml").write_text("name: v\nrunner_type: nodejs\nentry_point: v.js\n")
+    (pack / "actions" / "v.js").write_text('exports.run = () => require("lodash").VERSION;\n')
+    runner = ActionRunner(tmp_path, manager)
+    try:
+        result = runner.run(f"{ref}.v")
+    finally:
+        runner.close()
+    assert result.status is ExecutionStatus.succeeded, (result.error, result.stderr[-500:])
+    assert result.result == "4.17.20"

@@ -213,3 +213,33 @@ def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
 def test_the_helper_module_and_runner_are_in_the_loop_folder():
     assert (NODEJS.loop_dir / "attune_runner.js").is_file()
     assert (NODEJS.loop_dir / "attune_action" / "index.js").is_file()
+
+
+def test_a_pack_folder_with_package_json_is_a_node_pack_and_its_lock_is_checked(tmp_path):
+    from attune_containers.core.packs import load_pack
+
+    (tmp_path / "pack.yaml").write_text("ref: folder\nversion: 1.0.0\n")
+    (tmp_path / "package.json").write_text(json.dumps({"dependencies": {"lodash": "4.17.21"}}))
+    pack = load_pack(tmp_path)
+    assert pack.spec.runtime == "nodejs" and pack.spec.requirements_file_content is not None
+    good = {"version": "4.17.21", "integrity": integrity(b"x")}
+    (tmp_path / "package-lock.json").write_bytes(lock(**{"node_modules/lodash": good}))
+    validated = validate_spec(load_pack(tmp_path).spec)
+    assert validated.lock is not None
+    locked_hash = NODEJS.plan("folder", validated, BASES[1], BuildOptions(), "p").dependency_hash
+    assert locked_hash != NODEJS.plan("folder", validated.model_copy(update={"lock": None}), BASES[1],
+                                      BuildOptions(), "p").dependency_hash
+    (tmp_path / "package-lock.json").write_bytes(lock(**{"node_modules/lodash": {**good, "resolved": "git://x"}}))
+    with pytest.raises(InvalidSpecError) as exc:
+        validate_spec(load_pack(tmp_path).spec)
+    assert exc.value.field == "package-lock.json"
+
+
+def test_a_python_pack_folder_stays_python_and_node_files_do_not_leak_into_it(tmp_path):
+    from attune_containers.core.packs import load_pack
+
+    (tmp_path / "pack.yaml").write_text("ref: py\nmeta:\n  python_dependencies: [six]\n")
+    (tmp_path / "package.json").write_text("{}")
+    (tmp_path / "requirements.txt").write_text("requests\n")
+    spec = load_pack(tmp_path).spec
+    assert spec.runtime == "python" and spec.requirements_file_content == "requests\n"

@@ -36,7 +36,7 @@ from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec
 from ...core.versions import BaseImage
 from ...errors import InvalidSpecError
 from ..base import LOOP_MOUNT
-from .spec import package_json, validate_node_spec
+from .spec import package_json, validate_node_spec, with_pack_files
 from .versions import choose_node
 
 LOOP_DIR = Path(__file__).resolve().parent / "loop"
@@ -65,6 +65,7 @@ def hash_document(spec: ValidatedSpec, base: BaseImage) -> dict[str, Any]:
         "format": HASH_FORMAT,
         "runtime": spec.runtime,
         "dependencies": [r.canonical() for r in spec.requirements],
+        "lock": hashlib.sha256(spec.lock.encode()).hexdigest() if spec.lock is not None else None,
         "node": {"major": base.minor, "version": base.python_version, "base_image": base.reference,
                  "base_identity": base.identity},
         "template": hashlib.sha256(template_source(DOCKERFILE_TEMPLATE).encode()).hexdigest(),
@@ -164,6 +165,7 @@ class NodeRuntime:
     executable = NODE
     loop_dir = LOOP_DIR
     support_mounts = ((SUPERVISOR_DIR, SUPERVISOR_MOUNT),)
+    pack_files = ("package.json", "package-lock.json")
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         return validate_node_spec(spec, policy)
@@ -218,6 +220,9 @@ class NodeRuntime:
         if names:
             raise InvalidSpecError("Node.js packs have no preload (no zygote): leave it out", field="preload")
         return tuple(names)
+
+    def with_pack_files(self, spec: DependencySpec, files: dict[str, str]) -> DependencySpec:
+        return with_pack_files(spec, files)
 
     def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:
         """The lock label as lines: ``name@version integrity``."""

@@ -26,8 +26,11 @@ import re
 
 from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec, ValidRequirement
 from ...errors import InvalidSpecError
+from .lock import LockError, parse_lock
 
 RUNTIME_NAME = "nodejs"
+# Where a pack's own lock travels in a DependencySpec (its metadata: the API form may carry it too).
+LOCK_KEY = "package-lock.json"
 MAX_DEPENDENCIES = 500
 MAX_LINE_LENGTH = 1000
 MAX_PACKAGE_JSON_BYTES = 256 * 1024
@@ -151,13 +154,36 @@ def validate_node_spec(spec: DependencySpec, policy: RequirementPolicy | None = 
             raise InvalidSpecError(f"{name} is asked for twice, as {found[name].canonical()!r} and "
                                    f"{requirement.canonical()!r}", field=where)
         found[name] = requirement
+    lock = spec.metadata.get(LOCK_KEY)
+    if lock is not None:
+        if not isinstance(lock, str):
+            raise InvalidSpecError("must be the text of a package-lock.json", field=LOCK_KEY)
+        try:
+            parse_lock(lock)
+        except LockError as exc:
+            raise InvalidSpecError(str(exc), field=LOCK_KEY) from None
     return ValidatedSpec(
         runtime=RUNTIME_NAME,
+        lock=lock,
         requirements=tuple(found[n] for n in sorted(found)),
         min_version=None if low is None else str(low),
         max_version=None if high is None else str(high),
         as_given=tuple(given.strip() for *_, given in pairs),
     )
+
+
+def with_pack_files(spec: DependencySpec, files: dict[str, str]) -> DependencySpec:
+    """A pack folder's ``package.json`` (its dependencies) and ``package-lock.json`` into ``spec``."""
+    if "package.json" in files:
+        if spec.requirements_file_content is not None:
+            raise InvalidSpecError("give package.json beside pack.yaml or requirements_file_content, not both",
+                                   field="package.json")
+        spec = spec.with_requirements_file(files["package.json"])
+    if LOCK_KEY in files:
+        if "package.json" not in files:
+            raise InvalidSpecError("a package-lock.json needs its package.json beside it", field=LOCK_KEY)
+        spec = spec.model_copy(update={"metadata": {**spec.metadata, LOCK_KEY: files[LOCK_KEY]}})
+    return spec
 
 
 def package_json(spec: ValidatedSpec) -> str:

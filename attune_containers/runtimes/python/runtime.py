@@ -38,6 +38,8 @@ class PythonRuntime:
     executable = INTERPRETER
     loop_dir = LOOP_DIR
     support_mounts: tuple[tuple[Path, str], ...] = ()
+    # requirements.txt beside pack.yaml is read by core/packs.py itself (it predates runtimes).
+    pack_files: tuple[str, ...] = ("requirements.txt",)
 
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         return validate_python_spec(spec, policy)
@@ -75,6 +77,9 @@ class PythonRuntime:
 
     def version_command(self) -> list[str]:
         return [INTERPRETER, "-c", "import platform; print(platform.python_version())"]
+
+    def with_pack_files(self, spec: DependencySpec, files: dict[str, str]) -> DependencySpec:
+        return spec  # requirements.txt is combined by core/packs.py (extra_requirements)
 
     def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:
         from ...services.wheels import LockedDistribution  # pydantic model beside the wheel cache
