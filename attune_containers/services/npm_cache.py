@@ -10,6 +10,7 @@ fetch container is not trusted with it.
 - The host takes only regular files of known shapes from it, checks the lock (every package from
   an https URL with a sha512 integrity; no git, no links, no local paths) and keeps a tarball only
   when its sha512 is the one the lock names; it enters the cache as ``content/<sha512 hex>.tgz``.
+- The cache is the folder ``<cache_dir>-npm`` (beside the wheel cache, which owns ``cache_dir``).
 - The lock is kept per (package.json, Node major) in ``locks/``: the next build of the same
   dependencies reuses it, so it installs the same versions, and needs no container (nor network)
   when every tarball is cached. Offline builds work from the cache alone, else fail naming what
@@ -78,7 +79,9 @@ class NpmCache:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.root = settings.cache_dir / "npm"
+        # Beside the wheel cache, not in it: the wheel cache's prune removes whatever in its root
+        # is not its own.
+        self.root = settings.cache_dir.with_name(settings.cache_dir.name + "-npm")
         self.content = self.root / "content"
         self.locks = self.root / "locks"
         self.work_root = self.root / "work"
