@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     allow_sdist_builds: bool = Field(
         False, description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
         "hands back is cached); false: only wheels are used")
+    allow_npm_scripts: bool = Field(
+        False, description="Run npm lifecycle scripts (install, postinstall) of Node.js packs' packages in the "
+        "build stage (no network, no shared cache there; never in the fetch step); false: --ignore-scripts")
     fetch_max_bytes: Bytes = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
@@ -342,4 +345,5 @@ class Settings(BaseSettings):
             index_url=self.pip_index_url,
             extra_index_urls=tuple(self.pip_extra_index_urls),
             ca_bundle=ca,
+            npm_scripts=self.allow_npm_scripts,
         )

@@ -44,6 +44,8 @@ class BuildOptions(BaseModel):
     extra_index_urls: tuple[str, ...] = ()
     # PEM text of an extra CA bundle: builder stage only, never hashed, never in the final image.
     ca_bundle: str | None = None
+    # Node.js packs: run npm lifecycle scripts in the build stage (offline, no shared cache there).
+    npm_scripts: bool = False
 
 
 def _environment() -> jinja2.Environment:

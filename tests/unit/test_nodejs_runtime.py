@@ -243,3 +243,12 @@ def test_a_python_pack_folder_stays_python_and_node_files_do_not_leak_into_it(tm
     (tmp_path / "requirements.txt").write_text("requests\n")
     spec = load_pack(tmp_path).spec
     assert spec.runtime == "python" and spec.requirements_file_content == "requests\n"
+
+
+def test_npm_scripts_stay_off_unless_the_operator_allows_them_and_the_choice_is_hashed():
+    spec = node("lodash@4.17.21")
+    off = NODEJS.plan("demo", spec, BASES[1], BuildOptions(), "p")
+    on = NODEJS.plan("demo", spec, BASES[1], BuildOptions(npm_scripts=True), "p")
+    assert "npm ci --offline --ignore-scripts" in off.dockerfile()
+    assert "--ignore-scripts" not in on.dockerfile() and "npm ci --offline --omit=dev" in on.dockerfile()
+    assert on.dependency_hash != off.dependency_hash

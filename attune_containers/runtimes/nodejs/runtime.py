@@ -58,14 +58,16 @@ _IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")
 DEFAULT_BASE_IMAGES = {"18": "node:18-slim", "20": "node:20-slim", "22": "node:22-slim"}
 
 
-def hash_document(spec: ValidatedSpec, base: BaseImage) -> dict[str, Any]:
+def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict[str, Any]:
     """What decides a Node pack image's content (its hash): the dependencies in canonical form,
-    the Node version and base identity, the template and build script, and ``HASH_FORMAT``."""
+    the Node version and base identity, whether npm scripts run, the template and build script,
+    and ``HASH_FORMAT``."""
     return {
         "format": HASH_FORMAT,
         "runtime": spec.runtime,
         "dependencies": [r.canonical() for r in spec.requirements],
         "lock": hashlib.sha256(spec.lock.encode()).hexdigest() if spec.lock is not None else None,
+        "npm_scripts": options.npm_scripts,
         "node": {"major": base.minor, "version": base.python_version, "base_image": base.reference,
                  "base_identity": base.identity},
         "template": hashlib.sha256(template_source(DOCKERFILE_TEMPLATE).encode()).hexdigest(),
@@ -73,12 +75,13 @@ def hash_document(spec: ValidatedSpec, base: BaseImage) -> dict[str, Any]:
     }
 
 
-def render_dockerfile(base: BaseImage) -> str:
+def render_dockerfile(base: BaseImage, options: BuildOptions | None = None) -> str:
     if not _IMAGE_REFERENCE.fullmatch(base.reference):
         raise ValueError(f"not an image reference: {base.reference!r}")
     return _environment().get_template(DOCKERFILE_TEMPLATE).render(
         base_image=base.reference, node_version=base.python_version or base.minor, attune_dir=ATTUNE_DIR,
-        uid=APP_UID, tool_version=__version__, helper_dir=HELPER_DIR)
+        uid=APP_UID, tool_version=__version__, helper_dir=HELPER_DIR,
+        npm_scripts=bool(options and options.npm_scripts))
 
 
 class NodePlan(BuildPlan):
@@ -86,11 +89,11 @@ class NodePlan(BuildPlan):
 
     @cached_property
     def dependency_hash(self) -> str:
-        canonical = json.dumps(hash_document(self.spec, self.base), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(hash_document(self.spec, self.base, self.options), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
     def dockerfile(self) -> str:
-        return render_dockerfile(self.base)
+        return render_dockerfile(self.base, self.options)
 
     def package_json(self) -> str:
         return package_json(self.spec)
