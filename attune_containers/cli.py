@@ -40,7 +40,7 @@ from .errors import (
     EnvironmentNotFoundError,
     InvalidSpecError,
 )
-from .runtimes import get_runtime
+from .runtimes import RUNTIMES, get_runtime
 from .services.base_images import BOOTSTRAP_SUITES, NODE_BOOTSTRAP_REPOSITORY, NODE_BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
 from .services.pruner import ImageEntry, PruneReport, Pruner
@@ -474,12 +474,15 @@ def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
 
 
 def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
-    images = sorted(manager.bases.available(), key=lambda i: i.minor_key)
+    # Every registered runtime's bases, the default runtime's first (as before there were others).
+    images = [(runtime, image) for runtime in sorted(RUNTIMES.values(), key=lambda r: r.name != get_runtime().name)
+              for image in sorted(manager.bases.available(runtime), key=lambda i: i.minor_key)]
     if args.json:
-        _print_json([i.model_dump(mode="json") for i in images])
+        _print_json([{**i.model_dump(mode="json"), "runtime": r.name} for r, i in images])
         return 0
-    _print_table(("python", "image", "exact version", "on this host"), [
-        (i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)") for i in images])
+    _print_table(("runtime", "version", "image", "exact version", "on this host"), [
+        (r.display_name, i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)")
+        for r, i in images])
     return 0
 
 
@@ -739,8 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
     base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")
-    b = base.add_parser("ls", help="Which Python versions are available, from which image",
-                        description="Which Python versions are available, from which image")
+    b = base.add_parser("ls", help="Which Python and Node.js versions are available, from which image",
+                        description="Which Python and Node.js versions are available, from which image")
     add_json(b, "every configured base image")
     b.set_defaults(func=cmd_base_ls)
     b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)",

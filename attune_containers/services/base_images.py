@@ -65,9 +65,10 @@ class BaseImageCatalog:
                 present=True,
             )
             if image.python_version and not image.python_version.startswith(minor + "."):
+                setting = "BASE_IMAGES" if runtime.name == "python" else "RUNTIME_BASE_IMAGES"
                 raise AttuneContainersError(
-                    f"base image {reference} is configured for Python {minor} but provides "
-                    f"Python {image.python_version}; fix ATTUNE__CONTAINERS__BASE_IMAGES"
+                    f"base image {reference} is configured for {runtime.display_name} {minor} but provides "
+                    f"{runtime.display_name} {image.python_version}; fix ATTUNE__CONTAINERS__{setting}"
                 )
             with self._lock:
                 self._cache[(runtime.name, reference)] = image
@@ -77,14 +78,16 @@ class BaseImageCatalog:
         """``image`` pulled if it is not local yet, then described again (exact version known)."""
         if image.present:
             return image
+        runtime = runtime or get_runtime()
+        flag, setting = ("--python", "BASE_IMAGES") if runtime.name == "python" else ("--node", "RUNTIME_BASE_IMAGES")
         try:
             self.engine.pull(image.reference)
         except (EngineError, EnvironmentNotFoundError) as exc:
             raise AttuneContainersError(
-                f"base image {image.reference} for Python {image.minor} is not on this host and "
+                f"base image {image.reference} for {runtime.display_name} {image.minor} is not on this host and "
                 f"cannot be pulled ({exc}). On a host without a registry, run "
-                f"`attune-containers base bootstrap --python {image.minor}` and point "
-                "ATTUNE__CONTAINERS__BASE_IMAGES at the result."
+                f"`attune-containers base bootstrap {flag} {image.minor}` and point "
+                f"ATTUNE__CONTAINERS__{setting} at the result."
             ) from None
         return self.describe(image.minor, image.reference, runtime)
 
