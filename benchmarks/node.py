@@ -1,6 +1,8 @@
 """Node.js per-action overhead (issue 13), in one run: a warm Node.js execution through the local
 service against a bare ``node -e 0`` on the host, and the cold path against
-``docker run --rm IMAGE node -e 0``. Rounds are interleaved so a noisy machine slows every method
+``docker run --rm IMAGE node -e 0``. Also a warm execution right after another ("back to back"):
+each execution gets a fresh node process, started ahead while the container is idle; back to back
+there is no idle time, so that figure includes a node start. Rounds are interleaved so a noisy machine slows every method
 alike; figures are medians and p95s, verdicts are ratios of this run.
 
     .venv/bin/python benchmarks/node.py [--rounds 30] [--json]
@@ -53,18 +55,24 @@ def main() -> int:
         answer = client.post("/v1/executions", json={"action_ref": ACTION, "parameters": PARAMS}).json()
         check(answer["result"] == PARAMS, f"service result {answer}")
 
+    def back_to_back() -> None:
+        # The second of two executions in a row: its node had no idle time to start ahead.
+        via_service()
+        samples["warm, back to back"].append(timed(via_service))
+
     def docker_run() -> None:
         subprocess.run(["docker", "run", "--rm", "--network", "none", image, "node", "-e", "0"],
                        check=True, capture_output=True)
 
     methods = {"node -e 0": node_start, "warm, service": via_service, "cold path": cold, "docker run --rm": docker_run}
-    samples: dict[str, list[float]] = {name: [] for name in methods}
+    samples: dict[str, list[float]] = {name: [] for name in [*methods, "warm, back to back"]}
     try:
         for fn in methods.values():  # warm-up: image, pool ready
             fn()
         for _ in range(args.rounds):
             for name, fn in methods.items():
                 samples[name].append(timed(fn))
+            back_to_back()
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=60)
@@ -76,6 +84,7 @@ def main() -> int:
         "methods": results,
         "ratios": {
             "warm service / node -e 0 (goal <= 1.5)": med["warm, service"] / med["node -e 0"],
+            "warm back to back / node -e 0": med["warm, back to back"] / med["node -e 0"],
             "cold / docker run --rm node -e 0 (goal <= 1)": med["cold path"] / med["docker run --rm"],
         },
         "rounds": args.rounds,
