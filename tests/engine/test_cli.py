@@ -97,7 +97,7 @@ def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependen
         ({"ref": "a/b", "meta": {}}, "pack_ref"),
         ({"ref": "ok", "meta": {"python_dependencies": {"min_version": "3.12", "max_version": "3.10"}}}, "empty"),
         ({"ref": "ok", "meta": {"python_dependencies": {"min_version": "3.14"}}}, "no available Python"),
-        ({"ref": "ok", "meta": {"python_dependencies": {"runtime": "nodejs"}}}, "unknown runtime"),
+        ({"ref": "ok", "meta": {"python_dependencies": {"runtime": "ruby"}}}, "unknown runtime"),
         ({"ref": "ok", "meta": {"python_dependencies": {"dependencies": ["six"], "bogus": 1}}}, "bogus"),
     ],
 )
