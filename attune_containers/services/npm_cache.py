@@ -90,6 +90,13 @@ class NpmCache:
         for folder in (self.root, self.content, self.locks, self.work_root):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work_root, 0o711)
+        # A build killed outright leaves its work folder (no credentials are ever in it): any
+        # older than two build timeouts belongs to no live build.
+        horizon = time.time() - 2 * self.settings.build_timeout
+        for folder in self.work_root.iterdir():
+            with contextlib.suppress(OSError):
+                if folder.lstat().st_mtime < horizon:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _lock_file(self) -> FileLock:
         return FileLock(str(self.root / ".lock"))
