@@ -37,12 +37,16 @@ import errno
 import fcntl
 import hashlib
 import os
+import platform
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 import time
 import uuid
+import zipfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,6 +93,13 @@ class FetchedWheels(BaseModel):
     wheels: list[Path]
     tools: list[Path]
     locked: list[LockedDistribution] = Field(default_factory=list)
+    # The folder holding exactly ``wheels`` (mounted read-only into the install step).
+    wheel_dir: Path | None = None
+    # The verified uv binary for the install step, when it could be had (else the Dockerfile path).
+    uv: Path | None = None
+    # A name for the install step's container: this cache's id and the build's work folder, so a
+    # sweep removes only a dead build's container of its own cache.
+    step_name: str | None = None
 
     def lock(self) -> list[LockedDistribution]:
         return sorted(self.locked, key=lambda d: d.name)
@@ -198,6 +209,9 @@ class WheelCache:
                     for folder in ("ctx", "in"):
                         shutil.rmtree(work / folder, ignore_errors=True)
                     fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                fetched.wheel_dir = work / "ctx" / "wheels"
+                fetched.uv = self.uv_binary(work, plan, offline=offline, on_log=on_log, fetched=fetched)
+                fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 yield fetched
             finally:
                 self.prune(self.settings.cache_max_bytes)
@@ -217,7 +231,9 @@ class WheelCache:
         if remaining <= 0:
             raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
                              "and was stopped")
-        tools = UV_REQUIREMENT if plan.options.installer == "uv" else ""
+        # uv for the install step comes from the host (uv_binary): the fetch container needs no
+        # venv and pip of its own for it.
+        tools = ""
         run = ContainerRun(
             image=plan.base.reference,
             # env.sh carries the CA bundle and index settings (every value quoted by
@@ -387,6 +403,85 @@ class WheelCache:
         if manifest is None:
             raise BuildError("the fetch step handed back no manifest")
         return manifest, received
+
+    # -- uv for the install step ---------------------------------------------------------------
+
+    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None,
+                  fetched: FetchedWheels | None = None) -> Path | None:
+        """The static uv binary for the install step, from the uv wheel of the tools cache
+        (verified against its record, like every cached file), downloaded once by the host's own
+        pip when the cache lacks it (no code of it runs on the host). None when it cannot be had
+        (offline with an empty cache, another machine type): the build then uses the Dockerfile."""
+        machine = platform.machine()
+        folder = work / "uv-wheel"
+        folder.mkdir(exist_ok=True)
+        wheel = None
+        for path in _listing(self.tools):
+            name = path.name
+            if name.startswith(f"uv-{UV_VERSION}-") and machine in name and _WHEEL_FILE.fullmatch(name):
+                if self._use_cached("tools", name, folder / name, None) is not None:
+                    wheel = folder / name
+                    break
+        if wheel is None and not offline:
+            wheel = self._download_uv(work, plan, on_log)
+        if wheel is None:
+            if on_log is not None:
+                on_log(f"install: uv {UV_VERSION} is not in the cache{' and the build is offline' if offline else ''}; "
+                       "installing with the Dockerfile")
+            return None
+        target = work / "uv"
+        member = f"uv-{UV_VERSION}.data/scripts/uv"
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                info = archive.getinfo(member)
+                if info.file_size > _UV_BINARY_LIMIT:
+                    raise BuildError(f"{wheel.name}: {member} is larger than {_UV_BINARY_LIMIT} bytes")
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+                with os.fdopen(fd, "wb") as out, archive.open(info) as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+        except (KeyError, zipfile.BadZipFile, OSError) as exc:
+            if on_log is not None:
+                on_log(f"install: no uv binary in {wheel.name} ({exc}); installing with the Dockerfile")
+            return None
+        finally:
+            wheel.unlink()
+        return target
+
+    def _download_uv(self, work: Path, plan: BuildPlan, on_log: LogSink | None) -> Path | None:
+        """uv's wheel, by the host's pip: a pinned release, cached with its sha256 on first use."""
+        folder = work / "uv-download"
+        folder.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        options = plan.options
+        if options.ca_bundle:
+            # An extra bundle adds to the system's roots, as in the fetch step.
+            bundle = work / "uv-ca.pem"
+            system = _SYSTEM_CA.read_text(encoding="utf-8", errors="replace") if _SYSTEM_CA.is_file() else ""
+            bundle.write_text(system + "\n" + options.ca_bundle, encoding="utf-8")
+            env["PIP_CERT"] = str(bundle)
+        if options.index_url:
+            env["PIP_INDEX_URL"] = options.index_url
+        if options.extra_index_urls:
+            env["PIP_EXTRA_INDEX_URL"] = " ".join(options.extra_index_urls)
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-input",
+             "--no-deps", "--only-binary", ":all:", "--dest", str(folder), UV_REQUIREMENT],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+        found = [p for p in _listing(folder) if p.name.startswith(f"uv-{UV_VERSION}-") and _WHEEL_FILE.fullmatch(p.name)]
+        if result.returncode != 0 or len(found) != 1:
+            if on_log is not None:
+                on_log(f"install: downloading uv {UV_VERSION} failed: {_scrubber(plan)(result.stdout[-500:].strip())}")
+            return None
+        path = found[0]
+        digest = _hash_regular(path)
+        if digest is None:
+            return None
+        target = work / "uv-wheel" / path.name
+        os.link(path, target)
+        self._put("tools", path.name, path, digest)
+        if on_log is not None:
+            on_log(f"install: downloaded {path.name}")
+        return target
 
     # -- the cache itself ---------------------------------------------------------------------
 
@@ -589,6 +684,15 @@ class WheelCache:
             if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
                 self.engine.remove_container(container["Id"], attempts=3)
                 swept.append(container["Id"])
+        try:
+            steps = self.engine.containers_named(f"{STEP_PREFIX}{self.cache_id}-")
+        except AttuneContainersError:
+            steps = []
+        for container in steps:
+            owner = (container.get("Names") or [""])[0].rsplit("-", 1)[-1]
+            if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
+                self.engine.remove_container(container["Id"], attempts=3)
+                swept.append(container["Id"])
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -683,3 +787,8 @@ def _scrubber(plan: BuildPlan):
 
 # The uv release builds install with (a template build file, so it is part of the content hash).
 UV_REQUIREMENT = template_source("build/uv-bootstrap.txt").strip()
+UV_VERSION = UV_REQUIREMENT.partition("==")[2]
+# The install step's container: its name, then this cache's id and the build's work folder.
+STEP_PREFIX = "attune-install-"
+_UV_BINARY_LIMIT = 256 * 1024 * 1024
+_SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
