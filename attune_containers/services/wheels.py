@@ -32,6 +32,8 @@ is not trusted with it.
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -40,11 +42,16 @@ import os
 import platform
 import re
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 import zipfile
 from collections import deque
@@ -61,10 +68,15 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ..core.execution import ResourceLimits
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
-from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
+from ..core.labels import BASE_SUITE as BASE_SUITE_LABEL, CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..settings import Settings
+
+try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
+    from . import host_resolve
+except ImportError:  # pragma: no cover
+    host_resolve = None  # type: ignore[assignment]
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
 # Folders of the cache root (``wheelhouse`` and ``tools`` are what fetch containers see).
@@ -201,16 +213,21 @@ class WheelCache:
             files["extra-ca.pem"] = plan.options.ca_bundle
         with self._work(files) as work:
             try:
-                try:
-                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
-                except _Tampered:
-                    # The altered files are gone from the cache: the second run downloads them
-                    # (or, offline, fails naming what is missing).
+                uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
+                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline)
+                if fetched is None:
                     for folder in ("ctx", "in"):
                         shutil.rmtree(work / folder, ignore_errors=True)
-                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                    try:
+                        fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                    except _Tampered:
+                        # The altered files are gone from the cache: the second run downloads them
+                        # (or, offline, fails naming what is missing).
+                        for folder in ("ctx", "in"):
+                            shutil.rmtree(work / folder, ignore_errors=True)
+                        fetched = self._fetch_once(plan, work, offline, on_log, deadline)
                 fetched.wheel_dir = work / "ctx" / "wheels"
-                fetched.uv = self.uv_binary(work, plan, offline=offline, on_log=on_log, fetched=fetched)
+                fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 yield fetched
             finally:
@@ -406,8 +423,8 @@ class WheelCache:
 
     # -- uv for the install step ---------------------------------------------------------------
 
-    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None,
-                  fetched: FetchedWheels | None = None) -> Path | None:
+    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False,
+                  on_log: LogSink | None = None) -> Path | None:
         """The static uv binary for the install step, from the uv wheel of the tools cache
         (verified against its record, like every cached file), downloaded once by the host's own
         pip when the cache lacks it (no code of it runs on the host). None when it cannot be had
@@ -482,6 +499,210 @@ class WheelCache:
         if on_log is not None:
             on_log(f"install: downloaded {path.name}")
         return target
+
+    # -- the fetch step on the host (issue 11) -------------------------------------------------
+
+    def _host_fetch(self, plan: BuildPlan, work: Path, uv: Path | None, offline: bool, on_log: LogSink | None,
+                    deadline: float) -> FetchedWheels | None:
+        """The fetch step without a container, where no code of a distribution can run: wheels
+        only (sdist builds off), a base whose platform we know, no pip options. A complete lock
+        is taken from the cache by sha256 (no resolver, no index); anything else is resolved by
+        uv on the host (``--no-build``: metadata only), and each wheel is taken from the cache
+        by its sha256 or downloaded here, verified, then cached. None: use the fetch container
+        (it also gives the resolver's own error message when this resolution fails)."""
+        if self.settings.allow_sdist_builds or plan.spec.pip_options or host_resolve is None:
+            return None
+        arch = host_resolve.machine()
+        glibc = self._glibc(plan)
+        if glibc is None or not plan.base.python_version:
+            return None
+        context = work / "ctx" / "wheels"
+        context.mkdir(parents=True, exist_ok=True)
+        lines = plan.spec.requirement_lines()
+        lock = host_resolve.read_lock(lines)
+        if lock is not None:
+            fetched = self._host_lock(lock, context, plan, arch, on_log)
+            if fetched is not None or offline:
+                return fetched
+        if offline or uv is None:
+            return None
+        pinned = self._resolve(plan, work, uv, glibc, arch, on_log, deadline)
+        if pinned is None:
+            return None
+        wheels, locked, download = [], [], []
+        for item in pinned:
+            target = context / item.filename
+            if (_WHEEL_FILE.fullmatch(item.filename) is None
+                    or _identity(item.filename) != (item.name, _normal_version(item.version))):
+                return None
+            present = os.path.lexists(self.wheelhouse / item.filename)
+            if self._use_cached("wheelhouse", item.filename, target, item.sha256) is not None:
+                if on_log is not None:
+                    on_log(f"fetch: cached {item.filename}")
+            else:
+                if present and on_log is not None:
+                    on_log(f"fetch: cached {item.filename} was altered (its sha256 is not the one recorded, or "
+                           "not the index's); removed it, fetching again")
+                download.append(item)
+            wheels.append(target)
+            locked.append(LockedDistribution(name=item.name, version=item.version, filename=item.filename,
+                                             sha256=item.sha256))
+        if download and not self._download(download, work, context, plan, on_log, deadline):
+            return None
+        return FetchedWheels(wheels=sorted(wheels), tools=[], locked=locked)
+
+    def _host_lock(self, lock: list[tuple[str, str, set[str]]], context: Path, plan: BuildPlan, arch: str,
+                   on_log: LogSink | None) -> FetchedWheels | None:
+        """A complete lock from the cache alone (every file verified), or None."""
+        by_name: dict[str, list[str]] = {}
+        for path in _listing(self.wheelhouse):
+            if _WHEEL_FILE.fullmatch(path.name) and path.name.count("-") >= 4:
+                by_name.setdefault(_identity(path.name)[0], []).append(path.name)
+        found: dict[str, tuple[str, Path]] = {}
+        locked = []
+        for name, version, hashes in lock:
+            for filename in sorted(by_name.get(name, [])):
+                if _identity(filename)[1] != _normal_version(version) or self._record("wheelhouse", filename) not in hashes:
+                    continue
+                target = context / filename
+                digest = self._use_cached("wheelhouse", filename, target, None)
+                if digest is not None and digest in hashes:
+                    found[name] = (version, target)
+                    locked.append(LockedDistribution(name=name, version=version, filename=filename, sha256=digest))
+                    break
+                if digest is None and on_log is not None:
+                    on_log(f"fetch: cached {filename} was altered (its sha256 is not the one recorded); removed it")
+            if name not in found:
+                return None  # a file the cache lacks: the fetch container downloads it by its hash
+        problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "", arch))
+        if problem is not None:
+            if on_log is not None:
+                on_log(f"fetch: lock not complete ({problem}); resolving")
+            for _, path in found.values():
+                path.unlink()
+            return None
+        if on_log is not None:
+            on_log(f"fetch: lock complete, no resolution: {len(found)} distributions taken by their sha256")
+            for item in locked:
+                on_log(f"fetch: cached {item.filename}")
+        return FetchedWheels(wheels=sorted(p for _, p in found.values()), tools=[], locked=locked)
+
+    def _glibc(self, plan: BuildPlan) -> int | None:
+        """The glibc minor of the base, from our bootstrap's suite label; None when unknown."""
+        attrs = self.engine.inspect_image(plan.base.reference) or {}
+        suite = ((attrs.get("Config") or {}).get("Labels") or {}).get(BASE_SUITE_LABEL, "")
+        return host_resolve.SUITE_GLIBC.get(suite) if host_resolve is not None else None
+
+    def _host_env(self, plan: BuildPlan, work: Path) -> dict[str, str]:
+        """The resolver's environment: the CA bundle and index settings, nothing else of ours."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("UV_", "PIP_", "SSL_CERT", "REQUESTS_CA"))}
+        if plan.options.ca_bundle:
+            bundle = work / "host-ca.pem"
+            if not bundle.exists():
+                system = _SYSTEM_CA.read_text(encoding="utf-8", errors="replace") if _SYSTEM_CA.is_file() else ""
+                bundle.write_text(system + "\n" + plan.options.ca_bundle, encoding="utf-8")
+                os.chmod(bundle, 0o600)
+            env["SSL_CERT_FILE"] = str(bundle)
+        if plan.options.index_url:
+            env["UV_INDEX_URL"] = plan.options.index_url
+        if plan.options.extra_index_urls:
+            env["UV_EXTRA_INDEX_URL"] = " ".join(plan.options.extra_index_urls)
+        env.update({"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_CACHE_DIR": str(work / "uv-cache"),
+                    # pip's rule across indexes (the best version of any), not uv's first-index rule.
+                    "UV_INDEX_STRATEGY": "unsafe-best-match"})
+        return env
+
+    def _resolve(self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None,
+                 deadline: float) -> list[host_resolve.Pinned] | None:
+        output = work / "pylock.toml"
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [str(uv), "pip", "compile", "--quiet", "--no-build", "--generate-hashes", "--no-header",
+                 "--python-version", plan.base.python_version or "", "--python-platform",
+                 f"{arch}-manylinux_2_{glibc}", "--format", "pylock.toml", "--output-file", str(output),
+                 str(work / "config" / "requirements.txt")],
+                env=self._host_env(plan, work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                timeout=max(1.0, min(300.0, deadline - time.monotonic())), check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            if on_log is not None:
+                on_log(f"fetch: resolving on the host failed ({type(exc).__name__}); using the fetch container")
+            return None
+        if result.returncode != 0:
+            if on_log is not None:
+                on_log("fetch: resolving on the host failed; using the fetch container")
+            return None
+        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "",
+                                                                            glibc, arch))
+        if isinstance(pinned, str):
+            if on_log is not None:
+                on_log(f"fetch: {pinned}; using the fetch container")
+            return None
+        if on_log is not None:
+            on_log(f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
+                   f"in {time.monotonic() - started:.1f} s")
+        return pinned
+
+    def _download(self, items: list[host_resolve.Pinned], work: Path, context: Path, plan: BuildPlan,
+                  on_log: LogSink | None, deadline: float) -> bool:
+        """Download wheels in parallel, each verified against the resolver's sha256 before it is
+        cached and linked for the build. False: any failure (the fetch container then runs)."""
+        incoming = work / "in" / "wheels"
+        incoming.mkdir(parents=True, exist_ok=True)
+        env = self._host_env(plan, work)
+        ssl_context = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE"))
+        credentials = {}
+        for url in (plan.options.index_url, *plan.options.extra_index_urls):
+            parts = urllib.parse.urlsplit(url or "")
+            if parts.username is not None and parts.hostname:
+                credentials[parts.hostname] = (urllib.parse.unquote(parts.username),
+                                               urllib.parse.unquote(parts.password or ""))
+        budget = [self.settings.fetch_max_bytes]
+        budget_lock = threading.Lock()
+
+        def one(item: host_resolve.Pinned) -> tuple[host_resolve.Pinned, Path, str]:
+            request = urllib.request.Request(item.url, headers={"User-Agent": "attune-containers"})
+            host = urllib.parse.urlsplit(item.url).hostname or ""
+            if host in credentials:
+                token = base64.b64encode(":".join(credentials[host]).encode()).decode()
+                request.add_header("Authorization", f"Basic {token}")
+            path = incoming / item.filename
+            digest = hashlib.sha256()
+            timeout = max(1.0, deadline - time.monotonic())
+            with urllib.request.urlopen(request, timeout=min(timeout, 120), context=ssl_context) as response:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as out:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        with budget_lock:
+                            budget[0] -= len(block)
+                            if budget[0] < 0:
+                                raise BuildError("the downloads are larger than fetch_max_bytes")
+                        digest.update(block)
+                        out.write(block)
+                        if time.monotonic() > deadline:
+                            raise BuildError(f"the build took longer than {self.settings.build_timeout} s "
+                                             "(build_timeout) while downloading")
+            return item, path, digest.hexdigest()
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+                results = list(pool.map(one, items))
+        except BuildError:
+            raise
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            if on_log is not None:
+                on_log(f"fetch: downloading on the host failed ({_scrubber(plan)(str(exc))[:300]}); "
+                       "using the fetch container")
+            return False
+        for item, path, digest in results:
+            if digest != item.sha256:
+                raise BuildError(f"{item.filename} does not have the sha256 the index gave")
+            os.link(path, context / item.filename)
+            self._put("wheelhouse", item.filename, path, digest)
+            if on_log is not None:
+                on_log(f"fetch: downloaded {item.filename}")
+        return True
 
     # -- the cache itself ---------------------------------------------------------------------
 
