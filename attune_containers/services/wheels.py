@@ -475,6 +475,7 @@ class WheelCache:
             bundle = work / "uv-ca.pem"
             system = _SYSTEM_CA.read_text(encoding="utf-8", errors="replace") if _SYSTEM_CA.is_file() else ""
             bundle.write_text(system + "\n" + options.ca_bundle, encoding="utf-8")
+            os.chmod(bundle, 0o600)
             env["PIP_CERT"] = str(bundle)
         if options.index_url:
             env["PIP_INDEX_URL"] = options.index_url

@@ -51,8 +51,11 @@ def test_render_dockerfile_built_by_plain_docker_build_gives_the_same_venv(setti
                 key == "Env" and sorted(fast_attrs["Config"][key]) == sorted(plain_attrs["Config"][key])), key
         base_layers = engine.inspect_image(plan.base.reference)["RootFS"]["Layers"]
         assert fast_attrs["RootFS"]["Layers"][:-1] == base_layers
-        # No larger than what the Dockerfile makes.
-        assert fast_attrs["Size"] <= plain_attrs["Size"], (fast_attrs["Size"], plain_attrs["Size"])
+        # As large as what the Dockerfile makes, give or take uv's own small files (RECORD lines,
+        # .gitignore, CACHEDIR.TAG: kilobytes); before issue 11 the venv also had pip and
+        # setuptools, about 20 MB more, which neither has now.
+        assert fast_attrs["Size"] <= plain_attrs["Size"] + (256 << 10), (fast_attrs["Size"], plain_attrs["Size"])
+        assert not any(n in ("pip", "setuptools") for n, _ in fast)
         code, output = engine.run_once(info.image, [info.executable_path, "-c",
                                                     "import requests, os; print(requests.__version__, os.getuid())"])
         assert (code, output.strip()) == (0, "2.32.3 65532")
