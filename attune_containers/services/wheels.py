@@ -213,8 +213,12 @@ class WheelCache:
             files["extra-ca.pem"] = plan.options.ca_bundle
         with self._work(files) as work:
             try:
-                uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
-                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline)
+                # uv resolves on the host where that is possible; else it is fetched only once
+                # the fetch container succeeded (a failed build downloads nothing more).
+                capable = self._host_capable(plan)
+                uv = self.uv_binary(work, plan, offline=offline, on_log=on_log) if capable else None
+                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline) if uv is not None or offline \
+                    else None
                 if fetched is None:
                     for folder in ("ctx", "in"):
                         shutil.rmtree(work / folder, ignore_errors=True)
@@ -227,6 +231,8 @@ class WheelCache:
                             shutil.rmtree(work / folder, ignore_errors=True)
                         fetched = self._fetch_once(plan, work, offline, on_log, deadline)
                 fetched.wheel_dir = work / "ctx" / "wheels"
+                if uv is None and not capable:
+                    uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
                 fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 yield fetched
@@ -511,20 +517,20 @@ class WheelCache:
         uv on the host (``--no-build``: metadata only), and each wheel is taken from the cache
         by its sha256 or downloaded here, verified, then cached. None: use the fetch container
         (it also gives the resolver's own error message when this resolution fails)."""
-        if self.settings.allow_sdist_builds or plan.spec.pip_options or host_resolve is None:
+        if not self._host_capable(plan):
             return None
         arch = host_resolve.machine()
         glibc = self._glibc(plan)
-        if glibc is None or not plan.base.python_version:
+        if glibc is None:
             return None
         context = work / "ctx" / "wheels"
         context.mkdir(parents=True, exist_ok=True)
         lines = plan.spec.requirement_lines()
         lock = host_resolve.read_lock(lines)
         if lock is not None:
-            fetched = self._host_lock(lock, context, plan, arch, on_log)
-            if fetched is not None or offline:
-                return fetched
+            # A lock the cache cannot serve whole, or that is not complete: the fetch container
+            # downloads a missing file by its exact name and hash (offline: names it), or resolves.
+            return self._host_lock(lock, context, plan, arch, on_log)
         if offline or uv is None:
             return None
         pinned = self._resolve(plan, work, uv, glibc, arch, on_log, deadline)
@@ -552,6 +558,11 @@ class WheelCache:
             return None
         return FetchedWheels(wheels=sorted(wheels), tools=[], locked=locked)
 
+    def _host_capable(self, plan: BuildPlan) -> bool:
+        """Whether the fetch step can run on the host: nothing of a distribution would run."""
+        return (not self.settings.allow_sdist_builds and not plan.spec.pip_options and host_resolve is not None
+                and bool(plan.base.python_version) and self._glibc(plan) is not None)
+
     def _host_lock(self, lock: list[tuple[str, str, set[str]]], context: Path, plan: BuildPlan, arch: str,
                    on_log: LogSink | None) -> FetchedWheels | None:
         """A complete lock from the cache alone (every file verified), or None."""
@@ -574,11 +585,12 @@ class WheelCache:
                 if digest is None and on_log is not None:
                     on_log(f"fetch: cached {filename} was altered (its sha256 is not the one recorded); removed it")
             if name not in found:
-                return None  # a file the cache lacks: the fetch container downloads it by its hash
-        problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "", arch))
+                break
+        problem = None if len(found) == len(lock) else "a file the cache lacks"
+        if problem is None:
+            problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "",
+                                                                                     arch))
         if problem is not None:
-            if on_log is not None:
-                on_log(f"fetch: lock not complete ({problem}); resolving")
             for _, path in found.values():
                 path.unlink()
             return None
