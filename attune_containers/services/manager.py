@@ -479,10 +479,19 @@ class ContainerDependencyManager:
     def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
         # build_timeout is wall-clock for the whole build: the fetch step, the install step and the label build.
         deadline = time.monotonic() + self.settings.build_timeout
+        cleanup: list[threading.Thread] = []
+        try:
+            return self._build_steps(plan, on_log, offline, deadline, cleanup)
+        finally:
+            for thread in cleanup:
+                thread.join()
+
+    def _build_steps(self, plan: BuildPlan, on_log: LogSink | None, offline: bool, deadline: float,
+                     cleanup: list[threading.Thread]) -> EnvironmentInfo:
         with self.wheels.fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             lock = fetched.lock()
             if fetched.uv is not None:
-                image_id = self._install_and_commit(plan, fetched, on_log, deadline)
+                image_id = self._install_and_commit(plan, fetched, on_log, deadline, cleanup)
             else:
                 image_id = self._build_dockerfile(plan, fetched, on_log, deadline)
         try:
@@ -516,7 +525,7 @@ class ContainerDependencyManager:
         return found
 
     def _install_and_commit(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
-                            deadline: float) -> str:
+                            deadline: float, cleanup: list[threading.Thread]) -> str:
         """The install step as ONE container of the base image (no network; the verified wheels,
         the uv binary and our build scripts mounted read-only), committed as one layer on top of
         the base with the final config as a config object. Returns the untagged image's ID; the
@@ -550,10 +559,18 @@ class ContainerDependencyManager:
                                  "and was stopped", telling_lines(list(log)))
             if code != 0:
                 raise BuildError(f"installing the wheels failed (exit {code})", telling_lines(list(log)))
-            return self.engine.commit(container_id, final_config())
-        finally:
+            image_id = self.engine.commit(container_id, final_config())
+        except BaseException:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
+            raise
+        # Removing the stopped container deletes its whole layer (seconds for a big venv): that
+        # runs while the image is labelled, and _build_now waits for it before it returns.
+        remover = threading.Thread(target=self.engine.remove_container, args=(container_id,),
+                                   kwargs={"attempts": 10}, daemon=True)
+        remover.start()
+        cleanup.append(remover)
+        return image_id
 
     def _build_dockerfile(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
                           deadline: float) -> str:
