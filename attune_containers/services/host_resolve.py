@@ -26,6 +26,16 @@ _LOCK_LINE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.!+_-]+)((?: 
 _METADATA_LIMIT = 4 << 20
 
 
+# The manylinux glibc levels uv's --python-platform names (the newest it knows is 2.40).
+UV_GLIBC_LEVELS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
+
+
+def uv_platform(glibc_minor: int, arch: str) -> str | None:
+    """uv's name of the newest manylinux level a glibc 2.<minor> base runs, or None."""
+    levels = [level for level in UV_GLIBC_LEVELS if level <= glibc_minor]
+    return f"{arch}-manylinux_2_{levels[-1]}" if levels else None
+
+
 def machine() -> str:
     return platform.machine()
 

@@ -521,7 +521,7 @@ class WheelCache:
             return None
         arch = host_resolve.machine()
         glibc = self._glibc(plan)
-        if glibc is None:
+        if glibc is None or host_resolve.uv_platform(glibc, arch) is None:
             return None
         context = work / "ctx" / "wheels"
         context.mkdir(parents=True, exist_ok=True)
@@ -634,7 +634,7 @@ class WheelCache:
             result = subprocess.run(
                 [str(uv), "pip", "compile", "--quiet", "--no-build", "--generate-hashes", "--no-header",
                  "--python-version", plan.base.python_version or "", "--python-platform",
-                 f"{arch}-manylinux_2_{glibc}", "--format", "pylock.toml", "--output-file", str(output),
+                 host_resolve.uv_platform(glibc, arch) or "", "--format", "pylock.toml", "--output-file", str(output),
                  str(work / "config" / "requirements.txt")],
                 env=self._host_env(plan, work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                 timeout=max(1.0, min(300.0, deadline - time.monotonic())), check=False)
@@ -644,7 +644,9 @@ class WheelCache:
             return None
         if result.returncode != 0:
             if on_log is not None:
-                on_log("fetch: resolving on the host failed; using the fetch container")
+                said = [line for line in result.stdout.splitlines() if line.strip()][:1]
+                on_log("fetch: resolving on the host failed"
+                       + (f" ({_scrubber(plan)(said[0][:300])})" if said else "") + "; using the fetch container")
             return None
         pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "",
                                                                             glibc, arch))

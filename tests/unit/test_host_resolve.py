@@ -83,3 +83,10 @@ def test_a_lock_is_complete_only_when_every_dependency_for_that_python_is_pinned
     # Markers are the base's, not the host's: 3.7 would need `old`.
     found["dep"] = wheel(tmp_path, "dep", "2.1", [])
     assert "old" in H.incomplete(found, H.marker_environment("3.7.9", "x86_64"))
+
+
+def test_uvs_platform_name_is_the_newest_level_it_knows_at_most_the_bases_glibc():
+    assert H.uv_platform(36, "x86_64") == "x86_64-manylinux_2_36"
+    assert H.uv_platform(41, "x86_64") == "x86_64-manylinux_2_40"  # trixie: uv names up to 2.40
+    assert H.uv_platform(30, "aarch64") == "aarch64-manylinux_2_28"
+    assert H.uv_platform(12, "x86_64") is None
