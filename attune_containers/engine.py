@@ -785,6 +785,50 @@ class Engine:
         with translate_errors("listing containers"):
             return [ContainerRecord.from_summary(doc) for doc in self.api.containers(all=all, filters={"label": wanted})]
 
+    # -- one-container builds: a step run in a container, then committed (issue 11) ------------
+
+    def create_step_container(
+        self, image: str, command: list[str], *, mounts: list[tuple[str, str, bool]], name: str,
+        memory: str | int | None = None, cap_add: tuple[str, ...] = (), tmp_size: str = "1g",
+    ) -> str:
+        """Create (not start) a build step's container: no network, every capability dropped but
+        ``cap_add``, no environment, labels or working directory of ours, since ``commit`` merges
+        the container's own config into the image's. Bind mounts go under the ``/tmp`` tmpfs, so
+        neither they nor their mount points are part of a commit."""
+        if isinstance(memory, str):
+            memory = parse_size(memory)
+        host_config = self.api.create_host_config(
+            mem_limit=memory,
+            memswap_limit=memory,
+            pids_limit=1024,
+            network_mode="none",
+            tmpfs={path: f"rw,nosuid,nodev,size={parse_size(tmp_size)},mode=1777"
+                   for path in ("/tmp", "/var/tmp", "/dev/shm")},
+            cap_drop=["ALL"],
+            cap_add=list(cap_add) or None,
+            security_opt=["no-new-privileges"],
+            mounts=[docker.types.Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in mounts],
+        )
+        with translate_errors(f"creating a build container from {image}"):
+            created = self.api.create_container(
+                image, command=command, user="0:0", name=name, host_config=host_config,
+                network_disabled=True, use_config_proxy=False,
+            )
+        return created["Id"]
+
+    def commit(self, container_id: str, config: dict[str, Any]) -> str:
+        """Commit a stopped container as an untagged image with ``config`` (Env, User, Cmd,
+        WorkingDir, Labels ...: a config object, never Dockerfile text); return its ID."""
+        with translate_errors(f"committing {container_id[:12]}"):
+            return self.api.commit(container_id, conf=config, pause=False)["Id"]
+
+    def containers_named(self, prefix: str) -> list[ContainerRecord]:
+        """Containers (any state) whose name starts with ``prefix``."""
+        with translate_errors("listing containers"):
+            found = self.api.containers(all=True, filters={"name": prefix})
+        records = [ContainerRecord.from_summary(c) for c in found]
+        return [c for c in records if c.name.startswith(prefix)]
+
 
 @dataclasses.dataclass(frozen=True)
 class ContainerRun:
