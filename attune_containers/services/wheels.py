@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from filelock import FileLock
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -988,8 +988,13 @@ def _hash_regular(path: Path) -> str | None:
 
 
 def _identity(filename: str) -> tuple[str, str]:
-    name, version = filename[: -len(".whl")].split("-")[:2]
-    return canonicalize_name(name), _normal_version(version)
+    """(name, version) a wheel's filename claims, normalized; ("", "") for a name that is no wheel's,
+    which matches no distribution."""
+    try:
+        name, version, _, _ = parse_wheel_filename(filename)
+    except (InvalidWheelFilename, InvalidVersion):
+        return "", ""
+    return name, str(version)
 
 
 def _normal_version(version: str) -> str:
