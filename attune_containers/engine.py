@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 
@@ -49,6 +50,9 @@ LogSink = Callable[[str], None]
 
 
 # -- typed records of the engine's documents ----------------------------------------------------
+
+
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,6 +438,19 @@ class Engine:
         return True
 
     # -- builds -------------------------------------------------------------------------------
+
+    def label(self, image_id: str, *, tag: str, labels: dict[str, str], timeout: float | None = None) -> str:
+        """Tag a layer-less image on top of ``image_id`` that carries ``labels``; return its ID.
+
+        A build of ``FROM <id>`` (the SDK's one-Dockerfile context): the engine tags only a
+        finished build, so the tag never lands on an unlabelled image."""
+        if not _IMAGE_ID.fullmatch(image_id):
+            raise BuildError(f"unexpected image ID from the engine: {image_id!r}")
+        context = docker.utils.mkbuildcontext(io.BytesIO(f"FROM {image_id}\n".encode()))
+        try:
+            return self.build(context, tag=tag, labels=labels, timeout=timeout)
+        finally:
+            context.close()
 
     def build(
         self,

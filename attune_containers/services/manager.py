@@ -525,10 +525,8 @@ class ContainerDependencyManager:
             labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
-            labelled = self.engine.build(
-                _label_context(image_id), tag=plan.image, labels=labels,
-                timeout=_remaining(deadline, self.settings.build_timeout),
-            )
+            labelled = self.engine.label(image_id, tag=plan.image, labels=labels,
+                                         timeout=_remaining(deadline, self.settings.build_timeout))
         except (AttuneContainersError, ValueError, KeyError) as exc:
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(image_id, force=True)
@@ -654,21 +652,6 @@ def _remaining(deadline: float, total: int) -> float:
     if left <= 0:
         raise BuildError(f"the build took longer than {total} s (build_timeout) and was stopped")
     return left
-
-
-def _label_context(image_id: str) -> bytes:
-    import io
-    import tarfile
-
-    if not image_id.startswith("sha256:") or not all(c in "0123456789abcdef" for c in image_id[7:]):
-        raise BuildError(f"unexpected image ID from the engine: {image_id!r}")
-    data = f"FROM {image_id}\n".encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 class UntrustedImageError(AttuneContainersError):
