@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 import urllib3.exceptions
 
@@ -49,6 +50,9 @@ LogSink = Callable[[str], None]
 
 
 # -- typed records of the engine's documents ----------------------------------------------------
+
+
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +439,19 @@ class Engine:
 
     # -- builds -------------------------------------------------------------------------------
 
+    def label(self, image_id: str, *, tag: str, labels: dict[str, str], timeout: float | None = None) -> str:
+        """Tag a layer-less image on top of ``image_id`` that carries ``labels``; return its ID.
+
+        A build of ``FROM <id>`` (the SDK's one-Dockerfile context): the engine tags only a
+        finished build, so the tag never lands on an unlabelled image."""
+        if not _IMAGE_ID.fullmatch(image_id):
+            raise BuildError(f"unexpected image ID from the engine: {image_id!r}")
+        context = docker.utils.mkbuildcontext(io.BytesIO(f"FROM {image_id}\n".encode()))
+        try:
+            return self.build(context, tag=tag, labels=labels, timeout=timeout)
+        finally:
+            context.close()
+
     def build(
         self,
         context: bytes | IO[bytes],
@@ -784,6 +801,50 @@ class Engine:
         wanted = [f"{k}={v}" for k, v in labels.items()] if isinstance(labels, dict) else list(labels)
         with translate_errors("listing containers"):
             return [ContainerRecord.from_summary(doc) for doc in self.api.containers(all=all, filters={"label": wanted})]
+
+    # -- one-container builds: a step run in a container, then committed (issue 11) ------------
+
+    def create_step_container(
+        self, image: str, command: list[str], *, mounts: list[tuple[str, str, bool]], name: str,
+        memory: str | int | None = None, cap_add: tuple[str, ...] = (), tmp_size: str = "1g",
+    ) -> str:
+        """Create (not start) a build step's container: no network, every capability dropped but
+        ``cap_add``, no environment, labels or working directory of ours, since ``commit`` merges
+        the container's own config into the image's. Bind mounts go under the ``/tmp`` tmpfs, so
+        neither they nor their mount points are part of a commit."""
+        if isinstance(memory, str):
+            memory = parse_size(memory)
+        host_config = self.api.create_host_config(
+            mem_limit=memory,
+            memswap_limit=memory,
+            pids_limit=1024,
+            network_mode="none",
+            tmpfs={path: f"rw,nosuid,nodev,size={parse_size(tmp_size)},mode=1777"
+                   for path in ("/tmp", "/var/tmp", "/dev/shm")},
+            cap_drop=["ALL"],
+            cap_add=list(cap_add) or None,
+            security_opt=["no-new-privileges"],
+            mounts=[docker.types.Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in mounts],
+        )
+        with translate_errors(f"creating a build container from {image}"):
+            created = self.api.create_container(
+                image, command=command, user="0:0", name=name, host_config=host_config,
+                network_disabled=True, use_config_proxy=False,
+            )
+        return created["Id"]
+
+    def commit(self, container_id: str, config: dict[str, Any]) -> str:
+        """Commit a stopped container as an untagged image with ``config`` (Env, User, Cmd,
+        WorkingDir, Labels ...: a config object, never Dockerfile text); return its ID."""
+        with translate_errors(f"committing {container_id[:12]}"):
+            return self.api.commit(container_id, conf=config, pause=False)["Id"]
+
+    def containers_named(self, prefix: str) -> list[ContainerRecord]:
+        """Containers (any state) whose name starts with ``prefix``."""
+        with translate_errors("listing containers"):
+            found = self.api.containers(all=True, filters={"name": prefix})
+        records = [ContainerRecord.from_summary(c) for c in found]
+        return [c for c in records if c.name.startswith(prefix)]
 
 
 @dataclasses.dataclass(frozen=True)

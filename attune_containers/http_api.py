@@ -485,6 +485,15 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                                 "executions ago)", field="execution_id")
         return record
 
+    async def queued_record(execution_id: str) -> Record:
+        """The record of an execution that was queued (one refused is not found)."""
+        record = record_of(execution_id)
+        try:
+            await settled(record)
+        except Exception:
+            raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
+        return record
+
     @app.get("/v1/executions/{execution_id}", response_model=Execution, operation_id="getExecution",
              tags=["executions"], responses=problems.responses(404, 500))
     async def get_execution(execution_id: str, http: Request) -> Execution:
@@ -498,11 +507,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         """Cancel an execution: its container is killed and removed, its result says cancelled.
         Cancelling a cancelled execution answers it again; a finished one is 409."""
         http.state.execution_id = execution_id
-        record = record_of(execution_id)
-        try:
-            await settled(record)
-        except Exception:
-            raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
+        record = await queued_record(execution_id)
         execution = record.execution
         if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
             raise ExecutionConflictError(f"execution {execution_id!r} already finished "
@@ -524,11 +529,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         more than a MiB behind misses lines (a ``missed`` event says how many): the execution never
         waits for a reader. Closing the stream never cancels the execution."""
         http.state.execution_id = execution_id
-        record = record_of(execution_id)
-        try:
-            await settled(record)
-        except Exception:
-            raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
+        record = await queued_record(execution_id)
         media_type = wants_stream(http) or NDJSON
         output = record.output
         reader = output.subscribe(asyncio.get_running_loop()) if output is not None else None

@@ -36,7 +36,7 @@ from .render import BuildOptions, build_context, render_dockerfile, template_sou
 from .spec import ValidatedSpec
 from .versions import BaseImage
 
-HASH_FORMAT = 3
+HASH_FORMAT = 4  # 4: one committed layer, no pip or setuptools in the venv (issue 11)
 TAG_LENGTH = 16
 
 
@@ -68,7 +68,7 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "template": hashlib.sha256(template_source().encode()).hexdigest(),
         "build_files": {
             name: hashlib.sha256(template_source(name).encode()).hexdigest()
-            for name in ("build/freeze.py", "build/uv-bootstrap.txt", "build/fetch.py")
+            for name in ("build/freeze.py", "build/uv-bootstrap.txt", "build/fetch.py", "build/install.py")
         },
     }
 

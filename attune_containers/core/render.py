@@ -14,7 +14,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 import jinja2
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +29,28 @@ VENV_PATH = f"{ATTUNE_DIR}/venv"
 INTERPRETER = f"{VENV_PATH}/bin/python"
 INSTALLED_RECORD = f"{ATTUNE_DIR}/installed.json"
 APP_UID = 65532
+# The final image's run configuration. The Dockerfile's last stage (templates/Dockerfile.j2) says
+# the same in ENV/USER/WORKDIR/CMD; the one-container build commits it as a config object.
+FINAL_ENV = {
+    "VIRTUAL_ENV": VENV_PATH,
+    "PATH": f"{VENV_PATH}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "HOME": "/tmp",
+}
+FINAL_WORKDIR = "/tmp"
+FINAL_CMD = ["python"]
+
+
+def final_config() -> dict[str, Any]:
+    """The config object the install step's container is committed with (Env, User, WorkingDir,
+    Cmd). Only our constants: nothing build-only and nothing from a pack."""
+    return {
+        "Env": [f"{k}={v}" for k, v in FINAL_ENV.items()],
+        "User": f"{APP_UID}:{APP_UID}",
+        "WorkingDir": FINAL_WORKDIR,
+        "Cmd": list(FINAL_CMD),
+    }
 
 # A reference as the engine accepts it (name[:tag][@digest]); anything else never reaches the template.
 _IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")

@@ -8,6 +8,7 @@ and processes (``filelock``), so concurrent callers build it once and the others
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import re
@@ -25,9 +26,9 @@ from ..core import labels as L
 from ..core.pack_ref import image_name_for, validate_pack_ref
 from ..core.plan import TAG_LENGTH, BuildPlan
 from ..core.prune_policy import PrunePolicy
-from ..core.render import INSTALLED_RECORD
+from ..core.render import INSTALLED_RECORD, TEMPLATES_DIR, final_config
 from ..core.spec import DependencySpec, EnvironmentInfo
-from ..engine import Engine, LogSink
+from ..engine import Engine, LogSink, telling_lines
 from ..errors import (
     AttuneContainersError,
     BuildError,
@@ -39,7 +40,12 @@ from ..errors import (
 from ..settings import Settings
 from .base_images import BaseImageCatalog
 from ..runtimes import get_runtime
-from .wheels import INSTALLED_RECORD_LIMIT, read_installed_record
+from .wheels import (
+    INSTALLED_RECORD_LIMIT,
+    UV_VERSION,
+    FetchedWheels,
+    read_installed_record,
+)
 from .build_gate import BuildGate
 from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
@@ -486,25 +492,23 @@ class ContainerDependencyManager:
             self.builds.add(ids.ids)
 
     def _build_now(self, plan: BuildPlan, on_log: LogSink | None, offline: bool) -> EnvironmentInfo:
-        # build_timeout is wall-clock for the whole build: the fetch step and both engine builds.
+        # build_timeout is wall-clock for the whole build: the fetch step, the install step and the label build.
         deadline = time.monotonic() + self.settings.build_timeout
+        cleanup: list[threading.Thread] = []
+        try:
+            return self._build_steps(plan, on_log, offline, deadline, cleanup)
+        finally:
+            for thread in cleanup:
+                thread.join()
+
+    def _build_steps(self, plan: BuildPlan, on_log: LogSink | None, offline: bool, deadline: float,
+                     cleanup: list[threading.Thread]) -> EnvironmentInfo:
         with self.fetcher(plan.spec.runtime).fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
-            context = plan.context(fetched.wheels, fetched.tools)
             lock = fetched.lock()
-            try:
-                image_id = self.engine.build(
-                    context,
-                    memory=self.settings.build_memory,
-                    timeout=_remaining(deadline, self.settings.build_timeout),
-                    on_log=on_log,
-                    network_mode="none",  # everything it installs is in the context
-                    nocache=self.settings.build_no_cache,
-                )
-            except BuildError as exc:
-                if time.monotonic() < deadline:
-                    raise
-                raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
-                                 "and was stopped", exc.log_tail) from None
+            if fetched.uv is not None:
+                image_id = self._install_and_commit(plan, fetched, on_log, deadline, cleanup)
+            else:
+                image_id = self._build_dockerfile(plan, fetched, on_log, deadline)
         try:
             try:
                 # Written during the build by code from the pack's distributions: bounded, validated.
@@ -522,10 +526,8 @@ class ContainerDependencyManager:
             labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
-            labelled = self.engine.build(
-                _label_context(image_id), tag=plan.image, labels=labels,
-                timeout=_remaining(deadline, self.settings.build_timeout),
-            )
+            labelled = self.engine.label(image_id, tag=plan.image, labels=labels,
+                                         timeout=_remaining(deadline, self.settings.build_timeout))
         except (AttuneContainersError, ValueError, KeyError) as exc:
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(image_id, force=True)
@@ -536,6 +538,75 @@ class ContainerDependencyManager:
         if found is None or found.id != labelled:
             raise BuildError(f"{plan.image} was built but is not where it should be")
         return found
+
+    def _install_and_commit(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
+                            deadline: float, cleanup: list[threading.Thread]) -> str:
+        """The install step as ONE container of the base image (no network; the verified wheels,
+        the uv binary and our build scripts mounted read-only), committed as one layer on top of
+        the base with the final config as a config object. Returns the untagged image's ID; the
+        container is gone whatever happens."""
+        assert fetched.uv is not None and fetched.wheel_dir is not None and fetched.step_name is not None
+        container_id = self.engine.create_step_container(
+            plan.base.reference, ["python3", "-I", "-S", "/tmp/attune-build/bin/install.py"],
+            mounts=[(str(fetched.uv), "/tmp/attune-build/uv", True),
+                    (str(fetched.wheel_dir), "/tmp/attune-build/wheels", True),
+                    (str(TEMPLATES_DIR / "build"), "/tmp/attune-build/bin", True)],
+            name=fetched.step_name, memory=self.settings.build_memory,
+            # Root makes the venv folder and gives it to the builder uid, then takes it back.
+            cap_add=("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER"),
+        )
+        log: collections.deque[str] = collections.deque(maxlen=400)
+        partial = {1: b"", 2: b""}
+
+        def collect(kind: int, data: bytes) -> None:
+            *lines, partial[kind] = (partial.get(kind, b"") + data).split(b"\n")
+            for raw in lines:
+                line = raw[:4096].decode("utf-8", "replace").rstrip()
+                log.append(line)
+                if on_log is not None and line.strip():
+                    on_log(line)
+
+        try:
+            code, timed_out, _ = self.engine.run_attached(
+                container_id, b"", _remaining(deadline, self.settings.build_timeout), collect)
+            if timed_out:
+                raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
+                                 "and was stopped", telling_lines(list(log)))
+            if code != 0:
+                raise BuildError(f"installing the wheels failed (exit {code})", telling_lines(list(log)))
+            image_id = self.engine.commit(container_id, final_config())
+        except BaseException:
+            self.engine.kill(container_id)
+            self.engine.remove_container(container_id, attempts=10)
+            raise
+        # Removing the stopped container deletes its whole layer (seconds for a big venv): that
+        # runs while the image is labelled, and _build_now waits for it before it returns.
+        remover = threading.Thread(target=self.engine.remove_container, args=(container_id,),
+                                   kwargs={"attempts": 10}, daemon=True)
+        remover.start()
+        cleanup.append(remover)
+        return image_id
+
+    def _build_dockerfile(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
+                          deadline: float) -> str:
+        """The fallback where uv cannot be had: the multi-stage Dockerfile ``render`` prints."""
+        if plan.options.installer == "uv":
+            raise BuildError(f"uv {UV_VERSION} is not in the wheel cache and could not be downloaded "
+                             "(offline?); build once online first")
+        try:
+            return self.engine.build(
+                plan.context(fetched.wheels, fetched.tools),
+                memory=self.settings.build_memory,
+                timeout=_remaining(deadline, self.settings.build_timeout),
+                on_log=on_log,
+                network_mode="none",  # everything it installs is in the context
+                nocache=self.settings.build_no_cache,
+            )
+        except BuildError as exc:
+            if time.monotonic() < deadline:
+                raise
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
+                             "and was stopped", exc.log_tail) from None
 
     def _build_lock(self, plan: BuildPlan) -> FileLock:
         return self.image_lock(plan.image)
@@ -582,21 +653,6 @@ def _remaining(deadline: float, total: int) -> float:
     if left <= 0:
         raise BuildError(f"the build took longer than {total} s (build_timeout) and was stopped")
     return left
-
-
-def _label_context(image_id: str) -> bytes:
-    import io
-    import tarfile
-
-    if not image_id.startswith("sha256:") or not all(c in "0123456789abcdef" for c in image_id[7:]):
-        raise BuildError(f"unexpected image ID from the engine: {image_id!r}")
-    data = f"FROM {image_id}\n".encode()
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size, info.mode, info.mtime = len(data), 0o644, 0
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 class UntrustedImageError(AttuneContainersError):

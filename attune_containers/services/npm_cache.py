@@ -61,6 +61,8 @@ class FetchedPackages(BaseModel):
     wheels: list[Path]
     tools: list[Path] = Field(default_factory=list)
     locked: list[LockedPackage] = Field(default_factory=list)
+    # No install step of Python's uv path: Node images are always built from their Dockerfile.
+    uv: Path | None = None
 
     def lock(self) -> list[LockedPackage]:
         return sorted(self.locked, key=lambda p: (p.name, p.version))

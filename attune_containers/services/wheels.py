@@ -32,17 +32,28 @@ is not trusted with it.
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
 import hashlib
 import os
+import platform
 import re
 import shutil
+import ssl
 import stat
+import subprocess
+import sys
 import tarfile
+import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
+import zipfile
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,17 +61,22 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from filelock import FileLock
-from packaging.utils import canonicalize_name
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..core.execution import ResourceLimits
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
-from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
+from ..core.labels import BASE_SUITE as BASE_SUITE_LABEL, CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..settings import Settings
+
+try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
+    from . import host_resolve
+except ImportError:  # pragma: no cover
+    host_resolve = None  # type: ignore[assignment]
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
 # Folders of the cache root (``wheelhouse`` and ``tools`` are what fetch containers see).
@@ -89,6 +105,13 @@ class FetchedWheels(BaseModel):
     wheels: list[Path]
     tools: list[Path]
     locked: list[LockedDistribution] = Field(default_factory=list)
+    # The folder holding exactly ``wheels`` (mounted read-only into the install step).
+    wheel_dir: Path | None = None
+    # The verified uv binary for the install step, when it could be had (else the Dockerfile path).
+    uv: Path | None = None
+    # A name for the install step's container: this cache's id and the build's work folder, so a
+    # sweep removes only a dead build's container of its own cache.
+    step_name: str | None = None
 
     def lock(self) -> list[LockedDistribution]:
         return sorted(self.locked, key=lambda d: d.name)
@@ -190,14 +213,28 @@ class WheelCache:
             files["extra-ca.pem"] = plan.options.ca_bundle
         with self._work(files) as work:
             try:
-                try:
-                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
-                except _Tampered:
-                    # The altered files are gone from the cache: the second run downloads them
-                    # (or, offline, fails naming what is missing).
+                # uv resolves on the host where that is possible; else it is fetched only once
+                # the fetch container succeeded (a failed build downloads nothing more).
+                capable = self._host_capable(plan)
+                uv = self.uv_binary(work, plan, offline=offline, on_log=on_log) if capable else None
+                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline) if uv is not None or offline \
+                    else None
+                if fetched is None:
                     for folder in ("ctx", "in"):
                         shutil.rmtree(work / folder, ignore_errors=True)
-                    fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                    try:
+                        fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                    except _Tampered:
+                        # The altered files are gone from the cache: the second run downloads them
+                        # (or, offline, fails naming what is missing).
+                        for folder in ("ctx", "in"):
+                            shutil.rmtree(work / folder, ignore_errors=True)
+                        fetched = self._fetch_once(plan, work, offline, on_log, deadline)
+                fetched.wheel_dir = work / "ctx" / "wheels"
+                if uv is None and not capable:
+                    uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
+                fetched.uv = uv
+                fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 yield fetched
             finally:
                 self.prune(self.settings.cache_max_bytes)
@@ -217,7 +254,9 @@ class WheelCache:
         if remaining <= 0:
             raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
                              "and was stopped")
-        tools = UV_REQUIREMENT if plan.options.installer == "uv" else ""
+        # uv for the install step comes from the host (uv_binary): the fetch container needs no
+        # venv and pip of its own for it.
+        tools = ""
         run = ContainerRun(
             image=plan.base.reference,
             # env.sh carries the CA bundle and index settings (every value quoted by
@@ -387,6 +426,298 @@ class WheelCache:
         if manifest is None:
             raise BuildError("the fetch step handed back no manifest")
         return manifest, received
+
+    # -- uv for the install step ---------------------------------------------------------------
+
+    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False,
+                  on_log: LogSink | None = None) -> Path | None:
+        """The static uv binary for the install step, from the uv wheel of the tools cache
+        (verified against its record, like every cached file), downloaded once by the host's own
+        pip when the cache lacks it (no code of it runs on the host). None when it cannot be had
+        (offline with an empty cache, another machine type): the build then uses the Dockerfile."""
+        machine = platform.machine()
+        folder = work / "uv-wheel"
+        folder.mkdir(exist_ok=True)
+        wheel = None
+        for path in _listing(self.tools):
+            name = path.name
+            if name.startswith(f"uv-{UV_VERSION}-") and machine in name and _WHEEL_FILE.fullmatch(name):
+                if self._use_cached("tools", name, folder / name, None) is not None:
+                    wheel = folder / name
+                    break
+        if wheel is None and not offline:
+            wheel = self._download_uv(work, plan, on_log)
+        if wheel is None:
+            if on_log is not None:
+                on_log(f"install: uv {UV_VERSION} is not in the cache{' and the build is offline' if offline else ''}; "
+                       "installing with the Dockerfile")
+            return None
+        target = work / "uv"
+        member = f"uv-{UV_VERSION}.data/scripts/uv"
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                info = archive.getinfo(member)
+                if info.file_size > _UV_BINARY_LIMIT:
+                    raise BuildError(f"{wheel.name}: {member} is larger than {_UV_BINARY_LIMIT} bytes")
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+                with os.fdopen(fd, "wb") as out, archive.open(info) as source:
+                    shutil.copyfileobj(source, out, 1 << 20)
+        except (KeyError, zipfile.BadZipFile, OSError) as exc:
+            if on_log is not None:
+                on_log(f"install: no uv binary in {wheel.name} ({exc}); installing with the Dockerfile")
+            return None
+        finally:
+            wheel.unlink()
+        return target
+
+    def _download_uv(self, work: Path, plan: BuildPlan, on_log: LogSink | None) -> Path | None:
+        """uv's wheel, by the host's pip: a pinned release, cached with its sha256 on first use."""
+        folder = work / "uv-download"
+        folder.mkdir()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        options = plan.options
+        if options.ca_bundle:
+            # An extra bundle adds to the system's roots, as in the fetch step.
+            bundle = work / "uv-ca.pem"
+            system = _SYSTEM_CA.read_text(encoding="utf-8", errors="replace") if _SYSTEM_CA.is_file() else ""
+            bundle.write_text(system + "\n" + options.ca_bundle, encoding="utf-8")
+            os.chmod(bundle, 0o600)
+            env["PIP_CERT"] = str(bundle)
+        if options.index_url:
+            env["PIP_INDEX_URL"] = options.index_url
+        if options.extra_index_urls:
+            env["PIP_EXTRA_INDEX_URL"] = " ".join(options.extra_index_urls)
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-input",
+             "--no-deps", "--only-binary", ":all:", "--dest", str(folder), UV_REQUIREMENT],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+        found = [p for p in _listing(folder) if p.name.startswith(f"uv-{UV_VERSION}-") and _WHEEL_FILE.fullmatch(p.name)]
+        if result.returncode != 0 or len(found) != 1:
+            if on_log is not None:
+                on_log(f"install: downloading uv {UV_VERSION} failed: {_scrubber(plan)(result.stdout[-500:].strip())}")
+            return None
+        path = found[0]
+        digest = _hash_regular(path)
+        if digest is None:
+            return None
+        target = work / "uv-wheel" / path.name
+        os.link(path, target)
+        self._put("tools", path.name, path, digest)
+        if on_log is not None:
+            on_log(f"install: downloaded {path.name}")
+        return target
+
+    # -- the fetch step on the host (issue 11) -------------------------------------------------
+
+    def _host_fetch(self, plan: BuildPlan, work: Path, uv: Path | None, offline: bool, on_log: LogSink | None,
+                    deadline: float) -> FetchedWheels | None:
+        """The fetch step without a container, where no code of a distribution can run: wheels
+        only (sdist builds off), a base whose platform we know, no pip options. A complete lock
+        is taken from the cache by sha256 (no resolver, no index); anything else is resolved by
+        uv on the host (``--no-build``: metadata only), and each wheel is taken from the cache
+        by its sha256 or downloaded here, verified, then cached. None: use the fetch container
+        (it also gives the resolver's own error message when this resolution fails)."""
+        if not self._host_capable(plan):
+            return None
+        arch = host_resolve.machine()
+        glibc = self._glibc(plan)
+        if glibc is None or host_resolve.uv_platform(glibc, arch) is None:
+            return None
+        context = work / "ctx" / "wheels"
+        context.mkdir(parents=True, exist_ok=True)
+        lines = plan.spec.requirement_lines()
+        lock = host_resolve.read_lock(lines)
+        if lock is not None:
+            # A lock the cache cannot serve whole, or that is not complete: the fetch container
+            # downloads a missing file by its exact name and hash (offline: names it), or resolves.
+            return self._host_lock(lock, context, plan, arch, on_log)
+        if offline or uv is None:
+            return None
+        pinned = self._resolve(plan, work, uv, glibc, arch, on_log, deadline)
+        if pinned is None:
+            return None
+        wheels, locked, download = [], [], []
+        for item in pinned:
+            target = context / item.filename
+            if (_WHEEL_FILE.fullmatch(item.filename) is None
+                    or _identity(item.filename) != (item.name, _normal_version(item.version))):
+                return None
+            present = os.path.lexists(self.wheelhouse / item.filename)
+            if self._use_cached("wheelhouse", item.filename, target, item.sha256) is not None:
+                if on_log is not None:
+                    on_log(f"fetch: cached {item.filename}")
+            else:
+                if present and on_log is not None:
+                    on_log(f"fetch: cached {item.filename} was altered (its sha256 is not the one recorded, or "
+                           "not the index's); removed it, fetching again")
+                download.append(item)
+            wheels.append(target)
+            locked.append(LockedDistribution(name=item.name, version=item.version, filename=item.filename,
+                                             sha256=item.sha256))
+        if download and not self._download(download, work, context, plan, on_log, deadline):
+            return None
+        return FetchedWheels(wheels=sorted(wheels), tools=[], locked=locked)
+
+    def _host_capable(self, plan: BuildPlan) -> bool:
+        """Whether the fetch step can run on the host: nothing of a distribution would run."""
+        return (not self.settings.allow_sdist_builds and not plan.spec.pip_options and host_resolve is not None
+                and bool(plan.base.python_version) and self._glibc(plan) is not None)
+
+    def _host_lock(self, lock: list[tuple[str, str, set[str]]], context: Path, plan: BuildPlan, arch: str,
+                   on_log: LogSink | None) -> FetchedWheels | None:
+        """A complete lock from the cache alone (every file verified), or None."""
+        by_name: dict[str, list[str]] = {}
+        for path in _listing(self.wheelhouse):
+            if _WHEEL_FILE.fullmatch(path.name) and path.name.count("-") >= 4:
+                by_name.setdefault(_identity(path.name)[0], []).append(path.name)
+        found: dict[str, tuple[str, Path]] = {}
+        locked = []
+        for name, version, hashes in lock:
+            for filename in sorted(by_name.get(name, [])):
+                if _identity(filename)[1] != _normal_version(version) or self._record("wheelhouse", filename) not in hashes:
+                    continue
+                target = context / filename
+                digest = self._use_cached("wheelhouse", filename, target, None)
+                if digest is not None and digest in hashes:
+                    found[name] = (version, target)
+                    locked.append(LockedDistribution(name=name, version=version, filename=filename, sha256=digest))
+                    break
+                if digest is None and on_log is not None:
+                    on_log(f"fetch: cached {filename} was altered (its sha256 is not the one recorded); removed it")
+            if name not in found:
+                break
+        problem = None if len(found) == len(lock) else "a file the cache lacks"
+        if problem is None:
+            problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "",
+                                                                                     arch))
+        if problem is not None:
+            for _, path in found.values():
+                path.unlink()
+            return None
+        if on_log is not None:
+            on_log(f"fetch: lock complete, no resolution: {len(found)} distributions taken by their sha256")
+            for item in locked:
+                on_log(f"fetch: cached {item.filename}")
+        return FetchedWheels(wheels=sorted(p for _, p in found.values()), tools=[], locked=locked)
+
+    def _glibc(self, plan: BuildPlan) -> int | None:
+        """The glibc minor of the base, from our bootstrap's suite label; None when unknown."""
+        attrs = self.engine.inspect_image(plan.base.reference)
+        suite = attrs.labels.get(BASE_SUITE_LABEL, "") if attrs is not None else ""
+        return host_resolve.SUITE_GLIBC.get(suite) if host_resolve is not None else None
+
+    def _host_env(self, plan: BuildPlan, work: Path) -> dict[str, str]:
+        """The resolver's environment: the CA bundle and index settings, nothing else of ours."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("UV_", "PIP_", "SSL_CERT", "REQUESTS_CA"))}
+        if plan.options.ca_bundle:
+            bundle = work / "host-ca.pem"
+            if not bundle.exists():
+                system = _SYSTEM_CA.read_text(encoding="utf-8", errors="replace") if _SYSTEM_CA.is_file() else ""
+                bundle.write_text(system + "\n" + plan.options.ca_bundle, encoding="utf-8")
+                os.chmod(bundle, 0o600)
+            env["SSL_CERT_FILE"] = str(bundle)
+        if plan.options.index_url:
+            env["UV_INDEX_URL"] = plan.options.index_url
+        if plan.options.extra_index_urls:
+            env["UV_EXTRA_INDEX_URL"] = " ".join(plan.options.extra_index_urls)
+        env.update({"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_CACHE_DIR": str(work / "uv-cache"),
+                    # pip's rule across indexes (the best version of any), not uv's first-index rule.
+                    "UV_INDEX_STRATEGY": "unsafe-best-match"})
+        return env
+
+    def _resolve(self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None,
+                 deadline: float) -> list[host_resolve.Pinned] | None:
+        output = work / "pylock.toml"
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [str(uv), "pip", "compile", "--quiet", "--no-build", "--generate-hashes", "--no-header",
+                 "--python-version", plan.base.python_version or "", "--python-platform",
+                 host_resolve.uv_platform(glibc, arch) or "", "--format", "pylock.toml", "--output-file", str(output),
+                 str(work / "config" / "requirements.txt")],
+                env=self._host_env(plan, work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                timeout=max(1.0, min(300.0, deadline - time.monotonic())), check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            if on_log is not None:
+                on_log(f"fetch: resolving on the host failed ({type(exc).__name__}); using the fetch container")
+            return None
+        if result.returncode != 0:
+            if on_log is not None:
+                said = [line for line in result.stdout.splitlines() if line.strip()][:1]
+                on_log("fetch: resolving on the host failed"
+                       + (f" ({_scrubber(plan)(said[0][:300])})" if said else "") + "; using the fetch container")
+            return None
+        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "",
+                                                                            glibc, arch))
+        if isinstance(pinned, str):
+            if on_log is not None:
+                on_log(f"fetch: {pinned}; using the fetch container")
+            return None
+        if on_log is not None:
+            on_log(f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
+                   f"in {time.monotonic() - started:.1f} s")
+        return pinned
+
+    def _download(self, items: list[host_resolve.Pinned], work: Path, context: Path, plan: BuildPlan,
+                  on_log: LogSink | None, deadline: float) -> bool:
+        """Download wheels in parallel, each verified against the resolver's sha256 before it is
+        cached and linked for the build. False: any failure (the fetch container then runs)."""
+        incoming = work / "in" / "wheels"
+        incoming.mkdir(parents=True, exist_ok=True)
+        env = self._host_env(plan, work)
+        ssl_context = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE"))
+        credentials = {}
+        for url in (plan.options.index_url, *plan.options.extra_index_urls):
+            parts = urllib.parse.urlsplit(url or "")
+            if parts.username is not None and parts.hostname:
+                credentials[parts.hostname] = (urllib.parse.unquote(parts.username),
+                                               urllib.parse.unquote(parts.password or ""))
+        budget = [self.settings.fetch_max_bytes]
+        budget_lock = threading.Lock()
+
+        def one(item: host_resolve.Pinned) -> tuple[host_resolve.Pinned, Path, str]:
+            request = urllib.request.Request(item.url, headers={"User-Agent": "attune-containers"})
+            host = urllib.parse.urlsplit(item.url).hostname or ""
+            if host in credentials:
+                token = base64.b64encode(":".join(credentials[host]).encode()).decode()
+                request.add_header("Authorization", f"Basic {token}")
+            path = incoming / item.filename
+            digest = hashlib.sha256()
+            timeout = max(1.0, deadline - time.monotonic())
+            with urllib.request.urlopen(request, timeout=min(timeout, 120), context=ssl_context) as response:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as out:
+                    for block in iter(lambda: response.read(1 << 20), b""):
+                        with budget_lock:
+                            budget[0] -= len(block)
+                            if budget[0] < 0:
+                                raise BuildError("the downloads are larger than fetch_max_bytes")
+                        digest.update(block)
+                        out.write(block)
+                        if time.monotonic() > deadline:
+                            raise BuildError(f"the build took longer than {self.settings.build_timeout} s "
+                                             "(build_timeout) while downloading")
+            return item, path, digest.hexdigest()
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+                results = list(pool.map(one, items))
+        except BuildError:
+            raise
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            if on_log is not None:
+                on_log(f"fetch: downloading on the host failed ({_scrubber(plan)(str(exc))[:300]}); "
+                       "using the fetch container")
+            return False
+        for item, path, digest in results:
+            if digest != item.sha256:
+                raise BuildError(f"{item.filename} does not have the sha256 the index gave")
+            os.link(path, context / item.filename)
+            self._put("wheelhouse", item.filename, path, digest)
+            if on_log is not None:
+                on_log(f"fetch: downloaded {item.filename}")
+        return True
 
     # -- the cache itself ---------------------------------------------------------------------
 
@@ -589,6 +920,15 @@ class WheelCache:
             if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
                 self.engine.remove_container(container.id, attempts=3)
                 swept.append(container.id)
+        try:
+            steps = self.engine.containers_named(f"{STEP_PREFIX}{self.cache_id}-")
+        except AttuneContainersError:
+            steps = []
+        for container in steps:
+            owner = container.name.rsplit("-", 1)[-1]
+            if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
+                self.engine.remove_container(container.id, attempts=3)
+                swept.append(container.id)
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -648,8 +988,13 @@ def _hash_regular(path: Path) -> str | None:
 
 
 def _identity(filename: str) -> tuple[str, str]:
-    name, version = filename[: -len(".whl")].split("-")[:2]
-    return canonicalize_name(name), _normal_version(version)
+    """(name, version) a wheel's filename claims, normalized; ("", "") for a name that is no wheel's,
+    which matches no distribution."""
+    try:
+        name, version, _, _ = parse_wheel_filename(filename)
+    except (InvalidWheelFilename, InvalidVersion):
+        return "", ""
+    return name, str(version)
 
 
 def _normal_version(version: str) -> str:
@@ -683,3 +1028,8 @@ def _scrubber(plan: BuildPlan):
 
 # The uv release builds install with (a template build file, so it is part of the content hash).
 UV_REQUIREMENT = template_source("build/uv-bootstrap.txt").strip()
+UV_VERSION = UV_REQUIREMENT.partition("==")[2]
+# The install step's container: its name, then this cache's id and the build's work folder.
+STEP_PREFIX = "attune-install-"
+_UV_BINARY_LIMIT = 256 * 1024 * 1024
+_SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")

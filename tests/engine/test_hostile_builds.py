@@ -28,9 +28,9 @@ import pytest
 
 from attune_containers.core import labels as L
 from attune_containers.core.spec import DependencySpec
-from attune_containers.errors import BuildError
+from attune_containers.errors import BuildError, EngineError
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.wheels import WheelCache
+from attune_containers.services.wheels import STEP_PREFIX, WheelCache
 
 from ..support import images_of, unique_ref
 
@@ -507,11 +507,36 @@ def test_build_timeout_is_a_wall_clock_limit_of_the_image_build(hostile, engine,
     assert time.monotonic() - started < 60
     assert "urllib3" not in str(caught.value) and "Traceback" not in str(caught.value)
     assert images_of(engine, pack_ref) == []
-    # The step that was running when the deadline came (the engine named its container) is gone.
-    steps = [line.rsplit(" ", 1)[-1] for line in log if line.startswith(" ---> Running in ")]
-    assert steps and any("busy" in line for line in log)
+    # The step that was running when the deadline came (the install step's container, named by
+    # this cache) is gone.
+    cache_id = WheelCache(limited, engine).cache_id
+    assert any("busy" in line for line in log), log
     time.sleep(2)
-    assert [s for s in steps if engine.inspect_container(s) is not None] == []
+    assert engine.containers_named(f"{STEP_PREFIX}{cache_id}-") == []
+
+
+def test_the_install_step_has_no_network_and_keeps_nothing_written_outside_the_venv(hostile, engine, index):
+    # Code of a distribution runs in the install step (a .pth file, when Python starts to compile
+    # or record): it reaches no network, and what it writes outside the venv folder is not in the
+    # image (world-writable places of the base included).
+    name = unique_ref("attune-install-probe")
+    pth_wheel(index, name, "import sys, urllib.request\n"
+              "open('/opt/attune/venv/probe-ran', 'w').write('yes')\n"
+              "for place in ('/run/lock/probe-stray', '/var/lock/probe-stray', '/opt/attune/../probe-stray'):\n"
+              "    try:\n        open(place, 'w').write('x')\n    except OSError:\n        pass\n"
+              f"try:\n    urllib.request.urlopen({index.url + '/ping/install-step'!r}, timeout=3).read()\n"
+              "except Exception:\n    pass\n")
+    log: list[str] = []
+    info = ContainerDependencyManager(hostile, engine).ensure_environment(
+        unique_ref("probe"), DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append)
+    assert any("on the host" in line for line in log), log  # the fast path built it
+    assert engine.read_file(info.id, "/opt/attune/venv/probe-ran") == b"yes"  # the code did run
+    assert index.pings("install-step") == []
+    for place in ("/run/lock/probe-stray", "/var/lock/probe-stray", "/opt/probe-stray"):
+        with pytest.raises(EngineError):
+            engine.read_file(info.id, place)
+    code, output = engine.run_once(info.id, ["stat", "-c", "%u", "/opt/attune/venv/bin/python", "/opt/attune"])
+    assert (code, output.split()) == (0, ["0", "0"])  # the venv is root's, as COPY --from left it
 
 
 RECORD_ATTACKS = {

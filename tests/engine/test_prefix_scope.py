@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -53,8 +54,19 @@ def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # 
                             lambda: b.ensure_environment(pack, quick(1)))
     # A build only B made (its own wheels, so its own build stage): B's leftover, never A's.
     log: list[str] = []
-    b_only = b.ensure_environment(unique_ref("bonly"), DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"),
-                                  on_log=log.append)
+    # (Only the Dockerfile path leaves a builder stage: the build takes it where uv cannot be had,
+    # as offline with a cache that has no uv: B's own, holding six and its record, nothing else.)
+    b.ensure_environment(unique_ref("bwarm"), DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"))
+    b_cache = tmp_path / "b-cache"
+    for folder in ("wheelhouse", "records/wheelhouse"):
+        (b_cache / folder).mkdir(parents=True)
+        for path in (b_settings.cache_dir / folder).glob("six-1.16.0-*.whl"):
+            shutil.copyfile(path, b_cache / folder / path.name)
+    b_dockerfile = ContainerDependencyManager(b_settings.model_copy(update={"offline": True, "cache_dir": b_cache}),
+                                              engine)
+    b_only = b_dockerfile.ensure_environment(unique_ref("bonly"), DependencySpec(dependencies=["six==1.16.0"],
+                                                                                 min_version="3.13"),
+                                             on_log=log.append)
     b_stage = engine.inspect_image(builder_stage_of(log)).id
     assert mine.image.startswith(a_settings.image_prefix + "/") and theirs.image.startswith(b_settings.image_prefix + "/")
 

@@ -311,8 +311,11 @@ def builder_stage_of(log: list[str]) -> str:
     return ids[-1]
 
 
-def test_leftovers_of_ours_go_after_their_grace(env, engine):
-    manager = env.manager()
+def test_leftovers_of_ours_go_after_their_grace(env, engine, tmp_path):
+    # Only the Dockerfile path leaves a builder stage (the one-container build leaves nothing): the
+    # build falls back to it where uv cannot be had, as offline with an empty cache.
+    manager = ContainerDependencyManager(env.settings.model_copy(update={"offline": True,
+                                                                         "cache_dir": tmp_path / "cache"}), engine)
     log: list[str] = []
     info = manager.ensure_environment(unique_ref("leftover"), quick(1), on_log=log.append)
     stage = engine.inspect_image(builder_stage_of(log)).id

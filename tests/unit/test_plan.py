@@ -35,7 +35,7 @@ def test_hash_matches_the_documented_canonical_document():
         return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
 
     document = {
-        "format": 3,
+        "format": 4,
         "runtime": "python",
         "requirements": ["flask>=2", "requests==2.31.0"],
         "pip_options": [],
@@ -48,6 +48,7 @@ def test_hash_matches_the_documented_canonical_document():
             "build/freeze.py": sha(REPO / "templates" / "build" / "freeze.py"),
             "build/uv-bootstrap.txt": sha(REPO / "templates" / "build" / "uv-bootstrap.txt"),
             "build/fetch.py": sha(REPO / "templates" / "build" / "fetch.py"),
+            "build/install.py": sha(REPO / "templates" / "build" / "install.py"),
         },
     }
     expected = hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -168,3 +168,19 @@ def test_env_script_quotes_urls():
     """An index URL with shell metacharacters cannot break out of env.sh."""
     options = BuildOptions(index_url="https://mirror.example/simple?a=1&b=$(id)")
     assert "'https://mirror.example/simple?a=1&b=$(id)'" in fetch_env_script(options)
+
+
+@pytest.mark.parametrize("installer", INSTALLERS)
+def test_the_committed_config_is_the_dockerfiles_final_stage(installer):
+    """The one-container build commits render.final_config(): the same ENV, USER, WORKDIR and CMD
+    as the last stage of the Dockerfile `render` prints, so both ways give the same run config."""
+    from attune_containers.core.render import final_config
+
+    text = render_dockerfile(BASE, BuildOptions(installer=installer))
+    final = text.split("\nFROM ")[-1].replace("\\\n", " ")
+    env = dict(re.findall(r"(\w+)=(\S+)", re.search(r"^ENV (.*)$", final, re.M).group(1)))
+    config = final_config()
+    assert env == dict(item.split("=", 1) for item in config["Env"])
+    assert re.search(r"^USER (\S+)$", final, re.M).group(1) == config["User"]
+    assert re.search(r"^WORKDIR (\S+)$", final, re.M).group(1) == config["WorkingDir"]
+    assert re.search(r"^CMD (.+)$", final, re.M).group(1) == '["python"]' and config["Cmd"] == ["python"]

@@ -152,7 +152,6 @@ class NodePlan(BuildPlan):
         # BuildPlan writes Python's version label; a Node image carries Node's instead.
         del labels[L.PYTHON_VERSION]
         labels[L.NODEJS_VERSION] = version
-        labels[L.INSTALLER] = "npm"
         labels[L.OCI_DESCRIPTION] = f"Node.js {version} environment of pack {self.pack_ref}"
         return labels
 
@@ -199,6 +198,8 @@ class NodeRuntime:
         from ...core.pack_ref import validate_pack_ref
 
         validate_pack_ref(pack_ref)
+        # The Python installer setting (pip, uv) means nothing here: a Node image is npm's.
+        options = options.model_copy(update={"installer": "npm"})
         return NodePlan(pack_ref=pack_ref, spec=spec, base=base, options=options, image_prefix=image_prefix)
 
     def fetcher(self, settings: Any, engine: Any) -> Any:
