@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -35,6 +36,8 @@ from ..errors import (
     ImageConflictError,
     ImageInUseError,
     InvalidSpecError,
+    RegistryAuthError,
+    RegistryError,
 )
 from ..settings import Settings
 from .base_images import BaseImageCatalog
@@ -45,6 +48,8 @@ from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
 from .provenance import BuildLogIds, BuildRecord
 from .pruner import Pruner
+
+log = logging.getLogger(__name__)
 
 
 class ExecutablePath(BaseModel):
@@ -183,12 +188,26 @@ class ContainerDependencyManager:
         repository, tag = remote.rsplit(":", 1)
         self.engine.tag(info.id, repository, tag)
         try:
-            digest = self.engine.push(remote)
+            digest = self.engine.push(remote, auth=self.registry_auth())
         finally:
             # The registry-qualified tag was only a vehicle for the push.
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(remote)
         return Pushed(reference=remote, digest=digest, image_id=info.id)
+
+    def registry_auth(self) -> dict[str, str] | None:
+        """The registry credentials of the settings, or None (the engine's own `docker login`).
+        The password file is read at each use: replacing it rotates the password with no restart."""
+        user, path = self.settings.registry_username, self.settings.registry_password_file
+        if user is None or path is None:
+            return None
+        try:
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise RegistryAuthError(f"cannot read registry_password_file {path}: {exc.strerror}") from None
+        if not password:
+            raise RegistryAuthError(f"registry_password_file {path} is empty")
+        return {"username": user, "password": password}
 
     def lock_lines(self, info: EnvironmentInfo) -> list[str]:
         """The image's lock as a requirements file: every distribution pinned with its sha256."""
@@ -394,6 +413,11 @@ class ContainerDependencyManager:
                 pulled = self._pull(plan)
             except UntrustedImageError as exc:
                 pulled, refused = None, exc
+            except RegistryError as exc:
+                if not self.settings.allow_build:
+                    raise  # never a silent build: the worker says the registry is why
+                log.warning("%s; building pack %s here instead", exc, plan.pack_ref)
+                pulled = None
             if pulled is not None:
                 return pulled, "pulled"
         if not self.settings.allow_build:
@@ -423,7 +447,7 @@ class ContainerDependencyManager:
             remote = trusted.reference
         elif self.settings.trust_registry_tags:
             remote = f"{self.settings.registry}/{plan.image}"
-            if not self.engine.in_registry(remote):
+            if not self.engine.in_registry(remote, auth=self.registry_auth()):
                 return None
         else:
             where = (f"the trusted manifest {self.settings.trusted_manifest} has no entry for pack "
@@ -436,7 +460,9 @@ class ContainerDependencyManager:
                 "(ATTUNE__CONTAINERS__TRUSTED_MANIFEST=FILE), or set ATTUNE__CONTAINERS__TRUST_REGISTRY_TAGS=true "
                 "(unsafe: whoever can push to the registry chooses the code that runs)")
         try:
-            self.engine.pull(remote)
+            self.engine.pull(remote, auth=self.registry_auth())
+        except RegistryError:
+            raise  # credentials, certificate or network: the operator's to fix, said as such
         except EnvironmentNotFoundError:
             if trusted is not None:
                 raise UntrustedImageError(f"{remote}, the trusted image of pack {plan.pack_ref!r}, is not in the "
