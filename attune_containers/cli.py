@@ -327,7 +327,13 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         report = build_all(manager, args.packs_dir, jobs=args.jobs, push=args.push, offline=args.offline or None,
                            on_event=on_event, manifest=args.manifest)
     if args.json:
-        _print_json(report.model_dump(mode="json"))
+        document = report.model_dump(mode="json")
+        if args.push:
+            # The workers' trusted manifest of this run, by digest, whether or not --manifest saves it.
+            from .services.prebuild import manifest_of
+
+            document["manifest"] = manifest_of(report).model_dump(mode="json")
+        _print_json(document)
     else:
         colours = {"failed": "red", "invalid": "red", "built": "green"}
         _print_table(("pack", "python", "hash", "outcome", "time", "size", "image / error"), [
@@ -705,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=_memory, metavar="SIZE", help="e.g. 256m or 1g, binary units (swap is never allowed)")
     p.add_argument("--cpus", type=float, help="CPUs, fractions allowed (default 1.0)")
     p.add_argument("--network", help="none (default), bridge or a named network")
+    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
+                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+                        "names (the trusted_manifest setting)")
     add_json(p, "the whole ExecutionResult")
 
     p = add("serve", cmd_serve, "Serve executions over HTTP (Unix socket or loopback) with warm pools")
@@ -716,6 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let --host be a non-loopback address; needs a token (service_token_file)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                    help="the service's log (JSON lines on stderr, an access log included); default info")
+    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
+                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+                        "names (the trusted_manifest setting)")
     add_json(p, "one line once the service is ready, where it listens")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
@@ -783,7 +795,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_completion(args, None)  # needs no configuration and no engine
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        manager = ContainerDependencyManager(_settings())
+        settings = _settings()
+        if getattr(args, "trusted_manifest", None):
+            # Read now: a worker given a manifest it cannot read must not start and fail every pull.
+            from .services.manifest import TrustManifest
+
+            TrustManifest.load(args.trusted_manifest)
+            settings = settings.model_copy(update={"trusted_manifest": Path(args.trusted_manifest)})
+        manager = ContainerDependencyManager(settings)
         return args.func(args, manager)
     except AttuneContainersError as exc:
         # Bad input has its own errors (InvalidSpecError, InvalidPolicyError: exit 2). Any other

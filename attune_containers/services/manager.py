@@ -486,6 +486,13 @@ class ContainerDependencyManager:
                                 f"{labels.get(L.DEPENDENCY_HASH)!r}")
             if not L.is_built_by_us(attrs):
                 problems.append("its labels are not its own (not a pack image as our build makes it)")
+            described = L.environment_from_image(attrs.id, plan.image, labels, attrs.size)
+            if trusted is not None and trusted.runtime_version is not None and (
+                    described is None or (described.runtime, described.runtime_version)
+                    != (trusted.runtime or described.runtime, trusted.runtime_version)):
+                problems.append(f"its runtime is {described.runtime if described else None} "
+                                f"{described.runtime_version if described else None}, the manifest says "
+                                f"{trusted.runtime} {trusted.runtime_version}")
             if problems:
                 raise UntrustedImageError(f"refused {remote} for pack {plan.pack_ref!r}: {'; '.join(problems)}")
             repository, tag = plan.image.rsplit(":", 1)

@@ -29,7 +29,8 @@ class PackBuildReport(BaseModel):
     pack_ref: str
     folder: str
     outcome: Outcome
-    python: str | None = None
+    python: str | None = None  # the runtime's exact version (the name predates other runtimes)
+    runtime: str | None = None
     dependency_hash: str | None = None
     image: str | None = None
     pushed: str | None = None
@@ -88,7 +89,8 @@ def build_all(
             notify(pack.pack_ref, "failed", str(exc))
             return base.model_copy(update={"outcome": "failed", "error": str(exc)})
         report = base.model_copy(update={
-            "python": plan.base.python_version, "dependency_hash": plan.dependency_hash, "image": plan.image})
+            "python": plan.base.python_version, "runtime": pack.spec.runtime,
+            "dependency_hash": plan.dependency_hash, "image": plan.image})
         notify(pack.pack_ref, "started", plan.image)
         try:
             ensured = manager.ensure(
@@ -127,16 +129,19 @@ def build_all(
     return result
 
 
+def manifest_of(report: PrebuildReport) -> TrustManifest:
+    """The trusted manifest of what this run pushed, by digest (what ``--push --json`` prints)."""
+    return TrustManifest(packs={
+        p.pack_ref: TrustedImage(dependency_hash=p.dependency_hash, image=p.image, reference=p.pushed_by_digest,
+                                 image_id=p.image_id, runtime=p.runtime, runtime_version=p.python)
+        for p in report.packs if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image})
+
+
 def write_manifest(report: PrebuildReport, path: str | Path) -> TrustManifest:
     """Record every pack this run pushed, by digest, into the trusted manifest at ``path``
     (entries of packs not in this run stay)."""
     path = Path(path)
     existing = TrustManifest.load(path) if path.exists() else TrustManifest()
-    packs = dict(existing.packs)
-    for p in report.packs:
-        if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image:
-            packs[p.pack_ref] = TrustedImage(dependency_hash=p.dependency_hash, image=p.image,
-                                             reference=p.pushed_by_digest, image_id=p.image_id)
-    manifest = TrustManifest(packs=packs)
+    manifest = TrustManifest(packs={**existing.packs, **manifest_of(report).packs})
     manifest.save(path)
     return manifest
