@@ -77,6 +77,7 @@ class SecondEngine:
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", f"atb{os.getpid() % 100000}"], check=False, capture_output=True)
 
 
 def start_second_engine() -> SecondEngine:
@@ -84,10 +85,16 @@ def start_second_engine() -> SecondEngine:
     root = Path(tempfile.mkdtemp(prefix="attB-", dir="/tmp"))
     sock = root / "docker.sock"
     log = root / "dockerd.log"
+    # Its own bridge, not --bridge=none: a dockerd started with no bridge deletes the host's
+    # docker0 (moby's removeDefaultBridgeInterface), cutting the first engine's containers off.
+    bridge = f"atb{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=False, capture_output=True)
+    subprocess.run(["ip", "addr", "add", "172.31.254.1/24", "dev", bridge], check=False, capture_output=True)
+    subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     process = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
          "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{sock}",
-         "--bridge=none", "--iptables=false", "--ip6tables=false"],
+         f"--bridge={bridge}", "--iptables=false", "--ip6tables=false"],
         stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"unix://{sock}"
     engine = Engine(base_url=url)
