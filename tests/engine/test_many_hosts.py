@@ -200,3 +200,81 @@ def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit
 
     # None of them built anything on B.
     assert [i for i in second_engine.engine.list_images({L.PACK_REF: pack_ref})] == []
+
+
+def test_ci_builds_once_workers_on_another_engine_pull_by_digest_and_never_build(
+        engine, second_engine, secure_registry, tmp_path):
+    """The issue's scenario: A builds and pushes; B (allow_build=false) runs every pack, pulling each
+    image once; a changed pack is rebuilt on A and pushed, B takes the new image on its next run,
+    and the old one is then prunable on B."""
+    tree = tmp_path / "packs"
+    packs = {unique_ref("fleet.a"): [], unique_ref("fleet.b"): ["six==1.16.0"],
+             unique_ref("fleet.c"): ["six==1.16.0", "idna==3.7"]}
+    for pack_ref, dependencies in packs.items():
+        write_pack(tree, pack_ref, dependencies)
+    manifest = tmp_path / "trusted.json"
+    ci = ci_env(tmp_path, secure_registry)
+    result = cli("build", "--all", "--packs-dir", str(tree), "--jobs", "2", "--push", "--manifest", str(manifest),
+                 "--json", env=ci)
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(result.stdout)
+    assert {p["pack_ref"]: p["outcome"] for p in report["packs"]} == dict.fromkeys(packs, "built")
+    # --json prints the manifest --manifest saved: by digest, with the dependency hash and runtime version.
+    assert report["manifest"] == json.loads(manifest.read_text())
+    first = TrustManifest.load(manifest)
+    for p in report["packs"]:
+        trusted = first.packs[p["pack_ref"]]
+        assert trusted.reference == p["pushed_by_digest"] and trusted.image_id == p["image_id"]
+        assert (trusted.dependency_hash, trusted.runtime_version) == (p["dependency_hash"], p["python"])
+
+    worker = worker_env(tmp_path, secure_registry, second_engine)
+    b = second_engine.engine
+
+    def run_all(which) -> dict[str, dict]:
+        results = {}
+        for pack_ref in which:
+            done = cli("run", f"{pack_ref}.probe", "--packs-dir", str(tree), "--manifest", str(manifest), "--json",
+                       env=worker)
+            assert done.returncode == 0, done.stderr + done.stdout
+            results[pack_ref] = json.loads(done.stdout)
+        return results
+
+    since = time.time() - 1
+    firsts = run_all(packs)
+    again = run_all(packs)
+    pulled = pulls(b, since)
+    # Each image pulled once, by the digest the manifest names; the second run pulled nothing.
+    assert sorted(pulled) == sorted(first.packs[r].reference for r in packs), pulled
+    for pack_ref, dependencies in packs.items():
+        assert firsts[pack_ref]["status"] == "succeeded", firsts[pack_ref]
+        assert firsts[pack_ref]["result"]["six"] == ("1.16.0" if dependencies else None)
+        assert again[pack_ref]["image"] == firsts[pack_ref]["image"] == first.packs[pack_ref].image
+    # Never built on B: every pack image there is exactly what CI built (same image ID).
+    on_b = {i.id for i in b.list_images({L.MANAGED: "true"}) if i.labels.get(L.PACK_REF) in packs}
+    assert on_b == {first.packs[r].image_id for r in packs}
+
+    # A pack changes: CI rebuilds it (the others are reused), pushes, the manifest follows.
+    changed = next(iter(packs.keys() - {r for r, d in packs.items() if not d}))
+    write_pack(tree, changed, ["six==1.17.0"])
+    result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--manifest", str(manifest), "--json", env=ci)
+    assert result.returncode == 0, result.stderr + result.stdout
+    outcomes = {p["pack_ref"]: p["outcome"] for p in json.loads(result.stdout)["packs"]}
+    assert outcomes == {r: "built" if r == changed else "reused" for r in packs}
+    second = TrustManifest.load(manifest)
+    assert second.packs[changed].image_id != first.packs[changed].image_id
+    assert all(second.packs[r] == first.packs[r] for r in packs if r != changed)
+
+    # B's next run of that pack takes the new image (one pull); the others pull nothing.
+    since = time.time() - 1
+    latest = run_all(packs)
+    assert pulls(b, since) == [second.packs[changed].reference]
+    assert latest[changed]["result"]["six"] == "1.17.0"
+    assert latest[changed]["image"] == second.packs[changed].image
+
+    # The old image is now prunable on B (not current), the new one and the others stay.
+    assert b.inspect_image(first.packs[changed].image_id) is not None  # still there until pruned
+    result = cli("prune", "--keep", "1", "--packs-dir", str(tree), "--no-leftovers", "--json", env=worker)
+    assert result.returncode == 0, result.stderr + result.stdout
+    remaining = {i.id for i in b.list_images({L.MANAGED: "true"}) if i.labels.get(L.PACK_REF) in packs}
+    assert remaining == {second.packs[r].image_id for r in packs}
+    assert first.packs[changed].image_id not in remaining
