@@ -9,6 +9,7 @@ reported as invalid, not as a crash.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +73,10 @@ def build_all(
     if manifest is not None and not push:
         raise InvalidSpecError("--manifest records what --push pushed: give --push too", field="manifest")
     notify = on_event or (lambda pack_ref, state, detail: None)
+    # Builds run in parallel, pushes one at a time: two concurrent pushes of images on the same base
+    # both find its layers missing and both upload them (seen in benchmarks/fleet.py); one after
+    # the other, the second finds them there (or mounts them) and sends only its own layers.
+    push_lock = threading.Lock()
 
     def one(entry) -> PackBuildReport:
         started = time.monotonic()
@@ -101,7 +106,8 @@ def build_all(
                                                "image_id": ensured.info.id})
             if push:
                 notify(pack.pack_ref, "pushing", plan.image)
-                pushed = manager.publish(ensured.info)
+                with push_lock:
+                    pushed = manager.publish(ensured.info)
                 if pushed.digest is None:
                     raise AttuneContainersError(f"the registry did not say which digest it stored {pushed.reference} under")
                 report = report.model_copy(update={"pushed": pushed.reference, "digest": pushed.digest,
