@@ -1,7 +1,8 @@
 """The ``attune-containers`` command: a thin shell over the services.
 
 Exit codes: 0 success, 1 the operation failed (a build, a removal, no image for a pack), 2 invalid
-input (a pack, a spec, an argument, the configuration), 3 the Docker engine is unreachable. With
+input (a pack, a spec, an argument, the configuration), 3 the Docker engine is unreachable; a
+registry: 4 refused the credentials, 5 its certificate is not trusted, 6 does not answer. With
 ``--json`` an error is also a JSON document on stdout: the service's problem details plus
 ``exit_code``.
 """
@@ -565,7 +566,8 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
 def _run_exit_code(status: ExecutionStatus, error_type: str | None) -> int:
     """0 succeeded; 3 the engine did not answer; 2 when the pack was refused on the way (its spec,
     its Python range: found when its image is ensured, so the result carries our error's class
-    name); 1 for everything else, the action's own failures, timeouts and OOM included."""
+    name); 4, 5, 6 when the registry refused the credentials, is not trusted, does not answer; 1 for
+    everything else, the action's own failures, timeouts and OOM included."""
     if status is ExecutionStatus.succeeded:
         return 0
     if status is not ExecutionStatus.error or error_type is None:
