@@ -22,7 +22,7 @@ from attune_containers.core import labels as L
 from attune_containers.core.spec import DependencySpec
 from attune_containers.engine import Engine
 from attune_containers.errors import RegistryAuthError
-from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.services.manager import ContainerDependencyManager, UntrustedImageError
 from attune_containers.services.manifest import TrustManifest
 from attune_containers.services.prebuild import build_all
 
@@ -278,3 +278,26 @@ def test_ci_builds_once_workers_on_another_engine_pull_by_digest_and_never_build
     remaining = {i.id for i in b.list_images({L.MANAGED: "true"}) if i.labels.get(L.PACK_REF) in packs}
     assert remaining == {second.packs[r].image_id for r in packs}
     assert first.packs[changed].image_id not in remaining
+
+
+def test_a_pulled_image_whose_runtime_version_is_not_the_manifests_is_refused(
+        settings, engine, second_engine, secure_registry, tmp_path):
+    pack_ref = unique_ref("rtv")
+    tree = tmp_path / "packs"
+    write_pack(tree, pack_ref, [])
+    ci = ContainerDependencyManager(settings.model_copy(update={
+        "registry": secure_registry.address, "registry_username": secure_registry.user,
+        "registry_password_file": secure_registry.password_file}), engine)
+    manifest_path = tmp_path / "trusted.json"
+    (entry,) = build_all(ci, tree, push=True, manifest=manifest_path).packs
+    document = json.loads(manifest_path.read_text())
+    assert document["packs"][pack_ref]["runtime_version"] == entry.python
+    document["packs"][pack_ref]["runtime_version"] = "3.13.0"  # not what the image holds
+    manifest_path.write_text(json.dumps(document))
+    worker = ContainerDependencyManager(settings.model_copy(update={
+        "registry": secure_registry.address, "registry_username": secure_registry.user,
+        "registry_password_file": secure_registry.password_file, "allow_build": False,
+        "trusted_manifest": manifest_path, "state_dir": tmp_path / "worker"}), second_engine.engine)
+    with pytest.raises(UntrustedImageError, match=f"its runtime is python {entry.python}, the manifest says python 3.13.0"):
+        worker.ensure(pack_ref, DependencySpec(dependencies=[], min_version="3.13"))
+    assert second_engine.engine.list_images({L.PACK_REF: pack_ref}) == []  # nothing of it stays on B
