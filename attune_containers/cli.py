@@ -342,7 +342,7 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
              f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
              _headline(p.error) if p.error else (p.pushed or p.image or ""))
             for p in report.packs])
-    return 0 if report.ok else 1
+    return report.exit_code()
 
 
 def _headline(error: str) -> str:

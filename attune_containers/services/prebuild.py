@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ..core.packs import scan_pack_tree
+from .. import errors
 from ..errors import AttuneContainersError, InvalidSpecError
 from .manager import ContainerDependencyManager
 from .manifest import TrustedImage, TrustManifest
@@ -41,6 +42,7 @@ class PackBuildReport(BaseModel):
     seconds: float = 0.0
     size_bytes: int | None = None
     error: str | None = None
+    error_type: str | None = None  # our error's class name (RegistryAuthError, BuildError, ...)
 
 
 class PrebuildReport(BaseModel):
@@ -53,6 +55,19 @@ class PrebuildReport(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def exit_code(self) -> int:
+        """0; else 1, unless every failure is the same registry problem: then its own code (4
+        credentials, 5 certificate, 6 unreachable), which CI can act on without reading a table."""
+        if self.ok:
+            return 0
+        types = {p.error_type for p in self.failed}
+        if len(types) == 1:
+            (name,) = types
+            error = getattr(errors, name or "", None)
+            if isinstance(error, type) and issubclass(error, errors.RegistryError):
+                return error.exit_code
+        return 1
 
 
 def build_all(
@@ -113,7 +128,8 @@ def build_all(
                 report = report.model_copy(update={"pushed": pushed.reference, "digest": pushed.digest,
                                                    "pushed_by_digest": pushed.by_digest})
         except AttuneContainersError as exc:
-            report = report.model_copy(update={"outcome": "failed", "error": str(exc)})
+            report = report.model_copy(update={"outcome": "failed", "error": str(exc),
+                                               "error_type": type(exc).__name__})
         report = report.model_copy(update={"seconds": round(time.monotonic() - started, 2)})
         notify(pack.pack_ref, report.outcome, report.error or report.image or "")
         return report

@@ -164,12 +164,20 @@ def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit
                  env=ci_env(tmp_path, secure_registry))
     assert result.returncode == 0, result.stderr + result.stdout
 
+    # CI with a wrong password: every pack fails alike, and the exit code says it is the credentials.
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password-" + pack_ref)
+    result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--json",
+                 env={**ci_env(tmp_path, secure_registry), "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)})
+    assert result.returncode == 4, result.stderr + result.stdout
+    (failed,) = json.loads(result.stdout)["packs"]
+    assert failed["error_type"] == "RegistryAuthError" and "refused the credentials" in failed["error"]
+    assert wrong.read_text() not in result.stdout + result.stderr
+
     def worker_run(env: dict[str, str], manifest_file: Path) -> subprocess.CompletedProcess:
         return cli("run", f"{pack_ref}.probe", "--packs-dir", str(tree), "--manifest", str(manifest_file), env=env)
 
     # A wrong password (settings), on a worker that may not build: exit 4, never a build.
-    wrong = tmp_path / "wrong-password"
-    wrong.write_text("not-the-password-" + pack_ref)
     env = {**worker_env(tmp_path, secure_registry, second_engine),
            "ATTUNE__CONTAINERS__REGISTRY_USERNAME": secure_registry.user,
            "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)}

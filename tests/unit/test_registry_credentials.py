@@ -50,3 +50,20 @@ def test_the_password_is_not_in_the_settings_repr(tmp_path):
     secret.write_text("hunter2-not-shown")
     settings = Settings(registry_username="ci", registry_password_file=secret)
     assert "hunter2" not in repr(settings) and "hunter2" not in settings.model_dump_json()
+
+
+def test_build_all_exits_with_the_registry_problem_when_it_is_every_failure():
+    from attune_containers.services.prebuild import PackBuildReport, PrebuildReport
+
+    def pack(outcome: str, error_type: str | None = None) -> PackBuildReport:
+        return PackBuildReport(pack_ref="p", folder="/p", outcome=outcome, error_type=error_type,
+                               error="x" if error_type else None)
+
+    assert PrebuildReport(packs=[pack("built"), pack("reused")]).exit_code() == 0
+    assert PrebuildReport(packs=[pack("built"), pack("failed", "RegistryAuthError")] * 2).exit_code() == 4
+    assert PrebuildReport(packs=[pack("failed", "RegistryTLSError")]).exit_code() == 5
+    assert PrebuildReport(packs=[pack("failed", "RegistryUnavailableError")]).exit_code() == 6
+    # Mixed causes, a build failure or an invalid pack: the table has to be read, exit 1.
+    assert PrebuildReport(packs=[pack("failed", "RegistryAuthError"), pack("failed", "BuildError")]).exit_code() == 1
+    assert PrebuildReport(packs=[pack("failed", "RegistryAuthError"), pack("invalid")]).exit_code() == 1
+    assert PrebuildReport(packs=[pack("failed", "BuildError")]).exit_code() == 1
