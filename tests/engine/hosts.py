@@ -216,9 +216,13 @@ def trusted_by_engines(address: str, ca: Path) -> Iterator[None]:
     """Every dockerd on this host reads /etc/docker/certs.d/<host:port>/ca.crt at each connection:
     both test engines trust the CA for this one registry, and nothing else changes."""
     folder = CERTS_D / address
+    made_certs_d = not CERTS_D.exists()
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca, folder / "ca.crt")
     try:
         yield
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if made_certs_d:
+            with contextlib.suppress(OSError):  # not empty: another test run's registry is in it
+                CERTS_D.rmdir()
