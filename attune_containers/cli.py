@@ -304,6 +304,8 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         raise InvalidSpecError("give either PACK or --all --packs-dir PACKS_DIR", field="build")
     # Every pack would fail alike on an engine that does not answer: that is exit 3, not a table.
     manager.engine.ping()
+    if args.push:
+        manager.check_registry()  # a wrong password is exit 4 now, not after every build
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, disable=args.json or not err.is_terminal)
     lines: dict[str, Any] = {}

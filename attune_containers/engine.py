@@ -458,6 +458,12 @@ class Engine:
                 if "error" in status:
                     raise EngineError(f"pulling {reference}: {status['error']}")
 
+    def check_registry(self, registry: str, auth: Mapping[str, str]) -> None:
+        """Have the engine log in to ``registry`` with ``auth`` (its /auth: TLS, reachability and the
+        credentials, nothing pulled or stored on disk); raises the RegistryError that says which."""
+        with _registry_errors(f"logging in to {registry}"):
+            self.api.login(auth["username"], password=auth["password"], registry=registry, reauth=True)
+
     def push(self, reference: str, *, auth: Mapping[str, str] | None = None) -> str | None:
         """Push an image; return the manifest digest the registry stored it under (``sha256:...``).
         Credentials as for ``pull``, never printed."""

@@ -209,6 +209,14 @@ class ContainerDependencyManager:
             raise RegistryAuthError(f"registry_password_file {path} is empty")
         return {"username": user, "password": password}
 
+    def check_registry(self) -> None:
+        """Before a long run of builds to push: the registry answers, is trusted and takes the
+        configured credentials (a RegistryError otherwise). With the engine's own login there is
+        nothing to check here: each push says it."""
+        auth = self.registry_auth()
+        if self.settings.registry and auth is not None:
+            self.engine.check_registry(self.settings.registry.split("/", 1)[0], auth)
+
     def lock_lines(self, info: EnvironmentInfo) -> list[str]:
         """The image's lock as a requirements file: every distribution pinned with its sha256."""
         attrs = self.engine.inspect_image(info.id)

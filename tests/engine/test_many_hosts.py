@@ -7,6 +7,7 @@ htpasswd basic auth, the CLI as an operator runs it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -164,11 +165,21 @@ def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit
                  env=ci_env(tmp_path, secure_registry))
     assert result.returncode == 0, result.stderr + result.stdout
 
-    # CI with a wrong password: every pack fails alike, and the exit code says it is the credentials.
+    # CI with a wrong password in its settings: refused before any build, exit 4.
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password-" + pack_ref)
     result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--json",
                  env={**ci_env(tmp_path, secure_registry), "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)})
+    assert result.returncode == 4, result.stderr + result.stdout
+    assert json.loads(result.stdout)["exit_code"] == 4 and "refused the credentials" in result.stderr
+    assert wrong.read_text() not in result.stdout + result.stderr
+    # A wrong `docker login` instead: each push is refused alike, and the exit code still says so.
+    login = tmp_path / "wrong-login"
+    login.mkdir()
+    (login / "config.json").write_text(json.dumps({"auths": {secure_registry.address: {
+        "auth": base64.b64encode(f"{secure_registry.user}:{wrong.read_text()}".encode()).decode()}}}))
+    env = {k: v for k, v in ci_env(tmp_path, secure_registry).items() if "REGISTRY_" not in k}
+    result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--json", env={**env, "DOCKER_CONFIG": str(login)})
     assert result.returncode == 4, result.stderr + result.stdout
     (failed,) = json.loads(result.stdout)["packs"]
     assert failed["error_type"] == "RegistryAuthError" and "refused the credentials" in failed["error"]
