@@ -1,8 +1,9 @@
 """Another host and a real registry for the fleet tests: a second dockerd on this machine, and
 Debian's docker-registry with TLS (a CA made here) and htpasswd basic auth.
 
-The second engine has its own data root, exec root, pidfile and socket, no bridge and no iptables
-rules (it must not touch the first engine's network); it is another host as far as images go: it
+The second engine has its own data root, exec root, pidfile and socket, a bridge of its own and no
+iptables rules (it must not touch the first engine's network: with no bridge at all, dockerd would
+delete the host's docker0); it is another host as far as images go: it
 sees none of the first engine's images and gets each one through a registry (or save | load for
 the base images, which real hosts pull from their usual registry).
 """
