@@ -1,7 +1,8 @@
 """The ``attune-containers`` command: a thin shell over the services.
 
 Exit codes: 0 success, 1 the operation failed (a build, a removal, no image for a pack), 2 invalid
-input (a pack, a spec, an argument, the configuration), 3 the Docker engine is unreachable. With
+input (a pack, a spec, an argument, the configuration), 3 the Docker engine is unreachable; a
+registry: 4 refused the credentials, 5 its certificate is not trusted, 6 does not answer. With
 ``--json`` an error is also a JSON document on stdout: the service's problem details plus
 ``exit_code``.
 """
@@ -303,6 +304,8 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         raise InvalidSpecError("give either PACK or --all --packs-dir PACKS_DIR", field="build")
     # Every pack would fail alike on an engine that does not answer: that is exit 3, not a table.
     manager.engine.ping()
+    if args.push:
+        manager.check_registry()  # a wrong password is exit 4 now, not after every build
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, disable=args.json or not err.is_terminal)
     lines: dict[str, Any] = {}
@@ -327,7 +330,13 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         report = build_all(manager, args.packs_dir, jobs=args.jobs, push=args.push, offline=args.offline or None,
                            on_event=on_event, manifest=args.manifest)
     if args.json:
-        _print_json(report.model_dump(mode="json"))
+        document = report.model_dump(mode="json")
+        if args.push:
+            # The workers' trusted manifest of this run, by digest, whether or not --manifest saves it.
+            from .services.prebuild import manifest_of
+
+            document["manifest"] = manifest_of(report).model_dump(mode="json")
+        _print_json(document)
     else:
         colours = {"failed": "red", "invalid": "red", "built": "green"}
         _print_table(("pack", "python", "hash", "outcome", "time", "size", "image / error"), [
@@ -335,7 +344,7 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
              f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
              _headline(p.error) if p.error else (p.pushed or p.image or ""))
             for p in report.packs])
-    return 0 if report.ok else 1
+    return report.exit_code()
 
 
 def _headline(error: str) -> str:
@@ -567,7 +576,8 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
 def _run_exit_code(status: ExecutionStatus, error_type: str | None) -> int:
     """0 succeeded; 3 the engine did not answer; 2 when the pack was refused on the way (its spec,
     its Python range: found when its image is ensured, so the result carries our error's class
-    name); 1 for everything else, the action's own failures, timeouts and OOM included."""
+    name); 4, 5, 6 when the registry refused the credentials, is not trusted, does not answer; 1 for
+    everything else, the action's own failures, timeouts and OOM included."""
     if status is ExecutionStatus.succeeded:
         return 0
     if status is not ExecutionStatus.error or error_type is None:
@@ -713,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=_memory, metavar="SIZE", help="e.g. 256m or 1g, binary units (swap is never allowed)")
     p.add_argument("--cpus", type=float, help="CPUs, fractions allowed (default 1.0)")
     p.add_argument("--network", help="none (default), bridge or a named network")
+    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
+                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+                        "names (the trusted_manifest setting)")
     add_json(p, "the whole ExecutionResult")
 
     p = add("serve", cmd_serve, "Serve executions over HTTP (Unix socket or loopback) with warm pools")
@@ -724,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let --host be a non-loopback address; needs a token (service_token_file)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                    help="the service's log (JSON lines on stderr, an access log included); default info")
+    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
+                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+                        "names (the trusted_manifest setting)")
     add_json(p, "one line once the service is ready, where it listens")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
@@ -794,7 +810,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_completion(args, None)  # needs no configuration and no engine
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        manager = ContainerDependencyManager(_settings())
+        settings = _settings()
+        if getattr(args, "trusted_manifest", None):
+            # Read now: a worker given a manifest it cannot read must not start and fail every pull.
+            from .services.manifest import TrustManifest
+
+            TrustManifest.load(args.trusted_manifest)
+            settings = settings.model_copy(update={"trusted_manifest": Path(args.trusted_manifest)})
+        manager = ContainerDependencyManager(settings)
         return args.func(args, manager)
     except AttuneContainersError as exc:
         # Bad input has its own errors (InvalidSpecError, InvalidPolicyError: exit 2). Any other

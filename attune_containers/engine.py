@@ -44,6 +44,10 @@ from .errors import (
     EnvironmentNotFoundError,
     ImageConflictError,
     ImageInUseError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryTLSError,
+    RegistryUnavailableError,
 )
 
 LogSink = Callable[[str], None]
@@ -313,6 +317,51 @@ def translate_errors(what: str) -> Iterator[None]:
         ) from None
 
 
+# The engine reports a registry's failures only as text (no code in the API, and docker-py turns a
+# refused pull into a 404 like a missing image): these fragments of dockerd's and the registry's
+# messages tell them apart. Order matters: a refused login mentions the URL it dialled too.
+_REGISTRY_PROBLEMS: tuple[tuple[type[RegistryError], tuple[str, ...], str], ...] = (
+    (RegistryAuthError, ("unauthorized", "authentication required", "no basic auth credentials",
+                         "may require 'docker login'", "denied: requested access"),
+     "the registry refused the credentials (check registry_username / registry_password_file, "
+     "or the engine's `docker login`)"),
+    (RegistryTLSError, ("x509:", "certificate", "tls: "),
+     "the registry's certificate is not trusted by this engine (put its CA in "
+     "/etc/docker/certs.d/<host:port>/ca.crt on this host)"),
+    (RegistryUnavailableError, ("connection refused", "no such host", "i/o timeout", "no route to host",
+                                "network is unreachable", "connection reset", "dial tcp"),
+     "the registry does not answer"),
+)
+
+
+def registry_problem(what: str, message: str) -> RegistryError | None:
+    """The typed error for a registry failure the engine described in ``message``, or None."""
+    low = message.lower()
+    detail = message.removeprefix(f"{what}: ")
+    for error, fragments, hint in _REGISTRY_PROBLEMS:
+        if any(f in low for f in fragments):
+            return error(f"{what}: {hint} ({detail})")
+    return None
+
+
+@contextlib.contextmanager
+def _registry_errors(what: str) -> Iterator[None]:
+    """translate_errors, then a registry failure named by its cause (auth, TLS, unreachable)."""
+    try:
+        with translate_errors(what):
+            yield
+    except (EngineError, EnvironmentNotFoundError) as exc:
+        typed = registry_problem(what, str(exc))
+        if typed is None:
+            raise
+        raise typed from None
+
+
+def _auth(auth: Mapping[str, str] | None) -> dict[str, str] | None:
+    # None lets docker-py use the engine client's own login (DOCKER_CONFIG or ~/.docker/config.json).
+    return dict(auth) if auth else None
+
+
 class Engine:
     """A connection to one Docker engine."""
 
@@ -397,26 +446,35 @@ class Engine:
         with translate_errors(f"tagging {image_id} as {repository}:{tag}"):
             self.api.tag(image_id, repository, tag)
 
-    def pull(self, reference: str) -> None:
+    def pull(self, reference: str, *, auth: Mapping[str, str] | None = None) -> None:
         """Pull an image, by tag (``repo:tag``) or by digest (``repo@sha256:...``, which the
-        registry cannot answer with other content); credentials come from the engine's own login
-        (~/.docker/config.json)."""
+        registry cannot answer with other content). Credentials: ``auth`` (username, password),
+        else the engine client's own login (DOCKER_CONFIG, ~/.docker/config.json); never printed.
+        A registry that refuses them, is not trusted or does not answer raises the RegistryError
+        that says which."""
         if "@" in reference:
             repository, tag = reference.split("@", 1)
         else:
             repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
-        with translate_errors(f"pulling {reference}"):
-            for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+        with _registry_errors(f"pulling {reference}"):
+            for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True,
+                                        auth_config=_auth(auth)):
                 if "error" in status:
                     raise EngineError(f"pulling {reference}: {status['error']}")
 
-    def push(self, reference: str) -> str | None:
+    def check_registry(self, registry: str, auth: Mapping[str, str]) -> None:
+        """Have the engine log in to ``registry`` with ``auth`` (its /auth: TLS, reachability and the
+        credentials, nothing pulled or stored on disk); raises the RegistryError that says which."""
+        with _registry_errors(f"logging in to {registry}"):
+            self.api.login(auth["username"], password=auth["password"], registry=registry, reauth=True)
+
+    def push(self, reference: str, *, auth: Mapping[str, str] | None = None) -> str | None:
         """Push an image; return the manifest digest the registry stored it under (``sha256:...``).
-        Credentials come from the engine's own login, never printed."""
+        Credentials as for ``pull``, never printed."""
         repository, tag = reference.rsplit(":", 1)
         digest = None
-        with translate_errors(f"pushing {reference}"):
-            for status in self.api.push(repository, tag=tag, stream=True, decode=True):
+        with _registry_errors(f"pushing {reference}"):
+            for status in self.api.push(repository, tag=tag, stream=True, decode=True, auth_config=_auth(auth)):
                 if "error" in status:
                     raise EngineError(f"pushing {reference}: {status['error']}")
                 aux = status.get("aux")
@@ -424,16 +482,18 @@ class Engine:
                     digest = aux["Digest"]
         return digest
 
-    def in_registry(self, reference: str) -> bool:
+    def in_registry(self, reference: str, *, auth: Mapping[str, str] | None = None) -> bool:
         """Whether the registry holds ``reference`` (a manifest look-up: nothing is pulled).
 
         Only the registry's "manifest unknown" (the engine's 404) means it does not; a registry
-        that cannot be reached or refuses the credentials raises (EngineError), never passing for
-        an absent image."""
-        with translate_errors(f"looking up {reference} in its registry"):
+        that cannot be reached or refuses the credentials raises (a RegistryError, else
+        EngineError), never passing for an absent image."""
+        with _registry_errors(f"looking up {reference} in its registry"):
             try:
-                self.api.inspect_distribution(reference)
-            except docker.errors.NotFound:
+                self.api.inspect_distribution(reference, auth_config=_auth(auth))
+            except docker.errors.NotFound as exc:
+                if registry_problem(reference, str(exc.explanation or "")) is not None:
+                    raise
                 return False
         return True
 

@@ -87,3 +87,27 @@ class ImageConflictError(ImageInUseError):
 
 class ContainerInUseError(AttuneContainersError):
     """The engine refused to remove a container because it is running."""
+
+
+class RegistryError(EngineError):
+    """The registry could not be used; the subclass says why, each with its own exit code so that
+    an operator (or a fleet's health check) tells a credential from a certificate from a network
+    problem without reading the message."""
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (wrong, missing or rotated away)."""
+
+    exit_code = 4
+
+
+class RegistryTLSError(RegistryError):
+    """The registry's certificate is not trusted by the engine (unknown or expired CA, wrong name)."""
+
+    exit_code = 5
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry does not answer (connection refused, no route, unknown host, timeout)."""
+
+    exit_code = 6

@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     cache_max_bytes: Bytes = Field(4 * 1024**3, ge=0, description="Bound of the wheel cache; oldest files go first")
     offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
     registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
+    registry_username: str | None = Field(
+        None, description="User for the registry; with registry_password_file. Unset: the engine's own "
+                          "`docker login` (DOCKER_CONFIG or ~/.docker/config.json)")
+    registry_password_file: Path | None = Field(
+        None, description="File holding the registry password (read at each push or pull, so replacing the "
+                          "file rotates it); a password is never taken on the command line or from a variable")
     allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
     trusted_manifest: Path | None = Field(
         None, description="JSON manifest (written by `build --all --push --manifest`) of the registry images, "
@@ -243,6 +249,12 @@ class Settings(BaseSettings):
         if v is not None and not re.fullmatch(r"[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)*", v.lower()):
             raise ValueError(f"{v!r} is not a registry like 'registry.example.com:5000'")
         return v
+
+    @model_validator(mode="after")
+    def _registry_credentials(self) -> Settings:
+        if (self.registry_username is None) != (self.registry_password_file is None):
+            raise ValueError("registry_username and registry_password_file go together")
+        return self
 
     @field_validator("pip_index_url")
     @classmethod

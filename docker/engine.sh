@@ -2,13 +2,16 @@
 # Make sure a Docker engine answers on this host; install and start one if not (idempotent).
 # Our hosts are Debian 12 with no systemd: Debian's docker.io is installed and dockerd is started
 # in the background. Also installs the host tools the project needs: debootstrap (base images)
-# and docker-registry (the registry the tests run on loopback).
+# docker-registry (the registry the tests run on loopback), and htpasswd and openssl (the tests'
+# registry with basic auth and a CA of its own).
 set -euo pipefail
 
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then echo "need root to install: ${need[*]}" >&2; exit 1; fi
   echo "installing ${need[*]} ..."

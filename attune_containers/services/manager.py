@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -36,6 +37,8 @@ from ..errors import (
     ImageConflictError,
     ImageInUseError,
     InvalidSpecError,
+    RegistryAuthError,
+    RegistryError,
 )
 from ..settings import Settings
 from .base_images import BaseImageCatalog
@@ -51,6 +54,8 @@ from .current import CurrentImages
 from .manifest import TrustedImage, TrustManifest
 from .provenance import BuildLogIds, BuildRecord
 from .pruner import Pruner
+
+log = logging.getLogger(__name__)
 
 
 class ExecutablePath(BaseModel):
@@ -189,12 +194,34 @@ class ContainerDependencyManager:
         repository, tag = remote.rsplit(":", 1)
         self.engine.tag(info.id, repository, tag)
         try:
-            digest = self.engine.push(remote)
+            digest = self.engine.push(remote, auth=self.registry_auth())
         finally:
             # The registry-qualified tag was only a vehicle for the push.
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(remote)
         return Pushed(reference=remote, digest=digest, image_id=info.id)
+
+    def registry_auth(self) -> dict[str, str] | None:
+        """The registry credentials of the settings, or None (the engine's own `docker login`).
+        The password file is read at each use: replacing it rotates the password with no restart."""
+        user, path = self.settings.registry_username, self.settings.registry_password_file
+        if user is None or path is None:
+            return None
+        try:
+            password = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise RegistryAuthError(f"cannot read registry_password_file {path}: {exc.strerror}") from None
+        if not password:
+            raise RegistryAuthError(f"registry_password_file {path} is empty")
+        return {"username": user, "password": password}
+
+    def check_registry(self) -> None:
+        """Before a long run of builds to push: the registry answers, is trusted and takes the
+        configured credentials (a RegistryError otherwise). With the engine's own login there is
+        nothing to check here: each push says it."""
+        auth = self.registry_auth()
+        if self.settings.registry and auth is not None:
+            self.engine.check_registry(self.settings.registry.split("/", 1)[0], auth)
 
     def lock_lines(self, info: EnvironmentInfo) -> list[str]:
         """The image's lock as a requirements file: every distribution pinned with its sha256."""
@@ -400,6 +427,11 @@ class ContainerDependencyManager:
                 pulled = self._pull(plan)
             except UntrustedImageError as exc:
                 pulled, refused = None, exc
+            except RegistryError as exc:
+                if not self.settings.allow_build:
+                    raise  # never a silent build: the worker says the registry is why
+                log.warning("%s; building pack %s here instead", exc, plan.pack_ref)
+                pulled = None
             if pulled is not None:
                 return pulled, "pulled"
         if not self.settings.allow_build:
@@ -429,7 +461,7 @@ class ContainerDependencyManager:
             remote = trusted.reference
         elif self.settings.trust_registry_tags:
             remote = f"{self.settings.registry}/{plan.image}"
-            if not self.engine.in_registry(remote):
+            if not self.engine.in_registry(remote, auth=self.registry_auth()):
                 return None
         else:
             where = (f"the trusted manifest {self.settings.trusted_manifest} has no entry for pack "
@@ -442,7 +474,9 @@ class ContainerDependencyManager:
                 "(ATTUNE__CONTAINERS__TRUSTED_MANIFEST=FILE), or set ATTUNE__CONTAINERS__TRUST_REGISTRY_TAGS=true "
                 "(unsafe: whoever can push to the registry chooses the code that runs)")
         try:
-            self.engine.pull(remote)
+            self.engine.pull(remote, auth=self.registry_auth())
+        except RegistryError:
+            raise  # credentials, certificate or network: the operator's to fix, said as such
         except EnvironmentNotFoundError:
             if trusted is not None:
                 raise UntrustedImageError(f"{remote}, the trusted image of pack {plan.pack_ref!r}, is not in the "
@@ -466,6 +500,13 @@ class ContainerDependencyManager:
                                 f"{labels.get(L.DEPENDENCY_HASH)!r}")
             if not L.is_built_by_us(attrs):
                 problems.append("its labels are not its own (not a pack image as our build makes it)")
+            described = L.environment_from_image(attrs.id, plan.image, labels, attrs.size)
+            if trusted is not None and trusted.runtime_version is not None and (
+                    described is None or (described.runtime, described.runtime_version)
+                    != (trusted.runtime or described.runtime, trusted.runtime_version)):
+                problems.append(f"its runtime is {described.runtime if described else None} "
+                                f"{described.runtime_version if described else None}, the manifest says "
+                                f"{trusted.runtime} {trusted.runtime_version}")
             if problems:
                 raise UntrustedImageError(f"refused {remote} for pack {plan.pack_ref!r}: {'; '.join(problems)}")
             repository, tag = plan.image.rsplit(":", 1)

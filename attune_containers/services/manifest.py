@@ -9,7 +9,8 @@ with other content, then checks that the image's ID and labels are the ones reco
     {"format": 1,
      "packs": {"<pack_ref>": {"dependency_hash": "<64 hex>", "image": "<prefix>/<name>:<tag>",
                               "reference": "<registry>/<prefix>/<name>@sha256:<64 hex>",
-                              "image_id": "sha256:<64 hex>"}}}
+                              "image_id": "sha256:<64 hex>",
+                              "runtime": "python", "runtime_version": "3.13.5"}}}
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class TrustedImage(BaseModel):
     image: str = Field(description="The local reference: <prefix>/<name>:<tag>")
     reference: str = Field(description="Where to pull it: <registry>/<prefix>/<name>@sha256:<digest>")
     image_id: str = Field(description="The image ID (its config digest), the same on every host")
+    # Optional: manifests written before these were recorded stay valid.
+    runtime: str | None = Field(None, description="The runtime that built it (python, ...)")
+    runtime_version: str | None = Field(None, description="The exact runtime version in the image (3.13.5)")
 
     @field_validator("dependency_hash")
     @classmethod

@@ -9,6 +9,7 @@ reported as invalid, not as a crash.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ..core.packs import scan_pack_tree
+from .. import errors
 from ..errors import AttuneContainersError, InvalidSpecError
 from .manager import ContainerDependencyManager
 from .manifest import TrustedImage, TrustManifest
@@ -29,7 +31,8 @@ class PackBuildReport(BaseModel):
     pack_ref: str
     folder: str
     outcome: Outcome
-    python: str | None = None
+    python: str | None = None  # the runtime's exact version (the name predates other runtimes)
+    runtime: str | None = None
     dependency_hash: str | None = None
     image: str | None = None
     pushed: str | None = None
@@ -39,6 +42,7 @@ class PackBuildReport(BaseModel):
     seconds: float = 0.0
     size_bytes: int | None = None
     error: str | None = None
+    error_type: str | None = None  # our error's class name (RegistryAuthError, BuildError, ...)
 
 
 class PrebuildReport(BaseModel):
@@ -51,6 +55,19 @@ class PrebuildReport(BaseModel):
     @property
     def ok(self) -> bool:
         return not self.failed
+
+    def exit_code(self) -> int:
+        """0; else 1, unless every failure is the same registry problem: then its own code (4
+        credentials, 5 certificate, 6 unreachable), which CI can act on without reading a table."""
+        if self.ok:
+            return 0
+        types = {p.error_type for p in self.failed}
+        if len(types) == 1:
+            (name,) = types
+            error = getattr(errors, name or "", None)
+            if isinstance(error, type) and issubclass(error, errors.RegistryError):
+                return error.exit_code
+        return 1
 
 
 def build_all(
@@ -71,6 +88,10 @@ def build_all(
     if manifest is not None and not push:
         raise InvalidSpecError("--manifest records what --push pushed: give --push too", field="manifest")
     notify = on_event or (lambda pack_ref, state, detail: None)
+    # Builds run in parallel, pushes one at a time: two concurrent pushes of images on the same base
+    # both find its layers missing and both upload them (seen in benchmarks/fleet.py); one after
+    # the other, the second finds them there (or mounts them) and sends only its own layers.
+    push_lock = threading.Lock()
 
     def one(entry) -> PackBuildReport:
         started = time.monotonic()
@@ -88,7 +109,8 @@ def build_all(
             notify(pack.pack_ref, "failed", str(exc))
             return base.model_copy(update={"outcome": "failed", "error": str(exc)})
         report = base.model_copy(update={
-            "python": plan.base.python_version, "dependency_hash": plan.dependency_hash, "image": plan.image})
+            "python": plan.base.python_version, "runtime": pack.spec.runtime,
+            "dependency_hash": plan.dependency_hash, "image": plan.image})
         notify(pack.pack_ref, "started", plan.image)
         try:
             ensured = manager.ensure(
@@ -99,13 +121,15 @@ def build_all(
                                                "image_id": ensured.info.id})
             if push:
                 notify(pack.pack_ref, "pushing", plan.image)
-                pushed = manager.publish(ensured.info)
+                with push_lock:
+                    pushed = manager.publish(ensured.info)
                 if pushed.digest is None:
                     raise AttuneContainersError(f"the registry did not say which digest it stored {pushed.reference} under")
                 report = report.model_copy(update={"pushed": pushed.reference, "digest": pushed.digest,
                                                    "pushed_by_digest": pushed.by_digest})
         except AttuneContainersError as exc:
-            report = report.model_copy(update={"outcome": "failed", "error": str(exc)})
+            report = report.model_copy(update={"outcome": "failed", "error": str(exc),
+                                               "error_type": type(exc).__name__})
         report = report.model_copy(update={"seconds": round(time.monotonic() - started, 2)})
         notify(pack.pack_ref, report.outcome, report.error or report.image or "")
         return report
@@ -127,16 +151,19 @@ def build_all(
     return result
 
 
+def manifest_of(report: PrebuildReport) -> TrustManifest:
+    """The trusted manifest of what this run pushed, by digest (what ``--push --json`` prints)."""
+    return TrustManifest(packs={
+        p.pack_ref: TrustedImage(dependency_hash=p.dependency_hash, image=p.image, reference=p.pushed_by_digest,
+                                 image_id=p.image_id, runtime=p.runtime, runtime_version=p.python)
+        for p in report.packs if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image})
+
+
 def write_manifest(report: PrebuildReport, path: str | Path) -> TrustManifest:
     """Record every pack this run pushed, by digest, into the trusted manifest at ``path``
     (entries of packs not in this run stay)."""
     path = Path(path)
     existing = TrustManifest.load(path) if path.exists() else TrustManifest()
-    packs = dict(existing.packs)
-    for p in report.packs:
-        if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image:
-            packs[p.pack_ref] = TrustedImage(dependency_hash=p.dependency_hash, image=p.image,
-                                             reference=p.pushed_by_digest, image_id=p.image_id)
-    manifest = TrustManifest(packs=packs)
+    manifest = TrustManifest(packs={**existing.packs, **manifest_of(report).packs})
     manifest.save(path)
     return manifest

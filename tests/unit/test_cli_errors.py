@@ -185,6 +185,9 @@ def test_a_limit_pydantic_refuses_keeps_pydantics_words_on_one_line(no_engine, c
     (ExecutionStatus.timeout, "Timeout", 1),
     (ExecutionStatus.oom, "OOM", 1),
     (ExecutionStatus.error, "ValueError", 1),
+    (ExecutionStatus.error, "RegistryAuthError", 4),
+    (ExecutionStatus.error, "RegistryTLSError", 5),
+    (ExecutionStatus.error, "RegistryUnavailableError", 6),
 ])
 def test_run_exit_codes_follow_the_error_class(status, error_type, code):
     assert cli._run_exit_code(status, error_type) == code

@@ -1,4 +1,5 @@
-"""How the engine layer reads the SDK's errors: by type and status code, never by message text."""
+"""How the engine layer reads the SDK's errors: by type and status code, never by message text, except
+where the engine gives nothing else (a registry's failures: credentials, certificate, network)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import pytest
 import requests
 
 from attune_containers.engine import Engine
-from attune_containers.errors import EngineError, EngineUnavailableError
+from attune_containers.errors import (
+    EngineError,
+    EngineUnavailableError,
+    EnvironmentNotFoundError,
+    RegistryAuthError,
+    RegistryTLSError,
+    RegistryUnavailableError,
+)
 
 
 def api_error(status: int, explanation: str) -> docker.errors.APIError:
@@ -33,7 +41,7 @@ class ScriptedAPI:
             raise outcome
         return {}
 
-    inspect_distribution = remove_container = _next
+    inspect_distribution = remove_container = pull = push = _next
 
 
 def engine_with(api: ScriptedAPI) -> Engine:
@@ -83,3 +91,34 @@ def test_removal_retries_through_engine_failures_and_reports_one_that_stays():
     assert api.calls == 3
     stays = ScriptedAPI(api_error(500, "driver failed"), api_error(500, "driver failed"))
     assert engine_with(stays).remove_container("0123456789abcdef", attempts=2, delay=0) is False
+
+
+@pytest.mark.parametrize(("error", "expected", "code"), [
+    (api_error(500, 'Get "https://10.0.0.9:5798/v2/": dial tcp 10.0.0.9:5798: connect: connection refused'),
+     RegistryUnavailableError, 6),
+    (api_error(500, 'Get "https://r.example:5000/v2/": dial tcp: lookup r.example: no such host'),
+     RegistryUnavailableError, 6),
+    (api_error(401, "unauthorized: authentication required"), RegistryAuthError, 4),
+    (api_error(404, "pull access denied for r:5000/a/b, repository does not exist or may require 'docker login'"),
+     RegistryAuthError, 4),
+    (api_error(500, 'Get "https://10.0.0.9:5000/v2/": x509: certificate signed by unknown authority'),
+     RegistryTLSError, 5),
+    (api_error(500, 'Get "https://10.0.0.9:5000/v2/": x509: certificate has expired or is not yet valid'),
+     RegistryTLSError, 5),
+])
+def test_a_registry_failure_is_named_by_its_cause_with_its_own_exit_code(error, expected, code):
+    for call in (lambda e: e.in_registry("r:5000/a/b:1"), lambda e: e.pull("r:5000/a/b:1"),
+                 lambda e: e.push("r:5000/a/b:1")):
+        with pytest.raises(expected) as raised:
+            call(engine_with(ScriptedAPI(error)))
+        assert type(raised.value) is expected and raised.value.exit_code == code
+        assert str(raised.value).count("r:5000/a/b:1 ") <= 2  # the cause once, not the prefix repeated
+
+
+def test_a_missing_manifest_is_still_absent_not_a_registry_failure():
+    response = requests.Response()
+    response.status_code = 404
+    missing = docker.errors.ImageNotFound("404 Client Error", response=response,
+                                          explanation="manifest for r:5000/a/b:1 not found: manifest unknown")
+    with pytest.raises(EnvironmentNotFoundError):
+        engine_with(ScriptedAPI(missing)).pull("r:5000/a/b:1")
