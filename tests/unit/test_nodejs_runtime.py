@@ -205,7 +205,7 @@ def test_a_lock_from_the_fetch_step_is_checked_like_pack_input():
 def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
     argv = NODEJS.loop_command(65532, None, ())
     assert argv[:4] == ["/usr/bin/python3", "-I", "-S", "-B"] and argv[5:7] == ["65532", "--exec"]
-    assert argv[-2:] == ["/usr/bin/node", "/opt/attune/runtime/attune_runner.js"]
+    assert argv[-3:] == ["/usr/bin/env", "node", "/opt/attune/runtime/attune_runner.js"]
     with pytest.raises(InvalidSpecError):
         NODEJS.check_preload(["lodash"])
 

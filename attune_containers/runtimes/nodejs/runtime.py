@@ -211,11 +211,13 @@ class NodeRuntime:
         # No zygote for Node (no fork() to share a warm heap): every execution is a fresh child
         # of the supervisor that execs node. The preload list is accepted and passed on as whole
         # arguments after the runner; the runner ignores it.
+        # node through env: Debian puts it in /usr/bin, the official images in /usr/local/bin (the
+        # image's PATH, which the supervisor hands on, is ours: Dockerfile.node.j2).
         return [SUPERVISOR_PYTHON, "-I", "-S", "-B", f"{SUPERVISOR_MOUNT}/attune_wrapper.py", str(exec_uid),
-                "--exec", NODE, RUNNER, *preload]
+                "--exec", "/usr/bin/env", "node", RUNNER, *preload]
 
     def version_command(self) -> list[str]:
-        return [NODE, "-p", "process.versions.node"]
+        return ["node", "-p", "process.versions.node"]
 
     def discover_preload(self, pack_dir: Path) -> tuple[str, ...]:
         return ()
