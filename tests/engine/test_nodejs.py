@@ -114,3 +114,30 @@ def test_a_packs_own_package_json_and_lock_decide_what_is_installed(tmp_path, ma
         runner.close()
     assert result.status is ExecutionStatus.succeeded, (result.error, result.stderr[-500:])
     assert result.result == "4.17.20"
+
+
+def test_a_node_base_without_python_fails_the_build_saying_why(settings, engine):
+    import io
+    import tarfile
+
+    from attune_containers.services.manager import ContainerDependencyManager
+
+    from ..support import TEST_PREFIX
+
+    # Like the official node:<major>-slim images: node, but no python3 for the supervisor.
+    dockerfile = b"FROM attune-base/node:18\nRUN rm -f /usr/bin/python3 /usr/bin/python3.*\n"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    base = f"{TEST_PREFIX}-base/nopython:18"
+    engine.build(context.getvalue(), tag=base, network_mode="none")
+    try:
+        manager = ContainerDependencyManager(
+            settings.model_copy(update={"runtime_base_images": {"nodejs": {"18": base}}}), engine)
+        with pytest.raises(BuildError) as exc:
+            manager.ensure_environment(unique_ref("nopython"), DependencySpec(runtime="nodejs"))
+        assert "no /usr/bin/python3" in str(exc.value) + "\n".join(exc.value.log_tail or [])
+    finally:
+        engine.remove_image(base, force=True)
