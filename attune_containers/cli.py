@@ -355,22 +355,33 @@ def _headline(error: str) -> str:
 
 
 def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
+    # The default runtime's cache (wheels) as before; the other runtimes' caches under "others"
+    # (JSON) and one line each.
+    others = {r.name: manager.fetcher(r.name) for r in RUNTIMES.values() if r.name != get_runtime().name}
     if args.cache_command == "prune":
         limit = 0 if args.all else (manager.settings.cache_max_bytes if args.max_bytes is None else args.max_bytes)
         removed = manager.wheels.prune(limit)
         stats = manager.wheels.stats()
+        pruned = {name: (cache.prune(limit), cache.stats()) for name, cache in others.items()}
         if args.json:
-            _print_json({"removed": removed, **stats.model_dump(mode="json")})
+            _print_json({"removed": removed, **stats.model_dump(mode="json"),
+                         "others": {name: {"removed": r, **s.model_dump(mode="json")} for name, (r, s) in pruned.items()}})
         else:
             out.print(f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}",
                       highlight=False)
+            for name, (r, s) in pruned.items():
+                out.print(f"{name}: removed {len(r)} files; the cache holds {s.files} files, {_human_size(s.bytes)}",
+                          highlight=False)
         return 0
     stats = manager.wheels.stats()
+    other_stats = {name: cache.stats() for name, cache in others.items()}
     if args.json:
-        _print_json(stats.model_dump(mode="json"))
+        _print_json({**stats.model_dump(mode="json"),
+                     "others": {name: s.model_dump(mode="json") for name, s in other_stats.items()}})
     else:
-        out.print(f"{stats.directory}: {stats.files} files, {_human_size(stats.bytes)} "
-                  f"of at most {_human_size(stats.max_bytes)}", highlight=False)
+        for s in (stats, *other_stats.values()):
+            out.print(f"{s.directory}: {s.files} files, {_human_size(s.bytes)} "
+                      f"of at most {_human_size(s.max_bytes)}", highlight=False)
     return 0
 
 

@@ -44,6 +44,7 @@ from ..core.render import APP_UID, TEMPLATES_DIR
 from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
+from .wheels import CacheStats
 from ..settings import Settings
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "node-fetch.sh"
@@ -153,6 +154,7 @@ class NpmCache:
             yield FetchedPackages(wheels=files, locked=packages)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            self.prune(self.settings.cache_max_bytes)
 
     def _run(self, plan: Any, work: Path, lock_data: bytes | None, on_log: LogSink | None,
              deadline: float) -> bytes:
@@ -243,9 +245,31 @@ class NpmCache:
                 _write_atomic(self.content / f"{hex_digest}.tgz", data)
         return lock_data
 
-    def stats(self) -> dict[str, int]:
-        files = [p for p in self.content.glob("*.tgz") if p.is_file()] if self.content.is_dir() else []
-        return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    def _files(self) -> list[Path]:
+        return [p for folder in (self.content, self.locks) if folder.is_dir() for p in folder.iterdir()
+                if p.is_file() and not p.is_symlink()]
+
+    def stats(self) -> CacheStats:
+        files = self._files()
+        return CacheStats(directory=self.root, files=len(files), bytes=sum(p.stat().st_size for p in files),
+                          max_bytes=self.settings.cache_max_bytes)
+
+    def prune(self, max_bytes: int = 0) -> list[str]:
+        """Least recently written tarballs and locks first, until the cache holds at most
+        ``max_bytes`` (the wheel cache's bound, ``cache_max_bytes``, applies to each cache)."""
+        removed: list[str] = []
+        if not self.root.is_dir():
+            return removed
+        with self._lock_file():
+            files = sorted(self._files(), key=lambda p: p.stat().st_mtime)
+            total = sum(p.stat().st_size for p in files)
+            for path in files:
+                if total <= max_bytes:
+                    break
+                total -= path.stat().st_size
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        return removed
 
 
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:

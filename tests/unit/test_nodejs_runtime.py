@@ -252,3 +252,22 @@ def test_npm_scripts_stay_off_unless_the_operator_allows_them_and_the_choice_is_
     assert "npm ci --offline --ignore-scripts" in off.dockerfile()
     assert "--ignore-scripts" not in on.dockerfile() and "npm ci --offline --omit=dev" in on.dockerfile()
     assert on.dependency_hash != off.dependency_hash
+
+
+def test_the_npm_cache_is_bounded_oldest_first_and_lives_beside_the_wheel_cache(tmp_path):
+    import os
+
+    from attune_containers.services.npm_cache import NpmCache
+    from attune_containers.settings import Settings
+
+    cache = NpmCache(Settings(cache_dir=tmp_path / "wheels", state_dir=tmp_path / "state"), engine=None)
+    assert cache.root == tmp_path / "wheels-npm"
+    cache._prepare()
+    for age, name in enumerate(("new", "mid", "old")):
+        path = cache.content / f"{name}.tgz"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 - age, 1000 - age))
+    assert cache.stats().files == 3 and cache.stats().bytes == 300
+    assert cache.prune(150) == ["old.tgz", "mid.tgz"]
+    assert [p.name for p in cache.content.iterdir()] == ["new.tgz"]
+    assert cache.prune(0) == ["new.tgz"] and cache.stats().files == 0
