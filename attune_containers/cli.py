@@ -44,7 +44,7 @@ from .errors import (
 from .runtimes import RUNTIMES, get_runtime
 from .services.base_images import BOOTSTRAP_SUITES, NODE_BOOTSTRAP_REPOSITORY, NODE_BOOTSTRAP_SUITES, bootstrap
 from .services.manager import ContainerDependencyManager
-from .services.pruner import ImageEntry, PruneReport, Pruner
+from .services.pruner import ImageEntry, Pruner, PruneReport
 from .services.runner import ActionRunner
 from .settings import Settings, parse_bytes
 
@@ -80,8 +80,9 @@ def _pydantic_message(exc: ValueError) -> str:
     """pydantic's own words, every error on one line ("; " between them), without its documentation links."""
     if not isinstance(exc, ValidationError):
         return str(exc)
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-                     for e in exc.errors(include_url=False))
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors(include_url=False)
+    )
 
 
 # -- argument types: argparse turns their errors into "argument --x: ..." and exit 2 ------------
@@ -133,9 +134,11 @@ def _print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
 # {{.field}} and {{json .field}} (docker's habit) over the fields of the JSON document only: no
 # attribute access, indexing or calls, so a format string cannot reach anything but those values.
 _ACTION = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z_][A-Za-z0-9_]*)?\s*\}\}")
-FORMAT_HELP = ("format each item with a template: {{.field}} or {{json .field}} for the fields of --json "
-               "({{.}}: all), \\t and \\n for tab and newline; or 'json' for one JSON document a line. "
-               "Not a Go template: nothing else is evaluated")
+FORMAT_HELP = (
+    "format each item with a template: {{.field}} or {{json .field}} for the fields of --json "
+    "({{.}}: all), \\t and \\n for tab and newline; or 'json' for one JSON document a line. "
+    "Not a Go template: nothing else is evaluated"
+)
 
 
 def _formatter(template: str, model: type[BaseModel]) -> Callable[[dict[str, Any]], str]:
@@ -154,8 +157,9 @@ def _formatter(template: str, model: type[BaseModel]) -> Callable[[dict[str, Any
             continue
         match = _ACTION.fullmatch(piece)
         if match is None:
-            raise InvalidSpecError(f"{piece!r} is not {{{{.field}}}} or {{{{json .field}}}}; nothing else is "
-                                   "evaluated", field="format")
+            raise InvalidSpecError(
+                f"{piece!r} is not {{{{.field}}}} or {{{{json .field}}}}; nothing else is evaluated", field="format"
+            )
         name = match.group(2) or ""
         if name and name not in fields:
             raise InvalidSpecError(f"no field {name!r}; the fields are {', '.join(sorted(fields))}", field="format")
@@ -204,11 +208,13 @@ def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition
         validate_pack_ref(pack.pack_ref)
         runtime = get_runtime(pack.spec.runtime)
         validated = runtime.validate(pack.spec, settings.requirement_policy())
-        bases = sorted((BaseImage(minor=m, reference=r) for m, r in runtime.base_images(settings).items()),
-                       key=lambda b: b.minor_key)
+        bases = sorted(
+            (BaseImage(minor=m, reference=r) for m, r in runtime.base_images(settings).items()), key=lambda b: b.minor_key
+        )
         base = runtime.choose_base(bases, validated)
-        err.print(f"note: no engine answers: the exact {runtime.display_name} version and the image tag are not known",
-                  highlight=False)
+        err.print(
+            f"note: no engine answers: the exact {runtime.display_name} version and the image tag are not known", highlight=False
+        )
         return runtime.plan(pack.pack_ref, validated, base, settings.build_options(), settings.image_prefix)
 
 
@@ -216,8 +222,7 @@ def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) ->
     pack = _pack(args.pack)
     plan = _plan_without_pull(manager, pack)
     if args.json:
-        _print_json({"pack_ref": pack.pack_ref, "dockerfile": plan.dockerfile(),
-                     "requirements": plan.spec.requirement_lines()})
+        _print_json({"pack_ref": pack.pack_ref, "dockerfile": plan.dockerfile(), "requirements": plan.spec.requirement_lines()})
     elif args.requirements:
         sys.stdout.write("".join(line + "\n" for line in plan.spec.requirement_lines()))
     else:
@@ -279,8 +284,7 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 
     with err.status(f"preparing {plan.image}", spinner="dots") as status:
         # Publishing never adopts an image from the registry: only one built (or found) here.
-        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None,
-                                 pull=not args.push)
+        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None, pull=not args.push)
         pushed = manager.push(ensured.info) if args.push else None
     info = ensured.info
     if args.json:
@@ -290,7 +294,8 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
             f"{ensured.outcome} {info.image} for {info.pack_ref}: {get_runtime(info.runtime).display_name} "
             f"{info.runtime_version}, "
             f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
-            + (f"; pushed to {pushed}" if pushed else ""), highlight=False,
+            + (f"; pushed to {pushed}" if pushed else ""),
+            highlight=False,
         )
     return 0
 
@@ -306,8 +311,15 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
     manager.engine.ping()
     if args.push:
         manager.check_registry()  # a wrong password is exit 4 now, not after every build
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, disable=args.json or not err.is_terminal)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.json or not err.is_terminal,
+    )
     lines: dict[str, Any] = {}
     finals = {"built", "reused", "pulled", "failed", "invalid"}
 
@@ -327,8 +339,15 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         from .core.packs import scan_pack_tree
 
         overall = progress.add_task("all packs", total=len(scan_pack_tree(args.packs_dir)))
-        report = build_all(manager, args.packs_dir, jobs=args.jobs, push=args.push, offline=args.offline or None,
-                           on_event=on_event, manifest=args.manifest)
+        report = build_all(
+            manager,
+            args.packs_dir,
+            jobs=args.jobs,
+            push=args.push,
+            offline=args.offline or None,
+            on_event=on_event,
+            manifest=args.manifest,
+        )
     if args.json:
         document = report.model_dump(mode="json")
         if args.push:
@@ -339,11 +358,21 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
         _print_json(document)
     else:
         colours = {"failed": "red", "invalid": "red", "built": "green"}
-        _print_table(("pack", "python", "hash", "outcome", "time", "size", "image / error"), [
-            (p.pack_ref, p.python, (p.dependency_hash or "")[:12], Text(p.outcome, style=colours.get(p.outcome, "")),
-             f"{p.seconds:.1f} s", _human_size(p.size_bytes) if p.size_bytes else "",
-             _headline(p.error) if p.error else (p.pushed or p.image or ""))
-            for p in report.packs])
+        _print_table(
+            ("pack", "python", "hash", "outcome", "time", "size", "image / error"),
+            [
+                (
+                    p.pack_ref,
+                    p.python,
+                    (p.dependency_hash or "")[:12],
+                    Text(p.outcome, style=colours.get(p.outcome, "")),
+                    f"{p.seconds:.1f} s",
+                    _human_size(p.size_bytes) if p.size_bytes else "",
+                    _headline(p.error) if p.error else (p.pushed or p.image or ""),
+                )
+                for p in report.packs
+            ],
+        )
     return report.exit_code()
 
 
@@ -364,24 +393,33 @@ def cmd_cache(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
         stats = manager.wheels.stats()
         pruned = {name: (cache.prune(limit), cache.stats()) for name, cache in others.items()}
         if args.json:
-            _print_json({"removed": removed, **stats.model_dump(mode="json"),
-                         "others": {name: {"removed": r, **s.model_dump(mode="json")} for name, (r, s) in pruned.items()}})
+            _print_json(
+                {
+                    "removed": removed,
+                    **stats.model_dump(mode="json"),
+                    "others": {name: {"removed": r, **s.model_dump(mode="json")} for name, (r, s) in pruned.items()},
+                }
+            )
         else:
-            out.print(f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}",
-                      highlight=False)
+            out.print(
+                f"removed {len(removed)} files; the cache holds {stats.files} files, {_human_size(stats.bytes)}", highlight=False
+            )
             for name, (r, s) in pruned.items():
-                out.print(f"{name}: removed {len(r)} files; the cache holds {s.files} files, {_human_size(s.bytes)}",
-                          highlight=False)
+                out.print(
+                    f"{name}: removed {len(r)} files; the cache holds {s.files} files, {_human_size(s.bytes)}", highlight=False
+                )
         return 0
     stats = manager.wheels.stats()
     other_stats = {name: cache.stats() for name, cache in others.items()}
     if args.json:
-        _print_json({**stats.model_dump(mode="json"),
-                     "others": {name: s.model_dump(mode="json") for name, s in other_stats.items()}})
+        _print_json(
+            {**stats.model_dump(mode="json"), "others": {name: s.model_dump(mode="json") for name, s in other_stats.items()}}
+        )
     else:
         for s in (stats, *other_stats.values()):
-            out.print(f"{s.directory}: {s.files} files, {_human_size(s.bytes)} "
-                      f"of at most {_human_size(s.max_bytes)}", highlight=False)
+            out.print(
+                f"{s.directory}: {s.files} files, {_human_size(s.bytes)} of at most {_human_size(s.max_bytes)}", highlight=False
+            )
     return 0
 
 
@@ -396,10 +434,22 @@ def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
         return 0
     if _print_items(args, images, ImageEntry):
         return 0
-    _print_table(("pack_ref", "image", "python", "hash", "size", "created", "last used", "current"), [
-        (e.pack_ref, e.image, e.runtime_version, e.dependency_hash[:12], _human_size(e.size_bytes),
-         e.created_at.isoformat(), e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
-         "yes" if e.current else "") for e in images])
+    _print_table(
+        ("pack_ref", "image", "python", "hash", "size", "created", "last used", "current"),
+        [
+            (
+                e.pack_ref,
+                e.image,
+                e.runtime_version,
+                e.dependency_hash[:12],
+                _human_size(e.size_bytes),
+                e.created_at.isoformat(),
+                e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
+                "yes" if e.current else "",
+            )
+            for e in images
+        ],
+    )
     return 0
 
 
@@ -428,28 +478,50 @@ def _print_prune_report(report: PruneReport) -> None:
     verb = "would remove" if report.dry_run else "removed"
     # Every build leaves a build stage behind: young ones would be most of the table. One line.
     young = [i for i in report.kept if i.kind != "image"]
-    _print_table(("", "kind", "image or container", "pack", "size", "unique", "reason"), [
-        (label, i.kind, i.id[:19] if i.reference == "<none>" else i.reference, i.pack_ref, _human_size(i.size_bytes),
-         _human_size(i.unique_bytes) if i.unique_bytes is not None else "", i.reason)
-        for label, items in ((verb, report.removed), ("skipped", report.skipped),
-                             ("kept", [i for i in report.kept if i.kind == "image"]))
-        for i in items])
+    _print_table(
+        ("", "kind", "image or container", "pack", "size", "unique", "reason"),
+        [
+            (
+                label,
+                i.kind,
+                i.id[:19] if i.reference == "<none>" else i.reference,
+                i.pack_ref,
+                _human_size(i.size_bytes),
+                _human_size(i.unique_bytes) if i.unique_bytes is not None else "",
+                i.reason,
+            )
+            for label, items in (
+                (verb, report.removed),
+                ("skipped", report.skipped),
+                ("kept", [i for i in report.kept if i.kind == "image"]),
+            )
+            for i in items
+        ],
+    )
     if young:
-        out.print(f"kept {len(young)} build leftovers younger than the grace period "
-                  f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)",
-                  highlight=False)
+        out.print(
+            f"kept {len(young)} build leftovers younger than the grace period "
+            f"(about {_human_size(sum(i.unique_bytes or 0 for i in young))} of their own; --json lists them)",
+            highlight=False,
+        )
     for note in report.notes:
         out.print(f"note: {note}", highlight=False)
     for error in report.errors:
         err.print(f"[red]error:[/red] {error}", highlight=False)
     counts = f"{len(report.removed)} removed, {len(report.skipped)} skipped, {len(report.kept)} kept"
     if report.dry_run:
-        out.print(f"dry run, nothing removed: {counts.replace('removed', 'would be removed', 1)}; "
-                  f"about {_human_size(report.estimated_bytes)} would be freed", highlight=False)
+        out.print(
+            f"dry run, nothing removed: {counts.replace('removed', 'would be removed', 1)}; "
+            f"about {_human_size(report.estimated_bytes)} would be freed",
+            highlight=False,
+        )
     else:
         exact = "" if report.reclaimed_exact else " (other images changed meanwhile: approximate)"
-        out.print(f"{counts}; reclaimed {_human_size(report.reclaimed_bytes)} "
-                  f"({report.reclaimed_bytes} bytes, the engine's figure){exact}", highlight=False)
+        out.print(
+            f"{counts}; reclaimed {_human_size(report.reclaimed_bytes)} "
+            f"({report.reclaimed_bytes} bytes, the engine's figure){exact}",
+            highlight=False,
+        )
 
 
 def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -495,24 +567,35 @@ def cmd_rm(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
 
 def cmd_base_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     # Every registered runtime's bases, the default runtime's first (as before there were others).
-    images = [(runtime, image) for runtime in sorted(RUNTIMES.values(), key=lambda r: r.name != get_runtime().name)
-              for image in sorted(manager.bases.available(runtime), key=lambda i: i.minor_key)]
+    images = [
+        (runtime, image)
+        for runtime in sorted(RUNTIMES.values(), key=lambda r: r.name != get_runtime().name)
+        for image in sorted(manager.bases.available(runtime), key=lambda i: i.minor_key)
+    ]
     if args.json:
         _print_json([{**i.model_dump(mode="json"), "runtime": r.name} for r, i in images])
         return 0
-    _print_table(("runtime", "version", "image", "exact version", "on this host"), [
-        (r.display_name, i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)")
-        for r, i in images])
+    _print_table(
+        ("runtime", "version", "image", "exact version", "on this host"),
+        [
+            (r.display_name, i.minor, i.reference, i.python_version or "?", "yes" if i.present else "no (pulled on use)")
+            for r, i in images
+        ],
+    )
     return 0
 
 
 def cmd_base_bootstrap(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     # Neither --python nor --node: every version of every runtime bootstrap knows.
     everything = not args.python and not args.node
-    wanted = [("python", minor, args.repository, BOOTSTRAP_SUITES)
-              for minor in (args.python or (sorted(BOOTSTRAP_SUITES) if everything else []))]
-    wanted += [("nodejs", major, args.node_repository, NODE_BOOTSTRAP_SUITES)
-               for major in (args.node or (sorted(NODE_BOOTSTRAP_SUITES) if everything else []))]
+    wanted = [
+        ("python", minor, args.repository, BOOTSTRAP_SUITES)
+        for minor in (args.python or (sorted(BOOTSTRAP_SUITES) if everything else []))
+    ]
+    wanted += [
+        ("nodejs", major, args.node_repository, NODE_BOOTSTRAP_SUITES)
+        for major in (args.node or (sorted(NODE_BOOTSTRAP_SUITES) if everything else []))
+    ]
     done: dict[str, str] = {}
     for runtime, minor, repository, suites in wanted:
         reference = f"{repository}:{minor}"
@@ -564,8 +647,15 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
     runner = ActionRunner(args.packs_dir, manager)
     with err.status(f"running {args.action_ref}", spinner="dots"):
         # One run per process: a warm container would only outlive it, so the CLI runs cold.
-        result = runner.run(args.action_ref, parameters, secrets, limits=limits, environment=environment,
-                            execution_id=args.execution_id, warm=False)
+        result = runner.run(
+            args.action_ref,
+            parameters,
+            secrets,
+            limits=limits,
+            environment=environment,
+            execution_id=args.execution_id,
+            warm=False,
+        )
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
@@ -574,8 +664,11 @@ def cmd_run(args: argparse.Namespace, manager: ContainerDependencyManager) -> in
         if result.stderr:
             sys.stderr.write(result.stderr)
         colour = "green" if result.succeeded else "red"
-        err.print(f"[{colour}]{result.status.value}[/{colour}] {result.action_ref} in {result.duration_ms} ms "
-                  f"(exit code {result.exit_code})", highlight=False)
+        err.print(
+            f"[{colour}]{result.status.value}[/{colour}] {result.action_ref} in {result.duration_ms} ms "
+            f"(exit code {result.exit_code})",
+            highlight=False,
+        )
         if result.error is not None:
             err.print(f"{result.error.type}: {result.error.message}", markup=False, highlight=False)
             if result.error.traceback:
@@ -610,12 +703,19 @@ def cmd_serve(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
     def announce(where: str) -> None:  # once every check passed and the socket exists
         if args.json:  # for a supervisor that waits for the service to be ready
             print(json.dumps({"serving": str(args.packs_dir), "on": where, "openapi": "/openapi.json"}), flush=True)
-        err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it",
-                  highlight=False)
+        err.print(f"serving {args.packs_dir} on {where} (OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops it", highlight=False)
 
     try:
-        serve(args.packs_dir, socket=args.socket, host=args.host, port=args.port or 8765, manager=manager,
-              allow_remote=args.allow_remote, announce=announce, log_level=args.log_level)
+        serve(
+            args.packs_dir,
+            socket=args.socket,
+            host=args.host,
+            port=args.port or 8765,
+            manager=manager,
+            allow_remote=args.allow_remote,
+            announce=announce,
+            log_level=args.log_level,
+        )
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it shut down on: a requested stop is a clean exit
     return 0
@@ -646,7 +746,8 @@ def cmd_completion(args: argparse.Namespace, manager: ContainerDependencyManager
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="attune-containers", description="Build and manage one container image per Attune pack.",
+        prog="attune-containers",
+        description="Build and manage one container image per Attune pack.",
         epilog="Exit codes: 0 success, 1 the operation failed, 2 invalid input, 3 the Docker engine is unreachable.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -681,14 +782,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("build", cmd_build, "Build a pack's image (or every pack's) unless it exists (idempotent)")
     p.add_argument("pack", nargs="?", help=pack_help)
-    p.add_argument("--all", nargs="?", const=True, default=False, metavar="PACKS_DIR",
-                   help="every pack of --packs-dir, in parallel (--all PACKS_DIR is the older spelling)")
+    p.add_argument(
+        "--all",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="PACKS_DIR",
+        help="every pack of --packs-dir, in parallel (--all PACKS_DIR is the older spelling)",
+    )
     p.add_argument("--packs-dir", help="the packs tree (PACKS/<pack>/pack.yaml), with --all")
     p.add_argument("--jobs", type=int, default=2, help="builds at once with --all (default 2)")
     p.add_argument("--push", action="store_true", help="push to the registry (ATTUNE__CONTAINERS__REGISTRY)")
-    p.add_argument("--manifest", metavar="FILE",
-                   help="with --all --push: write the trusted manifest (each pack's pushed image by digest) "
-                        "that workers read from ATTUNE__CONTAINERS__TRUSTED_MANIFEST")
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="with --all --push: write the trusted manifest (each pack's pushed image by digest) "
+        "that workers read from ATTUNE__CONTAINERS__TRUSTED_MANIFEST",
+    )
     p.add_argument("--offline", action="store_true", help="use the wheel cache only, networking off")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
     add_json(p, "the outcome")
@@ -706,15 +816,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", help="only this pack's images (build leftovers are then left alone)")
     p.add_argument("--include-current", action="store_true", help="current images may go too")
     p.add_argument("--no-leftovers", action="store_true", help="leave build leftovers alone")
-    p.add_argument("--leftover-grace", metavar="DURATION",
-                   help="leftovers younger than this stay (default: 1h, or the build timeout if longer)")
+    p.add_argument(
+        "--leftover-grace",
+        metavar="DURATION",
+        help="leftovers younger than this stay (default: 1h, or the build timeout if longer)",
+    )
     p.add_argument("--dry-run", action="store_true", help="report what would go; remove nothing")
     add_json(p, "the report")
 
     p = add("inspect", cmd_inspect, "Show a pack's current image (exit 1 when it has none)")
     p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
     add_listing(p, "the whole EnvironmentInfo").add_argument(
-        "--lock", action="store_true", help="print its lock: every distribution pinned with its sha256")
+        "--lock", action="store_true", help="print its lock: every distribution pinned with its sha256"
+    )
 
     p = add("rm", cmd_rm, "Remove a pack's images (of this image_prefix only; exit 1 when it has none)")
     p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
@@ -734,9 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=_memory, metavar="SIZE", help="e.g. 256m or 1g, binary units (swap is never allowed)")
     p.add_argument("--cpus", type=float, help="CPUs, fractions allowed (default 1.0)")
     p.add_argument("--network", help="none (default), bridge or a named network")
-    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
-                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
-                        "names (the trusted_manifest setting)")
+    p.add_argument(
+        "--manifest",
+        dest="trusted_manifest",
+        metavar="FILE",
+        help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+        "names (the trusted_manifest setting)",
+    )
     add_json(p, "the whole ExecutionResult")
 
     p = add("serve", cmd_serve, "Serve executions over HTTP (Unix socket or loopback) with warm pools")
@@ -744,49 +862,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="a Unix socket path (recommended)")
     p.add_argument("--host", default="127.0.0.1", help="loopback address with --port")
     p.add_argument("--port", type=_port, help="a TCP port on --host, 1 to 65535 (default 8765 without --socket)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="let --host be a non-loopback address; needs a token (service_token_file)")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                   help="the service's log (JSON lines on stderr, an access log included); default info")
-    p.add_argument("--manifest", dest="trusted_manifest", metavar="FILE",
-                   help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
-                        "names (the trusted_manifest setting)")
+    p.add_argument(
+        "--allow-remote", action="store_true", help="let --host be a non-loopback address; needs a token (service_token_file)"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="the service's log (JSON lines on stderr, an access log included); default info",
+    )
+    p.add_argument(
+        "--manifest",
+        dest="trusted_manifest",
+        metavar="FILE",
+        help="the trusted manifest (`build --all --push --manifest FILE`): pull only the digests it "
+        "names (the trusted_manifest setting)",
+    )
     add_json(p, "one line once the service is ready, where it listens")
 
     p = add("cache", lambda a, m: 0, "The shared wheel cache of builds: its size, or prune it")
     cache = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
-    c = cache.add_parser("ls", help="where the cache is and how much it holds", description="Where the cache is and "
-                         "how much it holds")
+    c = cache.add_parser(
+        "ls", help="where the cache is and how much it holds", description="Where the cache is and how much it holds"
+    )
     add_json(c, "its statistics")
     c.set_defaults(func=cmd_cache)
-    c = cache.add_parser("prune", help="remove least recently used files down to a size",
-                         description="Remove least recently used files down to a size")
-    c.add_argument("--max-bytes", type=_size, metavar="SIZE",
-                   help="e.g. 500m or 2g, binary units (default: the configured cache_max_bytes)")
+    c = cache.add_parser(
+        "prune",
+        help="remove least recently used files down to a size",
+        description="Remove least recently used files down to a size",
+    )
+    c.add_argument(
+        "--max-bytes", type=_size, metavar="SIZE", help="e.g. 500m or 2g, binary units (default: the configured cache_max_bytes)"
+    )
     c.add_argument("--all", action="store_true", help="empty the cache")
     add_json(c, "what was removed and what is left")
     c.set_defaults(func=cmd_cache)
 
     p = add("base", lambda a, m: 0, "Base images: list them, or bootstrap local ones")
     base = p.add_subparsers(dest="base_command", required=True, metavar="COMMAND")
-    b = base.add_parser("ls", help="Which Python and Node.js versions are available, from which image",
-                        description="Which Python and Node.js versions are available, from which image")
+    b = base.add_parser(
+        "ls",
+        help="Which Python and Node.js versions are available, from which image",
+        description="Which Python and Node.js versions are available, from which image",
+    )
     add_json(b, "every configured base image")
     b.set_defaults(func=cmd_base_ls)
-    b = base.add_parser("bootstrap", help="Build local base images from Debian suites (debootstrap)",
-                        description="Build local base images from Debian suites (debootstrap)")
-    b.add_argument("--python", action="append", choices=sorted(BOOTSTRAP_SUITES),
-                   help="a Python minor version; repeat for several (default without --node: all)")
-    b.add_argument("--node", action="append", choices=sorted(NODE_BOOTSTRAP_SUITES),
-                   help="a Node.js major version; repeat for several (default without --python: all)")
+    b = base.add_parser(
+        "bootstrap",
+        help="Build local base images from Debian suites (debootstrap)",
+        description="Build local base images from Debian suites (debootstrap)",
+    )
+    b.add_argument(
+        "--python",
+        action="append",
+        choices=sorted(BOOTSTRAP_SUITES),
+        help="a Python minor version; repeat for several (default without --node: all)",
+    )
+    b.add_argument(
+        "--node",
+        action="append",
+        choices=sorted(NODE_BOOTSTRAP_SUITES),
+        help="a Node.js major version; repeat for several (default without --python: all)",
+    )
     b.add_argument("--repository", default="attune-base/python", help="repository of the Python images made")
     b.add_argument("--node-repository", default=NODE_BOOTSTRAP_REPOSITORY, help="repository of the Node.js images made")
     b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
     add_json(b, "each image and whether it was built")
     b.set_defaults(func=cmd_base_bootstrap)
 
-    p = add("completion", cmd_completion, "Print a shell completion script: "
-            "eval \"$(attune-containers completion bash)\", or save it where your shell loads completions")
+    p = add(
+        "completion",
+        cmd_completion,
+        "Print a shell completion script: "
+        'eval "$(attune-containers completion bash)", or save it where your shell loads completions',
+    )
     p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell")
     return parser
 

@@ -16,22 +16,23 @@ import collections
 import contextlib
 import dataclasses
 import io
+import re
 import select
 import socket
 import struct
 import tarfile
 import threading
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
-import docker
 import docker.errors
 import docker.utils
 import requests.exceptions
 import urllib3.exceptions
+
+import docker
 
 from .core import labels as L
 from .core.execution import ResourceLimits, parse_size
@@ -150,8 +151,11 @@ class HistoryStep:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> HistoryStep:
         step_id = doc.get("Id")
-        return cls(id=step_id if step_id and step_id != "<missing>" else None,
-                   created_by=doc.get("CreatedBy") or "", size=_size(doc.get("Size")))
+        return cls(
+            id=step_id if step_id and step_id != "<missing>" else None,
+            created_by=doc.get("CreatedBy") or "",
+            size=_size(doc.get("Size")),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +250,7 @@ class DiskUsage:
     def from_doc(cls, doc: Mapping[str, Any]) -> DiskUsage:
         return cls(
             layers_size=_size(doc.get("LayersSize")) or 0,
-            images={i["Id"]: ImageUsage(_size(i.get("Size")), _size(i.get("SharedSize")))
-                    for i in doc.get("Images") or []},
+            images={i["Id"]: ImageUsage(_size(i.get("Size")), _size(i.get("SharedSize"))) for i in doc.get("Images") or []},
             containers={c["Id"]: _size(c.get("SizeRw")) or 0 for c in doc.get("Containers") or []},
         )
 
@@ -263,7 +266,7 @@ def parse_engine_time(value: object) -> datetime | None:
         return None
     if isinstance(value, (int, float)):
         try:
-            return datetime.fromtimestamp(value, timezone.utc)
+            return datetime.fromtimestamp(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str) or value.startswith("0001-"):
@@ -312,8 +315,7 @@ def translate_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: the engine answered {exc.status_code}: {exc.explanation}") from None
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
         raise EngineUnavailableError(
-            f"{what}: the Docker engine does not answer ({exc}). Is dockerd running? "
-            "`make engine` starts one on a fresh machine."
+            f"{what}: the Docker engine does not answer ({exc}). Is dockerd running? `make engine` starts one on a fresh machine."
         ) from None
 
 
@@ -321,16 +323,36 @@ def translate_errors(what: str) -> Iterator[None]:
 # refused pull into a 404 like a missing image): these fragments of dockerd's and the registry's
 # messages tell them apart. Order matters: a refused login mentions the URL it dialled too.
 _REGISTRY_PROBLEMS: tuple[tuple[type[RegistryError], tuple[str, ...], str], ...] = (
-    (RegistryAuthError, ("unauthorized", "authentication required", "no basic auth credentials",
-                         "may require 'docker login'", "denied: requested access"),
-     "the registry refused the credentials (check registry_username / registry_password_file, "
-     "or the engine's `docker login`)"),
-    (RegistryTLSError, ("x509:", "certificate", "tls: "),
-     "the registry's certificate is not trusted by this engine (put its CA in "
-     "/etc/docker/certs.d/<host:port>/ca.crt on this host)"),
-    (RegistryUnavailableError, ("connection refused", "no such host", "i/o timeout", "no route to host",
-                                "network is unreachable", "connection reset", "dial tcp"),
-     "the registry does not answer"),
+    (
+        RegistryAuthError,
+        (
+            "unauthorized",
+            "authentication required",
+            "no basic auth credentials",
+            "may require 'docker login'",
+            "denied: requested access",
+        ),
+        "the registry refused the credentials (check registry_username / registry_password_file, or the engine's `docker login`)",
+    ),
+    (
+        RegistryTLSError,
+        ("x509:", "certificate", "tls: "),
+        "the registry's certificate is not trusted by this engine (put its CA in "
+        "/etc/docker/certs.d/<host:port>/ca.crt on this host)",
+    ),
+    (
+        RegistryUnavailableError,
+        (
+            "connection refused",
+            "no such host",
+            "i/o timeout",
+            "no route to host",
+            "network is unreachable",
+            "connection reset",
+            "dial tcp",
+        ),
+        "the registry does not answer",
+    ),
 )
 
 
@@ -409,8 +431,7 @@ class Engine:
         if dangling is not None:
             filters["dangling"] = dangling
         with translate_errors("listing images"):
-            return [ImageRecord.from_summary(doc)
-                    for doc in self.api.images(all=intermediate, filters=filters or None)]
+            return [ImageRecord.from_summary(doc) for doc in self.api.images(all=intermediate, filters=filters or None)]
 
     def image_history(self, image_id: str) -> list[HistoryStep]:
         """The steps that made an image, newest first."""
@@ -431,8 +452,9 @@ class Engine:
             if "being used by" in text or "is using its referenced image" in text:
                 raise
             if "referenced in multiple repositories" in text:
-                raise ImageConflictError(f"{text} (the image has other tags besides the one removed; "
-                                         "no container uses it)") from None
+                raise ImageConflictError(
+                    f"{text} (the image has other tags besides the one removed; no container uses it)"
+                ) from None
             if "dependent child images" in text:
                 raise ImageConflictError(f"{text} (other images are built on it)") from None
             raise ImageConflictError(text) from None
@@ -457,8 +479,7 @@ class Engine:
         else:
             repository, _, tag = reference.rpartition(":") if ":" in reference.split("/")[-1] else (reference, "", "latest")
         with _registry_errors(f"pulling {reference}"):
-            for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True,
-                                        auth_config=_auth(auth)):
+            for status in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True, auth_config=_auth(auth)):
                 if "error" in status:
                     raise EngineError(f"pulling {reference}: {status['error']}")
 
@@ -578,13 +599,13 @@ class Engine:
                         image_id = chunk["aux"]["ID"]
                     elif "error" in chunk:
                         raise BuildError(f"the build failed: {chunk['error'].strip()}", telling_lines(list(tail)))
-        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError,
-                urllib3.exceptions.HTTPError) as exc:
+        except (requests.exceptions.RequestException, OSError, ValueError, AttributeError, urllib3.exceptions.HTTPError) as exc:
             if not expired.is_set():
                 if isinstance(exc, (AttributeError, ValueError)):
                     raise  # only a closed stream explains these; anything else is a bug to see
-                raise BuildError(f"the connection to the engine broke during the build: {type(exc).__name__}",
-                                 telling_lines(list(tail))) from None
+                raise BuildError(
+                    f"the connection to the engine broke during the build: {type(exc).__name__}", telling_lines(list(tail))
+                ) from None
         except AttuneContainersError:
             if not expired.is_set():
                 raise
@@ -594,17 +615,16 @@ class Engine:
         if expired.is_set():
             for container_id in running:
                 self.remove_container(container_id, attempts=3)
-            raise BuildError(f"the build took longer than {int(timeout or 0)} s (build_timeout) and was stopped",
-                             telling_lines(list(tail)))
+            raise BuildError(
+                f"the build took longer than {int(timeout or 0)} s (build_timeout) and was stopped", telling_lines(list(tail))
+            )
         if image_id is None:
             raise BuildError("the build ended without an image", telling_lines(list(tail)))
         return image_id
 
     # -- containers ---------------------------------------------------------------------------
 
-    def find_containers(
-        self, *, ancestor: str | None = None, statuses: list[str] | None = None
-    ) -> list[ContainerRecord]:
+    def find_containers(self, *, ancestor: str | None = None, statuses: list[str] | None = None) -> list[ContainerRecord]:
         """Containers (without their state), running or not. ``ancestor``: only those whose image is that image
         or is built on it; ``statuses``: only those in one of these states (created, exited, ...)."""
         filters: dict[str, Any] = {}
@@ -613,8 +633,7 @@ class Engine:
         if statuses:
             filters["status"] = list(statuses)
         with translate_errors("listing containers"):
-            return [ContainerRecord.from_summary(doc)
-                    for doc in self.api.containers(all=True, filters=filters or None)]
+            return [ContainerRecord.from_summary(doc) for doc in self.api.containers(all=True, filters=filters or None)]
 
     def inspect_container(self, container_id: str) -> ContainerRecord | None:
         """A container with its state, or None when it does not exist."""
@@ -819,8 +838,12 @@ class Engine:
         with translate_errors("reading the engine's events"):
             # Fractional epoch seconds as text (the stub allows only int or datetime): the SDK passes
             # them on, and the engine takes them, so an event is not missed by rounding.
-            events = self.api.events(since=f"{since - 1:.3f}", until=f"{time.time():.3f}",  # type: ignore[call-overload]
-                                     filters={"container": container_id, "event": "oom"}, decode=True)
+            events = self.api.events(
+                since=f"{since - 1:.3f}",
+                until=f"{time.time():.3f}",  # type: ignore[call-overload]
+                filters={"container": container_id, "event": "oom"},
+                decode=True,
+            )
             try:
                 return any(True for _ in events)
             finally:
@@ -865,8 +888,15 @@ class Engine:
     # -- one-container builds: a step run in a container, then committed (issue 11) ------------
 
     def create_step_container(
-        self, image: str, command: list[str], *, mounts: list[tuple[str, str, bool]], name: str,
-        memory: str | int | None = None, cap_add: tuple[str, ...] = (), tmp_size: str = "1g",
+        self,
+        image: str,
+        command: list[str],
+        *,
+        mounts: list[tuple[str, str, bool]],
+        name: str,
+        memory: str | int | None = None,
+        cap_add: tuple[str, ...] = (),
+        tmp_size: str = "1g",
     ) -> str:
         """Create (not start) a build step's container: no network, every capability dropped but
         ``cap_add``, no environment, labels or working directory of ours, since ``commit`` merges
@@ -879,8 +909,7 @@ class Engine:
             memswap_limit=memory,
             pids_limit=1024,
             network_mode="none",
-            tmpfs={path: f"rw,nosuid,nodev,size={parse_size(tmp_size)},mode=1777"
-                   for path in ("/tmp", "/var/tmp", "/dev/shm")},
+            tmpfs={path: f"rw,nosuid,nodev,size={parse_size(tmp_size)},mode=1777" for path in ("/tmp", "/var/tmp", "/dev/shm")},
             cap_drop=["ALL"],
             cap_add=list(cap_add) or None,
             security_opt=["no-new-privileges"],
@@ -888,8 +917,13 @@ class Engine:
         )
         with translate_errors(f"creating a build container from {image}"):
             created = self.api.create_container(
-                image, command=command, user="0:0", name=name, host_config=host_config,
-                network_disabled=True, use_config_proxy=False,
+                image,
+                command=command,
+                user="0:0",
+                name=name,
+                host_config=host_config,
+                network_disabled=True,
+                use_config_proxy=False,
             )
         return created["Id"]
 
@@ -971,8 +1005,8 @@ class AttachedStreams:
             stream, size = self._buffer[0], struct.unpack(">I", self._buffer[4:8])[0]
             if len(self._buffer) < 8 + size:
                 break
-            frames.append((stream, self._buffer[8:8 + size]))
-            self._buffer = self._buffer[8 + size:]
+            frames.append((stream, self._buffer[8 : 8 + size]))
+            self._buffer = self._buffer[8 + size :]
         return frames
 
     def has_pending(self) -> bool:

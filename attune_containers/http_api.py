@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,13 +94,17 @@ class ExecutionRequest(BaseModel):
 
     action_ref: str = Field(description="<pack_ref>.<action name>", examples=["probe.echo"])
     parameters: dict[str, Any] = Field(default_factory=dict, description="The action's parameters (a JSON object)")
-    secrets: dict[str, Any] = Field(default_factory=dict, description="Reach the action only via attune_action; "
-                                                                       "never logged, never stored")
+    secrets: dict[str, Any] = Field(
+        default_factory=dict, description="Reach the action only via attune_action; never logged, never stored"
+    )
     limits: ResourceLimits | None = Field(None, description="Lower (or, up to the operator's caps, raise) limits")
     environment: dict[str, str] = Field(default_factory=dict, description="Extra environment variables of the action")
-    execution_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
-                                     description="The caller's id (else generated). The same id with the same "
-                                                 "request is the same execution; with another request, 409")
+    execution_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="The caller's id (else generated). The same id with the same "
+        "request is the same execution; with another request, 409",
+    )
     warm: bool | None = Field(None, description="None: the pack's pool policy decides")
 
 
@@ -182,8 +186,13 @@ def _stream_content(*models: type[BaseModel], sse: bool) -> dict[str, Any]:
     schema = {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in models]}
     content: dict[str, Any] = {NDJSON: {"schema": schema}}
     if sse:
-        content[SSE] = {"schema": {"type": "string", "description": "Server-sent events: event output, missed "
-                                   "or end, each with one of the NDJSON documents as its data"}}
+        content[SSE] = {
+            "schema": {
+                "type": "string",
+                "description": "Server-sent events: event output, missed "
+                "or end, each with one of the NDJSON documents as its data",
+            }
+        }
     return content
 
 
@@ -225,8 +234,7 @@ async def stream_events(source: AsyncIterator[list[dict[str, Any]]], media_type:
 
 def streaming(body: AsyncIterator[bytes], media_type: str) -> StreamingResponse:
     # no-cache and no proxy buffering: lines are worth something only as they happen.
-    return StreamingResponse(body, media_type=media_type, headers={"Cache-Control": "no-cache",
-                                                                  "X-Accel-Buffering": "no"})
+    return StreamingResponse(body, media_type=media_type, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def log_build_lines(manager: ContainerDependencyManager) -> None:
@@ -247,8 +255,7 @@ def log_build_lines(manager: ContainerDependencyManager) -> None:
     manager.ensure = logged  # type: ignore[method-assign]
 
 
-def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None = None, *,
-               token: bytes | None = None) -> Any:
+def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None = None, *, token: bytes | None = None) -> Any:
     """The ASGI app: FastAPI behind the guard (token, body limit). ``token``: required on every
     request when given (see ``load_token``)."""
     settings = manager.settings if manager is not None else Settings()
@@ -273,17 +280,20 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             executions["pool"].shutdown(wait=False, cancel_futures=True)
             runner_box.pop("runner").close()  # running executions end as their containers go
 
-    app = FastAPI(title="attune-containers", version=__version__, lifespan=lifespan,
-                  description="Run Attune pack actions in isolated, reproducible containers. Every error "
-                              "is an RFC 9457 problem document (application/problem+json).")
+    app = FastAPI(
+        title="attune-containers",
+        version=__version__,
+        lifespan=lifespan,
+        description="Run Attune pack actions in isolated, reproducible containers. Every error "
+        "is an RFC 9457 problem document (application/problem+json).",
+    )
 
     def runner() -> ActionRunner:
         return runner_box["runner"]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             # The streamed documents are no route's response_model: add them to the components.
             definitions: dict[str, Any] = {}
             for model in STREAM_MODELS:
@@ -301,8 +311,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     def answer(document: problems.Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
         if document.status == 503:
             headers = {"Retry-After": str(problems.RETRY_AFTER_SECONDS), **(headers or {})}
-        return JSONResponse(document.model_dump(), status_code=document.status, headers=headers,
-                            media_type=problems.MEDIA_TYPE)
+        return JSONResponse(document.model_dump(), status_code=document.status, headers=headers, media_type=problems.MEDIA_TYPE)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -313,8 +322,13 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         fields = [problems.validation_field(e.get("loc", ())) for e in errors]
-        detail = "; ".join(f"{f}: {e.get('msg', 'invalid')}" if f else str(e.get("msg", "invalid"))
-                           for f, e in zip(fields, errors)) or "invalid request"
+        detail = (
+            "; ".join(
+                f"{f}: {e.get('msg', 'invalid')}" if f else str(e.get("msg", "invalid"))
+                for f, e in zip(fields, errors, strict=True)
+            )
+            or "invalid request"
+        )
         return answer(problems.problem(422, detail, instance=request.url.path, field=fields[0] if fields else None))
 
     @app.exception_handler(AttuneContainersError)
@@ -331,8 +345,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         """The process is up and its event loop answers (nothing else is checked)."""
         return Health(status="ok", version=__version__, packs_dir=str(runner().packs_dir))
 
-    @app.get("/readyz", response_model=Readiness, operation_id="readyz", tags=["health"],
-             responses=problems.responses(503, 500))
+    @app.get("/readyz", response_model=Readiness, operation_id="readyz", tags=["health"], responses=problems.responses(503, 500))
     def readyz() -> Readiness:
         """Ready for executions: the engine answers and every configured base image is present."""
         engine = runner().engine
@@ -341,8 +354,9 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         images = [image for runtime in RUNTIMES.values() for image in bases.available(runtime)]
         missing = [image.reference for image in images if not image.present]
         if missing:
-            raise BaseImagesMissing("base images missing: " + ", ".join(missing)
-                                    + " (attune-containers base bootstrap, or pull them)")
+            raise BaseImagesMissing(
+                "base images missing: " + ", ".join(missing) + " (attune-containers base bootstrap, or pull them)"
+            )
         return Readiness(status="ready", base_images=[image.reference for image in images])
 
     @app.get("/v1/health", response_model=Health, operation_id="health", tags=["health"])
@@ -364,22 +378,37 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             result = await asyncio.wrap_future(record.future)
         except (asyncio.CancelledError, concurrent.futures.CancelledError):
             # Cancelled while queued: it never started.
-            result = ExecutionResult(execution_id=execution_id, action_ref=record.execution.action_ref,
-                                     status=ExecutionStatus.cancelled, finished_at=datetime.now(timezone.utc),
-                                     error=ExecutionError(type="Cancelled", message="cancelled while queued"))
+            result = ExecutionResult(
+                execution_id=execution_id,
+                action_ref=record.execution.action_ref,
+                status=ExecutionStatus.cancelled,
+                finished_at=datetime.now(UTC),
+                error=ExecutionError(type="Cancelled", message="cancelled while queued"),
+            )
         except Exception as exc:  # a bug of ours: the execution still ends, as an error
             log.error("execution %s failed", execution_id, exc_info=exc, extra={"execution_id": execution_id})
-            result = ExecutionResult(execution_id=execution_id, action_ref=record.execution.action_ref,
-                                     status=ExecutionStatus.error, finished_at=datetime.now(timezone.utc),
-                                     error=ExecutionError(type="InternalError", message="an unexpected error; "
-                                                          "the service log has the details"))
+            result = ExecutionResult(
+                execution_id=execution_id,
+                action_ref=record.execution.action_ref,
+                status=ExecutionStatus.error,
+                finished_at=datetime.now(UTC),
+                error=ExecutionError(type="InternalError", message="an unexpected error; the service log has the details"),
+            )
         finally:
             executions["pending"] -= 1
         store.finish(execution_id, result)
         metrics.observe(result)
-        log.info("execution finished", extra={"execution_id": execution_id, "action_ref": result.action_ref,
-                                              "status": result.status.value, "warm": result.warm,
-                                              "duration_ms": result.duration_ms, "queued_ms": result.queued_ms})
+        log.info(
+            "execution finished",
+            extra={
+                "execution_id": execution_id,
+                "action_ref": result.action_ref,
+                "status": result.status.value,
+                "warm": result.warm,
+                "duration_ms": result.duration_ms,
+                "queued_ms": result.queued_ms,
+            },
+        )
         return result
 
     async def cancel(record: Record) -> None:
@@ -411,17 +440,29 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                 await cancel(record)
         return True
 
-    @app.post("/v1/executions", response_model=ExecutionResult, operation_id="runExecution", tags=["executions"],
-              responses={202: {"model": Execution, "description": "Accepted: running (async, or ?wait passed); "
-                                                                  "Location names the execution"},
-                         **problems.responses(404, 409, 422, 500, 503)})
+    @app.post(
+        "/v1/executions",
+        response_model=ExecutionResult,
+        operation_id="runExecution",
+        tags=["executions"],
+        responses={
+            202: {"model": Execution, "description": "Accepted: running (async, or ?wait passed); Location names the execution"},
+            **problems.responses(404, 409, 422, 500, 503),
+        },
+    )
     async def execute(
-        body: ExecutionRequest, http: Request,
-        wait: float | None = Query(None, ge=0, le=7 * 24 * 3600,
-                                   description="Seconds to wait for the result; past them the answer is 202 and "
-                                               "the execution goes on (poll GET /v1/executions/{id})"),
-        run_async: bool = Query(False, alias="async",
-                                description="Answer 202 at once; the execution goes on whatever the client does"),
+        body: ExecutionRequest,
+        http: Request,
+        wait: float | None = Query(
+            None,
+            ge=0,
+            le=7 * 24 * 3600,
+            description="Seconds to wait for the result; past them the answer is 202 and "
+            "the execution goes on (poll GET /v1/executions/{id})",
+        ),
+        run_async: bool = Query(
+            False, alias="async", description="Answer 202 at once; the execution goes on whatever the client does"
+        ),
     ) -> Any:
         """Run one action. By default the call blocks until the result, and a client that
         disconnects cancels the execution it started; ``?async=true`` answers 202 at once and
@@ -438,9 +479,18 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                     raise HTTPException(status_code=503, detail="too many executions queued")
                 executions["pending"] += 1  # counted before the first await: checks and counts never interleave
                 try:
-                    prepared = await run_in_threadpool(functools.partial(
-                        runner().prepare, body.action_ref, body.parameters, body.secrets, limits=body.limits,
-                        environment=body.environment, execution_id=execution_id, warm=body.warm))
+                    prepared = await run_in_threadpool(
+                        functools.partial(
+                            runner().prepare,
+                            body.action_ref,
+                            body.parameters,
+                            body.secrets,
+                            limits=body.limits,
+                            environment=body.environment,
+                            execution_id=execution_id,
+                            warm=body.warm,
+                        )
+                    )
                 except BaseException:
                     executions["pending"] -= 1
                     raise
@@ -465,8 +515,9 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             await settled(record)
         if not run_async and await wait_for(record, http, wait, owner=new):
             return finished_result(record)
-        return JSONResponse(record.execution.model_dump(mode="json"), status_code=202,
-                            headers={"Location": f"/v1/executions/{execution_id}"})
+        return JSONResponse(
+            record.execution.model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/executions/{execution_id}"}
+        )
 
     async def settled(record: Record) -> None:
         """Wait until the request that created ``record`` either queued it or was refused; a
@@ -480,9 +531,12 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     def record_of(execution_id: str) -> Record:
         record = store.get(execution_id)
         if record is None:
-            raise NotFoundError(f"no execution {execution_id!r} (unknown, or finished more than "
-                                f"{settings.service_executions_ttl:g} s or {settings.service_executions_kept} "
-                                "executions ago)", field="execution_id")
+            raise NotFoundError(
+                f"no execution {execution_id!r} (unknown, or finished more than "
+                f"{settings.service_executions_ttl:g} s or {settings.service_executions_kept} "
+                "executions ago)",
+                field="execution_id",
+            )
         return record
 
     async def queued_record(execution_id: str) -> Record:
@@ -494,15 +548,25 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             raise NotFoundError(f"no execution {execution_id!r} (it was refused)", field="execution_id") from None
         return record
 
-    @app.get("/v1/executions/{execution_id}", response_model=Execution, operation_id="getExecution",
-             tags=["executions"], responses=problems.responses(404, 500))
+    @app.get(
+        "/v1/executions/{execution_id}",
+        response_model=Execution,
+        operation_id="getExecution",
+        tags=["executions"],
+        responses=problems.responses(404, 500),
+    )
     async def get_execution(execution_id: str, http: Request) -> Execution:
         """An execution: queued, running or finished (with its result)."""
         http.state.execution_id = execution_id
         return record_of(execution_id).execution
 
-    @app.delete("/v1/executions/{execution_id}", response_model=Execution, operation_id="cancelExecution",
-                tags=["executions"], responses=problems.responses(404, 409, 500))
+    @app.delete(
+        "/v1/executions/{execution_id}",
+        response_model=Execution,
+        operation_id="cancelExecution",
+        tags=["executions"],
+        responses=problems.responses(404, 409, 500),
+    )
     async def cancel_execution(execution_id: str, http: Request) -> Execution:
         """Cancel an execution: its container is killed and removed, its result says cancelled.
         Cancelling a cancelled execution answers it again; a finished one is 409."""
@@ -510,17 +574,26 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         record = await queued_record(execution_id)
         execution = record.execution
         if execution.state is ExecutionState.finished and execution.status is not ExecutionStatus.cancelled:
-            raise ExecutionConflictError(f"execution {execution_id!r} already finished "
-                                         f"({execution.status.value if execution.status else 'no status'})")
+            raise ExecutionConflictError(
+                f"execution {execution_id!r} already finished ({execution.status.value if execution.status else 'no status'})"
+            )
         if execution.state is not ExecutionState.finished:
             await cancel(record)
         return record.execution
 
-    @app.get("/v1/executions/{execution_id}/logs", operation_id="streamExecutionLogs", tags=["executions"],
-             response_class=StreamingResponse,
-             responses={200: {"description": "The execution's output, then its end", "content":
-                              _stream_content(LogLine, LogMissed, LogEnd, sse=True)},
-                        **problems.responses(404, 500)})
+    @app.get(
+        "/v1/executions/{execution_id}/logs",
+        operation_id="streamExecutionLogs",
+        tags=["executions"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "The execution's output, then its end",
+                "content": _stream_content(LogLine, LogMissed, LogEnd, sse=True),
+            },
+            **problems.responses(404, 500),
+        },
+    )
     async def execution_logs(execution_id: str, http: Request) -> StreamingResponse:
         """Stream an execution's stdout and stderr: what it wrote so far, then live until it ends,
         then an ``end`` event, and the stream closes (a finished execution: its result's output at
@@ -551,20 +624,32 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         result = record.execution.result
         if result is None:  # never ran
             return [{"event": "end", "status": None, "stdout_truncated": False, "stderr_truncated": False}]
-        ts = (result.finished_at or datetime.now(timezone.utc)).isoformat(timespec="milliseconds")
-        lines = [{"stream": name, "data": text, "ts": ts}
-                 for name, text in (("stdout", result.stdout), ("stderr", result.stderr)) if text]
+        ts = (result.finished_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
+        lines = [
+            {"stream": name, "data": text, "ts": ts}
+            for name, text in (("stdout", result.stdout), ("stderr", result.stderr))
+            if text
+        ]
         return [*lines, end_event(result)]
 
-    @app.post("/v1/environments/{pack_ref}", response_model=EnvironmentInfo, operation_id="ensureEnvironment",
-              tags=["environments"],
-              responses={200: {"description": "The environment; streamed (NDJSON): its build log lines, then "
-                                              "a result (or an error) line",
-                               "content": _stream_content(LogLine, LogMissed, BuildResult, BuildFailed, sse=False)},
-                         **problems.responses(404, 422, 500, 503)})
-    async def ensure(pack_ref: str, http: Request,
-                     stream: bool = Query(False, description="Stream the build log as NDJSON (as "
-                                                             "Accept: application/x-ndjson does)")) -> Any:
+    @app.post(
+        "/v1/environments/{pack_ref}",
+        response_model=EnvironmentInfo,
+        operation_id="ensureEnvironment",
+        tags=["environments"],
+        responses={
+            200: {
+                "description": "The environment; streamed (NDJSON): its build log lines, then a result (or an error) line",
+                "content": _stream_content(LogLine, LogMissed, BuildResult, BuildFailed, sse=False),
+            },
+            **problems.responses(404, 422, 500, 503),
+        },
+    )
+    async def ensure(
+        pack_ref: str,
+        http: Request,
+        stream: bool = Query(False, description="Stream the build log as NDJSON (as Accept: application/x-ndjson does)"),
+    ) -> Any:
         """Ensure the pack's image (build or pull it if needed); pre-warm if its policy says so.
         Streamed (``Accept: application/x-ndjson`` or ``?stream=true``): the build's log lines as
         they come, then a ``result`` line with the environment; a failure once lines were sent is
@@ -586,8 +671,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
             except Exception as exc:
                 if problems.status_of(exc) == 500:
                     log.error("building %s failed", pack_ref, exc_info=exc, extra={"pack_ref": pack_ref})
-                reader.finish({"event": "error", "problem": problems.from_exception(
-                    exc, instance=http.url.path).model_dump()})
+                reader.finish({"event": "error", "problem": problems.from_exception(exc, instance=http.url.path).model_dump()})
             else:
                 reader.finish({"event": "result", "environment": info.model_dump(mode="json")})
 
@@ -605,22 +689,39 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
 
         return streaming(stream_events(events(), NDJSON), NDJSON)
 
-    @app.get("/v1/environments", response_model=list[EnvironmentInfo], operation_id="listEnvironments",
-             tags=["environments"], responses=problems.responses(500, 503))
+    @app.get(
+        "/v1/environments",
+        response_model=list[EnvironmentInfo],
+        operation_id="listEnvironments",
+        tags=["environments"],
+        responses=problems.responses(500, 503),
+    )
     def environments() -> list[EnvironmentInfo]:
         """Every environment (image) of this configuration's image prefix."""
         return runner().manager.list_environments()
 
-    @app.delete("/v1/environments/{pack_ref}", response_model=list[str], operation_id="removeEnvironment",
-                tags=["environments"], responses=problems.responses(404, 409, 422, 500, 503))
+    @app.delete(
+        "/v1/environments/{pack_ref}",
+        response_model=list[str],
+        operation_id="removeEnvironment",
+        tags=["environments"],
+        responses=problems.responses(404, 409, 422, 500, 503),
+    )
     def remove(pack_ref: str) -> list[str]:
         """Remove a pack's images (refused, 409, while a container uses one); the removed references."""
         return runner().manager.remove_environment(pack_ref)
 
-    @app.post("/v1/pools/{pack_ref}/prewarm", response_model=int, operation_id="prewarmPool", tags=["pools"],
-              responses=problems.responses(404, 422, 500, 503))
-    def prewarm(pack_ref: str, count: int | None = Query(None, ge=0, le=1024, description=
-                                                         "Containers to start (default: the pool's min_idle)")) -> int:
+    @app.post(
+        "/v1/pools/{pack_ref}/prewarm",
+        response_model=int,
+        operation_id="prewarmPool",
+        tags=["pools"],
+        responses=problems.responses(404, 422, 500, 503),
+    )
+    def prewarm(
+        pack_ref: str,
+        count: int | None = Query(None, ge=0, le=1024, description="Containers to start (default: the pool's min_idle)"),
+    ) -> int:
         """Start warm containers of a pack ahead of need; how many were started."""
         return runner().prewarm(pack_ref, count)
 
@@ -629,8 +730,13 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         """Every warm pool of the service."""
         return [PoolStats(**s) for s in runner().pool_stats()]
 
-    @app.get("/metrics", operation_id="metrics", tags=["health"], response_class=Response,
-             responses={200: {"description": "Prometheus text exposition", "content": {metrics_content_type: {}}}})
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"description": "Prometheus text exposition", "content": {metrics_content_type: {}}}},
+    )
     def prometheus_metrics() -> Response:
         """Prometheus metrics: executions by status and warm/cold, duration and queue histograms,
         live executions, warm pools, builds and their durations. Behind the token like the rest."""
@@ -661,8 +767,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, noting)
         finally:
-            extra = {"method": scope.get("method"), "path": scope.get("path"), "status_code": status["code"],
-                     "duration_ms": int((time.monotonic() - started) * 1000)}
+            extra = {
+                "method": scope.get("method"),
+                "path": scope.get("path"),
+                "status_code": status["code"],
+                "duration_ms": int((time.monotonic() - started) * 1000),
+            }
             execution_id = (scope.get("state") or {}).get("execution_id")
             if execution_id is not None:
                 extra["execution_id"] = execution_id
@@ -686,15 +796,17 @@ class Guard:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
             # compare_digest: the time taken tells nothing about how much of a guess was right.
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                return await _refuse(send, 401, "a valid bearer token is required",
-                                     [(b"www-authenticate", b"Bearer")], instance=scope.get("path"))
+                return await _refuse(
+                    send, 401, "a valid bearer token is required", [(b"www-authenticate", b"Bearer")], instance=scope.get("path")
+                )
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 return await _refuse(send, 400, "invalid Content-Length", instance=scope.get("path"))
             if int(declared) > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes",
-                                     instance=scope.get("path"))
+                return await _refuse(
+                    send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path")
+                )
         # Read the body here, counting (chunked bodies declare no length): at most max_body bytes
         # are ever held, and the app gets it replayed.
         chunks, size = [], 0
@@ -705,8 +817,9 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return await _refuse(send, 413, f"the request body is larger than {self.max_body} bytes",
-                                     instance=scope.get("path"))
+                return await _refuse(
+                    send, 413, f"the request body is larger than {self.max_body} bytes", instance=scope.get("path")
+                )
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
@@ -722,13 +835,21 @@ class Guard:
         return await self.app(scope, replay, send)
 
 
-async def _refuse(send: Callable, status: int, message: str, headers: list | None = None,
-                  instance: str | None = None) -> None:
+async def _refuse(send: Callable, status: int, message: str, headers: list | None = None, instance: str | None = None) -> None:
     body = json.dumps(problems.problem(status, message, instance=instance).model_dump()).encode()
     # connection: close, as the rest of the body (if any) is left unread.
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", problems.MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"), *(headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", problems.MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -749,9 +870,11 @@ def load_token(settings: Settings) -> bytes | None:
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidSpecError(f"service_token_file {path} is not a regular file", field="service_token_file")
             if info.st_mode & 0o007:
-                raise InvalidSpecError(f"service_token_file {path} is accessible to every user "
-                                       f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod o-rwx it",
-                                       field="service_token_file")
+                raise InvalidSpecError(
+                    f"service_token_file {path} is accessible to every user "
+                    f"(mode {stat.S_IMODE(info.st_mode):04o}); chmod o-rwx it",
+                    field="service_token_file",
+                )
             raw = handle.read(4097)
         try:
             token = raw.decode("utf-8").strip()
@@ -761,8 +884,10 @@ def load_token(settings: Settings) -> bytes | None:
         return None
     # Printable ASCII without spaces: it travels in an HTTP header. Never shown in an error.
     if len(token) < MIN_TOKEN_LENGTH or len(token) > 4096 or not all(33 <= ord(c) < 127 for c in token):
-        raise InvalidSpecError(f"the service token must be {MIN_TOKEN_LENGTH} to 4096 printable ASCII "
-                               "characters without spaces", field="service_token")
+        raise InvalidSpecError(
+            f"the service token must be {MIN_TOKEN_LENGTH} to 4096 printable ASCII characters without spaces",
+            field="service_token",
+        )
     return token.encode("ascii")
 
 
@@ -776,11 +901,15 @@ def check_bind_address(host: str, *, allow_remote: bool, token: bytes | None) ->
     if loopback:
         return
     if not allow_remote:
-        raise InvalidSpecError(f"{host!r} is not a loopback address: the service binds loopback only, unless "
-                               "--allow-remote is given together with a token (service_token_file)", field="host")
+        raise InvalidSpecError(
+            f"{host!r} is not a loopback address: the service binds loopback only, unless "
+            "--allow-remote is given together with a token (service_token_file)",
+            field="host",
+        )
     if token is None:
-        raise InvalidSpecError("--allow-remote needs a token (service_token_file or ATTUNE__CONTAINERS__SERVICE_TOKEN)",
-                               field="service_token")
+        raise InvalidSpecError(
+            "--allow-remote needs a token (service_token_file or ATTUNE__CONTAINERS__SERVICE_TOKEN)", field="service_token"
+        )
 
 
 def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socketlib.socket, int]:
@@ -822,8 +951,9 @@ def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socket
             try:
                 os.chown(staged, -1, gid)
             except PermissionError:
-                raise InvalidSpecError(f"cannot give the socket to group {group!r}: this user is not in it",
-                                       field="service_socket_group") from None
+                raise InvalidSpecError(
+                    f"cannot give the socket to group {group!r}: this user is not in it", field="service_socket_group"
+                ) from None
             os.chmod(staged, 0o660)
         else:
             os.chmod(staged, 0o600)
@@ -846,9 +976,17 @@ def bind_unix_socket(path: str | Path, group: str | None = None) -> tuple[socket
             os.rmdir(private)
 
 
-def serve(packs_dir: str | Path, *, socket: str | None = None, host: str = "127.0.0.1", port: int = 8765,
-          manager: ContainerDependencyManager | None = None, allow_remote: bool = False,
-          announce: Callable[[str], None] | None = None, log_level: str = "info") -> None:
+def serve(
+    packs_dir: str | Path,
+    *,
+    socket: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    manager: ContainerDependencyManager | None = None,
+    allow_remote: bool = False,
+    announce: Callable[[str], None] | None = None,
+    log_level: str = "info",
+) -> None:
     """Serve until SIGTERM or Ctrl-C. Every check (token, bind address, socket) is made before
     anything listens; a refusal is an InvalidSpecError. Logs are JSON lines on stderr (logs.py)."""
     import uvicorn
@@ -877,6 +1015,5 @@ def serve(packs_dir: str | Path, *, socket: str | None = None, host: str = "127.
     check_bind_address(host, allow_remote=allow_remote, token=token)
     config = uvicorn.Config(create_app(packs_dir, manager, token=token), host=host, port=port, **options)
     if announce:
-        announce(f"http://{host}:{port}" + (" (token required)" if token else
-                                             " (no token: every local user can call it)"))
+        announce(f"http://{host}:{port}" + (" (token required)" if token else " (no token: every local user can call it)"))
     uvicorn.Server(config).run()

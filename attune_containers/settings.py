@@ -103,8 +103,9 @@ class _KnownKeys(_Wrapped):
         values = dict(self.inner())
         unknown = sorted(set(values) - set(self.settings_cls.model_fields))
         if unknown:
-            raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-                             f"in the config file {self.path}")
+            raise ValueError(
+                f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} in the config file {self.path}"
+            )
         return values
 
 
@@ -160,27 +161,39 @@ class Settings(BaseSettings):
     offline: bool = Field(False, description="Builds use the wheel cache only, with networking off")
     registry: str | None = Field(None, description="host[:port] of a registry to pull pack images from / push to")
     registry_username: str | None = Field(
-        None, description="User for the registry; with registry_password_file. Unset: the engine's own "
-                          "`docker login` (DOCKER_CONFIG or ~/.docker/config.json)")
+        None,
+        description="User for the registry; with registry_password_file. Unset: the engine's own "
+        "`docker login` (DOCKER_CONFIG or ~/.docker/config.json)",
+    )
     registry_password_file: Path | None = Field(
-        None, description="File holding the registry password (read at each push or pull, so replacing the "
-                          "file rotates it); a password is never taken on the command line or from a variable")
+        None,
+        description="File holding the registry password (read at each push or pull, so replacing the "
+        "file rotates it); a password is never taken on the command line or from a variable",
+    )
     allow_build: bool = Field(True, description="False: a worker that finds no image fails instead of building")
     trusted_manifest: Path | None = Field(
-        None, description="JSON manifest (written by `build --all --push --manifest`) of the registry images, "
-                          "by digest, this host trusts; a pulled image must match it")
+        None,
+        description="JSON manifest (written by `build --all --push --manifest`) of the registry images, "
+        "by digest, this host trusts; a pulled image must match it",
+    )
     trust_registry_tags: bool = Field(
-        False, description="UNSAFE: run an image pulled from the registry by its tag when no trusted manifest "
-                           "names it (anyone who can push to the registry then chooses the code that runs)")
+        False,
+        description="UNSAFE: run an image pulled from the registry by its tag when no trusted manifest "
+        "names it (anyone who can push to the registry then chooses the code that runs)",
+    )
     build_no_cache: bool = Field(False, description="Ignore the engine's layer cache (cold builds, benchmarks)")
     build_memory: str | None = Field("4g", description="Memory limit of each build container")
     build_timeout: int = Field(1800, gt=0, description="Wall-clock seconds a whole build may take (fetch and image)")
     allow_sdist_builds: bool = Field(
-        False, description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
-        "hands back is cached); false: only wheels are used")
+        False,
+        description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
+        "hands back is cached); false: only wheels are used",
+    )
     allow_npm_scripts: bool = Field(
-        False, description="Run npm lifecycle scripts (install, postinstall) of Node.js packs' packages in the "
-        "build stage (no network, no shared cache there; never in the fetch step); false: --ignore-scripts")
+        False,
+        description="Run npm lifecycle scripts (install, postinstall) of Node.js packs' packages in the "
+        "build stage (no network, no shared cache there; never in the fetch step); false: --ignore-scripts",
+    )
     fetch_max_bytes: Bytes = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
@@ -204,15 +217,18 @@ class Settings(BaseSettings):
     )
     # The local service (`attune-containers serve`).
     service_socket_group: str | None = Field(
-        None, description="Group that may use the service's Unix socket (mode 0660); default: owner only (0600)")
-    service_token_file: Path | None = Field(
-        None, description="File holding the service's bearer token (not readable by others)")
-    service_token: SecretStr | None = Field(
-        None, description="The service's bearer token itself (prefer service_token_file)")
+        None, description="Group that may use the service's Unix socket (mode 0660); default: owner only (0600)"
+    )
+    service_token_file: Path | None = Field(None, description="File holding the service's bearer token (not readable by others)")
+    service_token: SecretStr | None = Field(None, description="The service's bearer token itself (prefer service_token_file)")
     service_max_body_bytes: Bytes = Field(8 * 1024 * 1024, ge=1024, description="Largest request body the service reads")
     service_max_queued: int = Field(64, ge=1, description="Executions waiting for a slot before the service answers 503")
-    service_executions_kept: int = Field(1000, ge=1, description="Finished executions the service keeps for GET "
-                                         "/v1/executions/{id} and idempotent retries (the oldest dropped first)")
+    service_executions_kept: int = Field(
+        1000,
+        ge=1,
+        description="Finished executions the service keeps for GET "
+        "/v1/executions/{id} and idempotent retries (the oldest dropped first)",
+    )
     service_executions_ttl: float = Field(3600, gt=0, description="Seconds a finished execution is kept")
 
     @field_validator("image_prefix")
@@ -239,8 +255,9 @@ class Settings(BaseSettings):
         for runtime, images in v.items():
             for version, ref in images.items():
                 if not re.fullmatch(r"\d+(?:\.\d+){0,2}", version) or not _REFERENCE.fullmatch(ref):
-                    raise ValueError(f"runtime_base_images[{runtime!r}][{version!r}] = {ref!r} is not "
-                                     "a version and an image reference")
+                    raise ValueError(
+                        f"runtime_base_images[{runtime!r}][{version!r}] = {ref!r} is not a version and an image reference"
+                    )
         return v
 
     @field_validator("registry")
@@ -336,12 +353,17 @@ class Settings(BaseSettings):
             raise ValueError(f"{exc.field}: {exc}") from None
         return self
 
-    def run_limits(self, *, pack: ResourceLimits | None = None, action: ResourceLimits | None = None,
-                   request: ResourceLimits | None = None) -> ResourceLimits:
+    def run_limits(
+        self, *, pack: ResourceLimits | None = None, action: ResourceLimits | None = None, request: ResourceLimits | None = None
+    ) -> ResourceLimits:
         """The limits of one run: these defaults, then the pack's, the action's and the request's,
         each only within ``max_limits`` and ``allowed_networks`` (InvalidSpecError otherwise)."""
-        return effective_limits(self.limits, self.max_limits, self.allowed_networks,
-                                [("meta.container_limits", pack), ("action", action), ("limits", request)])
+        return effective_limits(
+            self.limits,
+            self.max_limits,
+            self.allowed_networks,
+            [("meta.container_limits", pack), ("action", action), ("limits", request)],
+        )
 
     def requirement_policy(self) -> RequirementPolicy:
         return RequirementPolicy(

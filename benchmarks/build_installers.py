@@ -32,8 +32,9 @@ OVERLAPPING = DependencySpec(dependencies=["requests", "boto3", "attrs"], min_ve
 def build(settings: Settings, spec: DependencySpec, downloads: list[str]) -> float:
     manager = ContainerDependencyManager(settings)
     started = time.perf_counter()
-    manager.ensure_environment(f"bench{uuid.uuid4().hex[:8]}", spec,
-                               on_log=lambda line: line.startswith("fetch: downloaded") and downloads.append(line))
+    manager.ensure_environment(
+        f"bench{uuid.uuid4().hex[:8]}", spec, on_log=lambda line: line.startswith("fetch: downloaded") and downloads.append(line)
+    )
     return time.perf_counter() - started
 
 
@@ -50,8 +51,9 @@ def main() -> int:
         for _ in range(args.rounds):
             for installer in ("pip", "uv"):
                 cache = work / uuid.uuid4().hex  # an empty wheel cache: everything is downloaded
-                settings = Settings(image_prefix=prefix, installer=installer, cache_dir=cache,
-                                    build_no_cache=True, state_dir=work / "state")
+                settings = Settings(
+                    image_prefix=prefix, installer=installer, cache_dir=cache, build_no_cache=True, state_dir=work / "state"
+                )
                 got: list[str] = []
                 times[f"{installer} cold"].append(build(settings, REFERENCE, got))
                 downloaded[f"{installer} cold"] = len(got)
@@ -78,8 +80,10 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{args.rounds} rounds; reference pack: {', '.join(REFERENCE.dependencies)}; overlapping: "
-          f"{', '.join(OVERLAPPING.dependencies)}")
+    print(
+        f"{args.rounds} rounds; reference pack: {', '.join(REFERENCE.dependencies)}; overlapping: "
+        f"{', '.join(OVERLAPPING.dependencies)}"
+    )
     for name, value in med.items():
         print(f"{name:<26} {value:6.1f} s median, {downloaded[name]} distributions downloaded")
     for name, value in report["ratios"].items():

@@ -53,8 +53,12 @@ def naive(base: str, ca_bundle: Path | None, work: Path, tags: list[str]) -> flo
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
     tag = f"attune-bench-naive:{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
-    result = subprocess.run(["docker", "build", "--no-cache", "-q", "-t", tag, str(context)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(
+        ["docker", "build", "--no-cache", "-q", "-t", tag, str(context)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     tags.append(tag)
     if result.returncode != 0:
@@ -65,8 +69,7 @@ def naive(base: str, ca_bundle: Path | None, work: Path, tags: list[str]) -> flo
 def ensure(settings: Settings, pack_ref: str, spec: DependencySpec, log: list[tuple[float, str]]):
     manager = ContainerDependencyManager(settings)
     started = time.perf_counter()
-    ensured = manager.ensure(pack_ref, spec, on_log=lambda line: log.append((time.perf_counter() - started, line)),
-                             pull=False)
+    ensured = manager.ensure(pack_ref, spec, on_log=lambda line: log.append((time.perf_counter() - started, line)), pull=False)
     elapsed = time.perf_counter() - started
     if ensured.outcome != "built":
         raise SystemExit(f"{pack_ref}: expected a build, got {ensured.outcome}")
@@ -92,8 +95,9 @@ def main() -> int:
     def settings(cache: Path) -> Settings:
         prefix = f"attune-bench-{run_id}-{len(prefixes)}"
         prefixes.append(prefix)
-        return base_settings.model_copy(update={
-            "image_prefix": prefix, "cache_dir": cache, "build_no_cache": True, "state_dir": work / "state"})
+        return base_settings.model_copy(
+            update={"image_prefix": prefix, "cache_dir": cache, "build_no_cache": True, "state_dir": work / "state"}
+        )
 
     try:
         for number in range(args.rounds):
@@ -136,8 +140,16 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     med = {case: statistics.median(values) for case, values in times.items() if values}
     ratios = {case: med[case] / med["naive"] for case in CASES if case != "naive" and case in med}
-    report = {"rounds": args.rounds, "base_image": base, "requirements": REQUIREMENTS,
-              "seconds_median": med, "seconds": times, "ratios_vs_naive": ratios, "goals": GOALS, "notes": notes}
+    report = {
+        "rounds": args.rounds,
+        "base_image": base,
+        "requirements": REQUIREMENTS,
+        "seconds_median": med,
+        "seconds": times,
+        "ratios_vs_naive": ratios,
+        "goals": GOALS,
+        "notes": notes,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -44,8 +44,18 @@ from tests.engine.hosts import copy_image, start_registry, start_second_engine  
 
 BASE = "3.13"
 # Pure-Python wheels, pinned: packs draw 1 to 3 of them, so most share some with others.
-POOL = ["six==1.16.0", "idna==3.7", "attrs==23.2.0", "certifi==2024.7.4", "packaging==24.1",
-        "pyparsing==3.1.2", "typing_extensions==4.12.2", "click==8.1.7", "urllib3==2.2.2", "zipp==3.19.2"]
+POOL = [
+    "six==1.16.0",
+    "idna==3.7",
+    "attrs==23.2.0",
+    "certifi==2024.7.4",
+    "packaging==24.1",
+    "pyparsing==3.1.2",
+    "typing_extensions==4.12.2",
+    "click==8.1.7",
+    "urllib3==2.2.2",
+    "zipp==3.19.2",
+]
 
 
 def generate(tree: Path, count: int, seed: int = 14) -> list[str]:
@@ -56,8 +66,11 @@ def generate(tree: Path, count: int, seed: int = 14) -> list[str]:
         folder = tree / pack_ref
         folder.mkdir(parents=True)
         dependencies = sorted(rng.sample(POOL, rng.randint(1, 3)))
-        (folder / "pack.yaml").write_text(yaml.safe_dump(
-            {"ref": pack_ref, "meta": {"python_dependencies": {"dependencies": dependencies, "min_version": BASE}}}))
+        (folder / "pack.yaml").write_text(
+            yaml.safe_dump(
+                {"ref": pack_ref, "meta": {"python_dependencies": {"dependencies": dependencies, "min_version": BASE}}}
+            )
+        )
         refs.append(pack_ref)
     return refs
 
@@ -104,15 +117,21 @@ def main() -> int:
     config["log"] = {"level": "info", "accesslog": {"disabled": False}}
     (registry.root / "config.yml").write_text(yaml.safe_dump(config))
     log_path = registry.root / "registry.log"
-    registry.process = subprocess.Popen(["docker-registry", "serve", str(registry.root / "config.yml")],
-                                        stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"))
+    registry.process = subprocess.Popen(
+        ["docker-registry", "serve", str(registry.root / "config.yml")], stdout=subprocess.DEVNULL, stderr=open(log_path, "wb")
+    )
     time.sleep(1)
     second = None
     prefixes = [f"attune-bench-fleet-{run_id}", f"attune-bench-fleet-{run_id}-local"]
     try:
-        ci = configured.model_copy(update={
-            "image_prefix": prefixes[0], "registry": registry.address, "cache_dir": work / "cache-ci",
-            "state_dir": work / "state-ci"})
+        ci = configured.model_copy(
+            update={
+                "image_prefix": prefixes[0],
+                "registry": registry.address,
+                "cache_dir": work / "cache-ci",
+                "state_dir": work / "state-ci",
+            }
+        )
         manifest = work / "trusted.json"
         started = time.perf_counter()
         report = build_all(ContainerDependencyManager(ci, engine), tree, jobs=args.jobs, push=True, manifest=manifest)
@@ -126,9 +145,17 @@ def main() -> int:
         copy_image(base, None, second.url)
         b = second.engine
         before = b.disk_usage().layers_size or 0
-        worker = ContainerDependencyManager(ci.model_copy(update={
-            "allow_build": False, "trusted_manifest": manifest, "state_dir": work / "state-worker",
-            "cache_dir": work / "cache-worker"}), b)
+        worker = ContainerDependencyManager(
+            ci.model_copy(
+                update={
+                    "allow_build": False,
+                    "trusted_manifest": manifest,
+                    "state_dir": work / "state-worker",
+                    "cache_dir": work / "cache-worker",
+                }
+            ),
+            b,
+        )
         pulls: dict[str, float] = {}
         entries = {e.pack_ref: e.pack for e in scan_pack_tree(tree)}
         for pack_ref in refs:
@@ -139,20 +166,23 @@ def main() -> int:
                 raise SystemExit(f"{pack_ref}: the worker got {ensured.outcome}, not a pull")
         pulled_bytes = (b.disk_usage().layers_size or 0) - before
 
-        local = configured.model_copy(update={"image_prefix": prefixes[1], "cache_dir": work / "cache-local",
-                                              "state_dir": work / "state-local"})
+        local = configured.model_copy(
+            update={"image_prefix": prefixes[1], "cache_dir": work / "cache-local", "state_dir": work / "state-local"}
+        )
         local_manager = ContainerDependencyManager(local, engine)
         builds: dict[str, float] = {}
-        for pack_ref in refs[:args.local]:
+        for pack_ref in refs[: args.local]:
             t = time.perf_counter()
             local_manager.ensure(pack_ref, entries[pack_ref].spec, pull=False)
             builds[pack_ref] = time.perf_counter() - t
 
         figures = {
-            "packs": len(refs), "jobs": args.jobs,
+            "packs": len(refs),
+            "jobs": args.jobs,
             "build_all_push_seconds": round(build_push_s, 1),
             "registry_stored_bytes": stored,
-            "blob_uploads": len(uploads), "distinct_blobs_uploaded": len(set(uploads)),
+            "blob_uploads": len(uploads),
+            "distinct_blobs_uploaded": len(set(uploads)),
             "blob_mounts": mounts,
             "image_sizes_sum_bytes": sum(p.size_bytes or 0 for p in report.packs),
             "worker_pull_seconds_median": round(statistics.median(pulls.values()), 2),
@@ -160,8 +190,9 @@ def main() -> int:
             "worker_store_growth_bytes": pulled_bytes,
             "local_build_seconds_median": round(statistics.median(builds.values()), 2) if builds else None,
             "local_builds": len(builds),
-            "pull_vs_build_same_packs": round(statistics.median(builds.values())
-                                              / statistics.median(pulls[r] for r in builds), 1) if builds else None,
+            "pull_vs_build_same_packs": round(statistics.median(builds.values()) / statistics.median(pulls[r] for r in builds), 1)
+            if builds
+            else None,
         }
     finally:
         if second is not None:
@@ -178,15 +209,21 @@ def main() -> int:
         print(json.dumps(figures, indent=2))
     else:
         mb = 1e6
-        print(f"{figures['packs']} packs, build --all --jobs {args.jobs} --push: {figures['build_all_push_seconds']} s; "
-              f"registry stored {figures['registry_stored_bytes'] / mb:.0f} MB for images summing "
-              f"{figures['image_sizes_sum_bytes'] / mb:.0f} MB; {figures['blob_uploads']} blob uploads, "
-              f"{figures['distinct_blobs_uploaded']} distinct, {figures['blob_mounts']} cross-repository mounts")
-        print(f"worker (engine B) first ensure = pull by digest: median {figures['worker_pull_seconds_median']} s, "
-              f"max {figures['worker_pull_seconds_max']} s; its store grew {figures['worker_store_growth_bytes'] / mb:.0f} MB")
+        print(
+            f"{figures['packs']} packs, build --all --jobs {args.jobs} --push: {figures['build_all_push_seconds']} s; "
+            f"registry stored {figures['registry_stored_bytes'] / mb:.0f} MB for images summing "
+            f"{figures['image_sizes_sum_bytes'] / mb:.0f} MB; {figures['blob_uploads']} blob uploads, "
+            f"{figures['distinct_blobs_uploaded']} distinct, {figures['blob_mounts']} cross-repository mounts"
+        )
+        print(
+            f"worker (engine B) first ensure = pull by digest: median {figures['worker_pull_seconds_median']} s, "
+            f"max {figures['worker_pull_seconds_max']} s; its store grew {figures['worker_store_growth_bytes'] / mb:.0f} MB"
+        )
         if builds:
-            print(f"building the same image locally (cold cache, {len(builds)} packs): median "
-                  f"{figures['local_build_seconds_median']} s = {figures['pull_vs_build_same_packs']}x the pull")
+            print(
+                f"building the same image locally (cold cache, {len(builds)} packs): median "
+                f"{figures['local_build_seconds_median']} s = {figures['pull_vs_build_same_packs']}x the pull"
+            )
     return 0
 
 

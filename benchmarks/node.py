@@ -61,8 +61,7 @@ def main() -> int:
         samples["warm, back to back"].append(timed(via_service))
 
     def docker_run() -> None:
-        subprocess.run(["docker", "run", "--rm", "--network", "none", image, "node", "-e", "0"],
-                       check=True, capture_output=True)
+        subprocess.run(["docker", "run", "--rm", "--network", "none", image, "node", "-e", "0"], check=True, capture_output=True)
 
     methods = {"node -e 0": node_start, "warm, service": via_service, "cold path": cold, "docker run --rm": docker_run}
     samples: dict[str, list[float]] = {name: [] for name in [*methods, "warm, back to back"]}

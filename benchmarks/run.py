@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -52,8 +52,7 @@ def seed_venv() -> Path:
     if not (python.exists() and stamp.exists() and stamp.read_text() == pins):
         shutil.rmtree(SEED_VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(SEED_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins.split()],
-                       check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins.split()], check=True)
         stamp.write_text(pins)
     return python
 
@@ -84,8 +83,11 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def start_service(socket: Path, packs: Path) -> tuple[subprocess.Popen, httpx.Client]:
-    process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(packs),
-                                "--socket", str(socket)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(packs), "--socket", str(socket)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=120)
     for _ in range(300):
         try:
@@ -114,8 +116,12 @@ def main() -> int:
     service, client = start_service(socket, tree)
 
     def bare() -> None:
-        out = subprocess.run([sys.executable, "-I", str(HERE / "bare_action.py"), str(ACTION_FILE), json.dumps(PARAMS)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-I", str(HERE / "bare_action.py"), str(ACTION_FILE), json.dumps(PARAMS)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         check(json.loads(out) == PARAMS, "bare result")
 
     def bare_start() -> None:
@@ -129,26 +135,45 @@ def main() -> int:
         check(runner.run(ACTION, PARAMS, warm=True).result == PARAMS, "warm result")
 
     def via_service() -> None:
-        check(client.post("/v1/executions", json={"action_ref": ACTION, "parameters": PARAMS}).json()["result"] == PARAMS,
-              "service result")
+        check(
+            client.post("/v1/executions", json={"action_ref": ACTION, "parameters": PARAMS}).json()["result"] == PARAMS,
+            "service result",
+        )
 
     def real_service() -> None:
         answer = client.post("/v1/executions", json={"action_ref": REAL_ACTION, "parameters": REAL_PARAMS}).json()
         check(answer["result"] == REAL_RESULT, f"real action result {answer}")
 
     def real_seed() -> None:
-        out = subprocess.run([str(seed_python), "-I", str(HERE / "bare_action.py"),
-                              str(tree / "realworld" / "actions" / "validate.py"), json.dumps(REAL_PARAMS)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [
+                str(seed_python),
+                "-I",
+                str(HERE / "bare_action.py"),
+                str(tree / "realworld" / "actions" / "validate.py"),
+                json.dumps(REAL_PARAMS),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         check(json.loads(out) == REAL_RESULT, "seed's way result")
 
     def docker_run() -> None:
-        subprocess.run(["docker", "run", "--rm", "--network", "none", image, "python", "-c", "pass"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "run", "--rm", "--network", "none", image, "python", "-c", "pass"], check=True, capture_output=True
+        )
 
-    methods = {"python -c pass": bare_start, "bare process": bare, "cold path": cold, "warm container": warm,
-               "service": via_service, "docker run --rm": docker_run,
-               "real action, service": real_service, "real action, seed's way": real_seed}
+    methods = {
+        "python -c pass": bare_start,
+        "bare process": bare,
+        "cold path": cold,
+        "warm container": warm,
+        "service": via_service,
+        "docker run --rm": docker_run,
+        "real action, service": real_service,
+        "real action, seed's way": real_seed,
+    }
     samples: dict[str, list[float]] = {name: [] for name in methods}
     try:
         for fn in methods.values():  # warm-up: images, pools and caches ready
@@ -179,12 +204,13 @@ def main() -> int:
             "cold / docker run --rm (goal <= 1)": med["cold path"] / med["docker run --rm"],
             "cold / warm": med["cold path"] / med["warm container"],
             "real action, service / python start (goal <= 1.5)": med["real action, service"] / med["python -c pass"],
-            "real action, service / seed's way (goal <= 0.2)":
-                med["real action, service"] / med["real action, seed's way"],
+            "real action, service / seed's way (goal <= 0.2)": med["real action, service"] / med["real action, seed's way"],
         },
         "throughput": {
-            "workers": workers, "executions": args.throughput,
-            "warm_per_s": args.throughput / t_warm, "bare_per_s": args.throughput / t_bare,
+            "workers": workers,
+            "executions": args.throughput,
+            "warm_per_s": args.throughput / t_warm,
+            "bare_per_s": args.throughput / t_bare,
             "warm / bare": (args.throughput / t_warm) / (args.throughput / t_bare),
         },
         "cores": os.cpu_count(),
@@ -200,8 +226,10 @@ def main() -> int:
     for name, value in report["ratios"].items():
         print(f"{name:<52} {value:6.2f}")
     t = report["throughput"]
-    print(f"throughput, {t['workers']} workers, {t['executions']} executions: warm {t['warm_per_s']:.0f}/s, "
-          f"bare processes {t['bare_per_s']:.0f}/s (warm / bare {t['warm / bare']:.2f})")
+    print(
+        f"throughput, {t['workers']} workers, {t['executions']} executions: warm {t['warm_per_s']:.0f}/s, "
+        f"bare processes {t['bare_per_s']:.0f}/s (warm / bare {t['warm / bare']:.2f})"
+    )
     return 0
 
 

@@ -20,9 +20,9 @@ from attune_containers.services.runner import ActionRunner
 PACKS = Path(__file__).resolve().parent / "packs"
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     started = time.perf_counter()
-    value = fn()
+    value = fn(*args, **kwargs)
     return value, time.perf_counter() - started
 
 
@@ -39,16 +39,20 @@ def main() -> int:
         runner.manager.ensure_environment(pack.pack_ref, spec)
         again = time.perf_counter() - started
         params = {"greeting": f"hello from {pack_ref}"}
-        cold = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=False))
+        cold = timed(runner.run, f"{pack_ref}.versions", params, warm=False)
         runner.run(f"{pack_ref}.versions", params, warm=True)  # starts the pack's warm container
-        warm = timed(lambda: runner.run(f"{pack_ref}.versions", params, warm=True))
+        warm = timed(runner.run, f"{pack_ref}.versions", params, warm=True)
         name = get_runtime(spec.runtime).display_name
-        print(f"{pack_ref}: {name} range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
-              f"-> {info.image} ({name} {info.runtime_version})")
+        print(
+            f"{pack_ref}: {name} range [{spec.min_version or 'any'}, {spec.max_version or 'any'}] "
+            f"-> {info.image} ({name} {info.runtime_version})"
+        )
         print(f"  image ready in {ensured:.2f} s; ensured again in {again * 1000:.2f} ms")
         print(f"  result: {cold[0].result}")
-        print(f"  cold run {cold[0].status.value} in {cold[1] * 1000:.0f} ms; warm run {warm[0].status.value} "
-              f"in {warm[1] * 1000:.0f} ms, same result: {warm[0].result == cold[0].result}")
+        print(
+            f"  cold run {cold[0].status.value} in {cold[1] * 1000:.0f} ms; warm run {warm[0].status.value} "
+            f"in {warm[1] * 1000:.0f} ms, same result: {warm[0].result == cold[0].result}"
+        )
         failures += not (cold[0].succeeded and warm[0].succeeded)
     runner.close()
     return 1 if failures else 0

@@ -33,8 +33,10 @@ def engine() -> Engine:
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> Settings:
     settings = Settings(image_prefix=TEST_PREFIX, state_dir=tmp_path_factory.mktemp("state"))
-    configured = [*settings.base_images.values(),
-                  *(ref for images in settings.runtime_base_images.values() for ref in images.values())]
+    configured = [
+        *settings.base_images.values(),
+        *(ref for images in settings.runtime_base_images.values() for ref in images.values()),
+    ]
     missing = [ref for ref in configured if engine.inspect_image(ref) is None]
     if missing:
         pytest.fail(f"base images missing: {missing}; `make test` bootstraps them")
@@ -60,4 +62,3 @@ def _remove_test_images():
 @pytest.fixture
 def manager(settings: Settings, engine: Engine) -> ContainerDependencyManager:
     return ContainerDependencyManager(settings, engine)
-

@@ -70,7 +70,7 @@ def split_action_ref(action_ref: str, pack_refs: set[str] | dict[str, Any]) -> t
         error = NotFoundError if well_formed else InvalidSpecError
         raise error(f"no known pack is a prefix of {action_ref!r}", field="action_ref")
     pack_ref = max(candidates, key=len)
-    name = action_ref[len(pack_ref) + 1:]
+    name = action_ref[len(pack_ref) + 1 :]
     if not _ACTION_NAME.fullmatch(name):
         raise InvalidSpecError(f"{name!r} is not a valid action name", field="action_ref")
     return pack_ref, name
@@ -104,22 +104,32 @@ def load_action(packs_dir: Path, action_ref: str, packs: dict[str, Path] | None 
     known = runner_types()
     runner = str(document.get("runner_type", DEFAULT_RUNTIME))
     if runner not in known:
-        raise InvalidSpecError(f"runner_type {runner!r} is not a runner of any runtime; known: "
-                               f"{', '.join(sorted(known))}", field="runner_type")
+        raise InvalidSpecError(
+            f"runner_type {runner!r} is not a runner of any runtime; known: {', '.join(sorted(known))}", field="runner_type"
+        )
     entry_point, function = _entry_point(document.get("entry_point"), pack_dir)
     timeout = document.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
-                                or not math.isfinite(timeout) or timeout <= 0 or timeout > MAX_TIMEOUT):
+    if timeout is not None and (
+        not isinstance(timeout, (int, float))
+        or isinstance(timeout, bool)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+        or timeout > MAX_TIMEOUT
+    ):
         # .nan and .inf are YAML floats too; refused here, not as a ValidationError later.
-        raise InvalidSpecError(f"must be a positive number of seconds up to {MAX_TIMEOUT}, got {timeout!r}",
-                               field="timeout")
+        raise InvalidSpecError(f"must be a positive number of seconds up to {MAX_TIMEOUT}, got {timeout!r}", field="timeout")
     parameters = document.get("parameters")
     properties = (parameters.get("properties") or {}) if isinstance(parameters, dict) else {}
     secrets = tuple(sorted(k for k, v in properties.items() if isinstance(v, dict) and v.get("secret") is True))
     return ActionDefinition(
-        action_ref=action_ref, pack_ref=pack_ref, name=name, pack_dir=pack_dir,
-        entry_point=entry_point, function=function,
-        timeout=float(timeout) if timeout is not None else None, secret_parameters=secrets,
+        action_ref=action_ref,
+        pack_ref=pack_ref,
+        name=name,
+        pack_dir=pack_dir,
+        entry_point=entry_point,
+        function=function,
+        timeout=float(timeout) if timeout is not None else None,
+        secret_parameters=secrets,
         runner_type=runner,
     )
 
@@ -138,4 +148,3 @@ def _entry_point(value: Any, pack_dir: Path) -> tuple[str, str | None]:
     except InvalidSpecError:
         raise InvalidSpecError(f"actions/{file_part} is not a regular file of the pack", field="entry_point") from None
     return "/".join(parts), function or None
-

@@ -24,9 +24,18 @@ def looks_killed(collector: ExecutionCollector, exit_code: int | None) -> bool:
     return collector.done is None or done.get("signal") == 9 or exit_code == 137
 
 
-def classify(collector: ExecutionCollector, limits: ResourceLimits, timed_out: bool, elapsed: float, *,
-             execution_id: str, action_ref: str, image: str | None, container_exit: int | None = None,
-             oom: bool | Callable[[], bool] = False) -> ExecutionResult:
+def classify(
+    collector: ExecutionCollector,
+    limits: ResourceLimits,
+    timed_out: bool,
+    elapsed: float,
+    *,
+    execution_id: str,
+    action_ref: str,
+    image: str | None,
+    container_exit: int | None = None,
+    oom: bool | Callable[[], bool] = False,
+) -> ExecutionResult:
     """The ExecutionResult of one execution.
 
     ``timed_out``: the worker stopped waiting at the deadline; ``elapsed``: seconds it took;
@@ -37,40 +46,62 @@ def classify(collector: ExecutionCollector, limits: ResourceLimits, timed_out: b
     exit_code = done.get("exit_code", container_exit)
     timed_out = timed_out or done.get("timed_out") is True
     common: dict[str, Any] = dict(
-        execution_id=execution_id, action_ref=action_ref, exit_code=exit_code,
-        duration_ms=int(elapsed * 1000), stdout=collector.stdout.text(), stderr=collector.stderr.text(),
-        stdout_truncated=collector.stdout.truncated, stderr_truncated=collector.stderr.truncated, image=image,
+        execution_id=execution_id,
+        action_ref=action_ref,
+        exit_code=exit_code,
+        duration_ms=int(elapsed * 1000),
+        stdout=collector.stdout.text(),
+        stderr=collector.stderr.text(),
+        stdout_truncated=collector.stdout.truncated,
+        stderr_truncated=collector.stderr.truncated,
+        image=image,
     )
 
     def failed(status: ExecutionStatus, kind: str, message: str) -> ExecutionResult:
         return ExecutionResult(status=status, error=ExecutionError(type=kind, message=message), **common)
 
     if timed_out:
-        return failed(ExecutionStatus.timeout, "Timeout",
-                      f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s")
+        return failed(
+            ExecutionStatus.timeout,
+            "Timeout",
+            f"the action ran longer than {limits.timeout:g} s and was killed after {elapsed:.2f} s",
+        )
     if collector.protocol_error:
-        return failed(ExecutionStatus.error, "ProtocolError",
-                      "the container's output broke the runner protocol; the container was destroyed")
+        return failed(
+            ExecutionStatus.error,
+            "ProtocolError",
+            "the container's output broke the runner protocol; the container was destroyed",
+        )
     if looks_killed(collector, exit_code) and (oom() if callable(oom) else oom):
         return failed(ExecutionStatus.oom, "OutOfMemory", f"the action exceeded its memory limit of {limits.memory}")
     if collector.result_too_large:
-        return failed(ExecutionStatus.failed, "ResultTooLarge",
-                      f"the result is {collector.result_size} bytes; the limit is {limits.result_limit}")
+        return failed(
+            ExecutionStatus.failed,
+            "ResultTooLarge",
+            f"the result is {collector.result_size} bytes; the limit is {limits.result_limit}",
+        )
     outcome = collector.outcome()
     error = _error(outcome) if outcome is not None and outcome.get("status") == "error" else None
     if outcome is None or outcome.get("status") == "none" or (outcome.get("status") == "error" and error is None):
         # An error document that is not one (the action's process can write its result pipe
         # itself) is no result either, never an exception in the worker.
         what = "was killed by signal %s" % done["signal"] if done.get("signal") else f"ended (exit code {exit_code})"
-        return failed(ExecutionStatus.failed if collector.done else ExecutionStatus.error, "NoResult",
-                      f"the action's process {what} without reporting a result")
+        return failed(
+            ExecutionStatus.failed if collector.done else ExecutionStatus.error,
+            "NoResult",
+            f"the action's process {what} without reporting a result",
+        )
     if error is not None:
         return ExecutionResult(status=ExecutionStatus.failed, error=error, **common)
     result = outcome.get("result") if outcome.get("status") == "success" else parse_script_output(common["stdout"])
     if exit_code == 0:
         return ExecutionResult(status=ExecutionStatus.succeeded, result=result, **common)
-    return ExecutionResult(status=ExecutionStatus.failed, result=result, error=ExecutionError(
-        type="NonZeroExit", message=f"the action exited with {exit_code}"), **common)
+    return ExecutionResult(
+        status=ExecutionStatus.failed,
+        result=result,
+        error=ExecutionError(type="NonZeroExit", message=f"the action exited with {exit_code}"),
+        **common,
+    )
 
 
 def _error(outcome: dict[str, Any]) -> ExecutionError | None:

@@ -107,8 +107,7 @@ def _magnitude(field: str, value: Any) -> float:
     return parse_size(value) if field in _SIZE_FIELDS else value
 
 
-def check_within_caps(layer: ResourceLimits, caps: ResourceLimits, allowed_networks: Iterable[str],
-                      where: str) -> None:
+def check_within_caps(layer: ResourceLimits, caps: ResourceLimits, allowed_networks: Iterable[str], where: str) -> None:
     """Refuse a layer that asks for more than the operator allows (refused, not clamped: an action
     silently given less than it asked for fails in ways that are hard to trace)."""
     allowed = set(allowed_networks)
@@ -117,18 +116,24 @@ def check_within_caps(layer: ResourceLimits, caps: ResourceLimits, allowed_netwo
             if value != "none" and value not in allowed:
                 raise InvalidSpecError(
                     f"network {value!r} is not allowed: the operator allows none"
-                    + "".join(f", {n}" for n in sorted(allowed)) + " (setting allowed_networks)",
-                    field=f"{where}.network")
+                    + "".join(f", {n}" for n in sorted(allowed))
+                    + " (setting allowed_networks)",
+                    field=f"{where}.network",
+                )
             continue
         cap = getattr(caps, field)
         if cap is not None and _magnitude(field, value) > _magnitude(field, cap):
             raise InvalidSpecError(
-                f"{field} {value!r} is above the operator's cap of {cap!r} (setting max_limits.{field})",
-                field=f"{where}.{field}")
+                f"{field} {value!r} is above the operator's cap of {cap!r} (setting max_limits.{field})", field=f"{where}.{field}"
+            )
 
 
-def effective_limits(defaults: ResourceLimits, caps: ResourceLimits, allowed_networks: Iterable[str],
-                     layers: Sequence[tuple[str, ResourceLimits | None]]) -> ResourceLimits:
+def effective_limits(
+    defaults: ResourceLimits,
+    caps: ResourceLimits,
+    allowed_networks: Iterable[str],
+    layers: Sequence[tuple[str, ResourceLimits | None]],
+) -> ResourceLimits:
     """The limits of one run: ``defaults`` (the operator's, trusted) with each named layer on top,
     in order, every layer first checked against the caps and the network allow-list."""
     for where, layer in layers:
@@ -151,8 +156,9 @@ class ExecutionStatus(str, Enum):
 class ExecutionError(BaseModel):
     """Why an execution did not succeed."""
 
-    type: str = Field(description="The kind of error: the action's exception class, or ours (Timeout, OOM, "
-                                  "EngineUnavailable, Cancelled, ...)")
+    type: str = Field(
+        description="The kind of error: the action's exception class, or ours (Timeout, OOM, EngineUnavailable, Cancelled, ...)"
+    )
     message: str = Field(description="What happened, for a human")
     traceback: str | None = Field(None, description="The action's traceback, when it raised")
 
@@ -172,12 +178,17 @@ class ExecutionResult(BaseModel):
     stderr_truncated: bool = Field(False, description="Whether stderr was cut at stderr_limit")
     error: ExecutionError | None = Field(None, description="Why it did not succeed; null when it succeeded")
     image: str | None = Field(None, description="The image it ran in: <prefix>/<name>:<hash prefix>")
-    image_id: str | None = Field(None, description="The ID of that image (sha256:..., the digest of its "
-                                                   "content): exactly which image ran, whatever its tag says now")
-    dependency_hash: str | None = Field(None, description="The dependency hash of that image: exactly which "
-                                                          "dependencies the action ran with")
-    warm: bool | None = Field(None, description="True: it ran in a warm (reused) container; false: in a fresh "
-                                                "one; null: it never reached a container")
+    image_id: str | None = Field(
+        None,
+        description="The ID of that image (sha256:..., the digest of its "
+        "content): exactly which image ran, whatever its tag says now",
+    )
+    dependency_hash: str | None = Field(
+        None, description="The dependency hash of that image: exactly which dependencies the action ran with"
+    )
+    warm: bool | None = Field(
+        None, description="True: it ran in a warm (reused) container; false: in a fresh one; null: it never reached a container"
+    )
     started_at: datetime | None = Field(None, description="When it left the queue and started (UTC)")
     finished_at: datetime | None = Field(None, description="When it ended (UTC)")
     queued_ms: int = Field(0, description="Milliseconds it waited for a free execution slot")

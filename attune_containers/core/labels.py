@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .spec import EnvironmentInfo
@@ -74,8 +74,9 @@ OCI_VENDOR = "org.opencontainers.image.vendor"
 OCI_BASE_NAME = "org.opencontainers.image.base.name"
 
 
-def environment_from_image(image_id: str, reference: str, labels: Mapping[str, str],
-                           size_bytes: int | None = None) -> EnvironmentInfo | None:
+def environment_from_image(
+    image_id: str, reference: str, labels: Mapping[str, str], size_bytes: int | None = None
+) -> EnvironmentInfo | None:
     """An EnvironmentInfo from an image's labels, or None when the image is not one of ours."""
     if labels.get(MANAGED) != "true" or PACK_REF not in labels:
         return None
@@ -192,6 +193,6 @@ def _json_list(value: str | None) -> list[str]:
 
 def _parse_time(value: str | None) -> datetime:
     try:
-        return datetime.fromisoformat(value) if value else datetime.fromtimestamp(0, timezone.utc)
+        return datetime.fromisoformat(value) if value else datetime.fromtimestamp(0, UTC)
     except ValueError:
-        return datetime.fromtimestamp(0, timezone.utc)
+        return datetime.fromtimestamp(0, UTC)

@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidSpecError
 from .execution import ResourceLimits
-from .pooling import PoolSettings
 from .pack_ref import validate_pack_ref
+from .pooling import PoolSettings
 from .safe_yaml import BoundedYAMLError, load_json, load_yaml
 from .spec import DependencySpec
 
@@ -64,9 +64,7 @@ def load_pack(location: str | Path) -> PackDefinition:
         return pack_from_api(_parse(path.parent, path.name, load_json), source=str(path))
     if path.name in (PACK_FILE, "pack.yml"):
         return _load_pack_dir(path.parent, pack_file=path)
-    raise InvalidSpecError(
-        f"{path} is neither a pack directory, a pack.yaml nor an API JSON document", field="pack"
-    )
+    raise InvalidSpecError(f"{path} is neither a pack directory, a pack.yaml nor an API JSON document", field="pack")
 
 
 def pack_from_api(document: Any, *, source: str = "api") -> PackDefinition:
@@ -125,9 +123,7 @@ def _definition(
     if theirs:
         spec = runtime.with_pack_files(spec, theirs)
     if extra_requirements is not None and REQUIREMENTS_FILE in runtime.pack_files:
-        combined = "\n".join(
-            part for part in (spec.requirements_file_content, extra_requirements) if part
-        )
+        combined = "\n".join(part for part in (spec.requirements_file_content, extra_requirements) if part)
         spec = spec.with_requirements_file(combined)
     version = document.get("version")
     label = document.get("label")
@@ -177,9 +173,7 @@ def _spec(data: dict[str, Any], meta_key: str) -> DependencySpec:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidSpecError(
-            first["msg"], field=f"meta.{meta_key}.{where}" if where else f"meta.{meta_key}"
-        ) from None
+        raise InvalidSpecError(first["msg"], field=f"meta.{meta_key}.{where}" if where else f"meta.{meta_key}") from None
 
 
 class PackFileMissing(InvalidSpecError):
@@ -216,7 +210,8 @@ def _open_in_pack(root: Path, parts: Sequence[str]) -> int:
                     raise InvalidSpecError(
                         f"{root / where}: {'/'.join(parts[: i + 1])} is a link or not a "
                         f"{'regular file' if last else 'directory'}; links are not followed in a pack",
-                        field=parts[-1]) from None
+                        field=parts[-1],
+                    ) from None
                 if exc.errno == errno.ENOENT:
                     raise PackFileMissing(f"{root / where} does not exist", field=parts[-1]) from None
                 raise InvalidSpecError(f"{root / where} cannot be opened: {exc.strerror}", field=parts[-1]) from None
@@ -234,8 +229,7 @@ def check_pack_file(root: Path, parts: Sequence[str]) -> None:
     fd = _open_in_pack(root, parts)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidSpecError(f"{root.joinpath(*parts)} must be a regular file, not a link or a directory",
-                                   field=parts[-1])
+            raise InvalidSpecError(f"{root.joinpath(*parts)} must be a regular file, not a link or a directory", field=parts[-1])
     finally:
         os.close(fd)
 

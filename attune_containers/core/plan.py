@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from collections.abc import Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,8 +60,12 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "runtime": spec.runtime,
         "requirements": [r.canonical() for r in spec.requirements],
         "pip_options": list(spec.pip_options),
-        "python": {"minor": base.minor, "version": base.python_version, "base_image": base.reference,
-                   "base_identity": base.identity},
+        "python": {
+            "minor": base.minor,
+            "version": base.python_version,
+            "base_image": base.reference,
+            "base_identity": base.identity,
+        },
         "installer": options.installer,
         "index_url": _without_credentials(options.index_url) if options.index_url else None,
         "extra_index_urls": [_without_credentials(u) for u in options.extra_index_urls],
@@ -133,7 +137,6 @@ class BuildPlan(BaseModel):
         }
 
 
-def make_plan(pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions,
-              image_prefix: str) -> BuildPlan:
+def make_plan(pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions, image_prefix: str) -> BuildPlan:
     validate_pack_ref(pack_ref)
     return BuildPlan(pack_ref=pack_ref, spec=spec, base=base, options=options, image_prefix=image_prefix)

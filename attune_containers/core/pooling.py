@@ -17,8 +17,10 @@ class PoolSettings(Layered):
     max_executions: int | None = Field(None, ge=1, description="Executions one container serves before replacement")
     prewarm: bool | None = Field(None, description="Start min_idle containers when the environment is ensured")
     preload: list[str] | None = Field(
-        None, description="Libraries warm containers import before the first request (default: what the "
-        "pack's action files import at module level; [] turns it off)")
+        None,
+        description="Libraries warm containers import before the first request (default: what the "
+        "pack's action files import at module level; [] turns it off)",
+    )
 
     @field_validator("preload")
     @classmethod

@@ -59,8 +59,7 @@ class Problem(BaseModel):
 
 def problem(status: int, detail: str, *, instance: str | None = None, field: str | None = None) -> Problem:
     slug, title = KINDS.get(status, ("error", "Error"))
-    return Problem(type=TYPE_PREFIX + slug, title=title, status=status, detail=detail, instance=instance,
-                   field=field)
+    return Problem(type=TYPE_PREFIX + slug, title=title, status=status, detail=detail, instance=instance, field=field)
 
 
 def status_of(exc: BaseException) -> int:
@@ -104,8 +103,9 @@ def default_example(status: int) -> dict[str, Any]:
     defaults = {
         404: example(404, "no known pack is a prefix of 'nopack.echo'", "action_ref"),
         409: example(409, "execution 'e-1' exists with a different request", "execution_id"),
-        422: example(422, "limits.memory: memory '64g' is above the operator's cap of '2g' "
-                          "(setting max_limits.memory)", "limits.memory"),
+        422: example(
+            422, "limits.memory: memory '64g' is above the operator's cap of '2g' (setting max_limits.memory)", "limits.memory"
+        ),
         500: example(500, "an unexpected error; the service log has the details"),
         503: example(503, "the Docker engine does not answer"),
     }
@@ -114,17 +114,23 @@ def default_example(status: int) -> dict[str, Any]:
 
 def responses(*statuses: int, examples: dict[int, dict[str, Any]] | None = None) -> dict[int | str, dict[str, Any]]:
     """The ``responses`` of a route for the problems it may answer, with examples."""
-    descriptions = {404: "Unknown pack, action or execution", 409: "Conflict with the current state",
-                    422: "Invalid input (``field`` names it)", 500: "A bug of attune-containers",
-                    503: "The engine is unreachable or the queue is full; retry after ``Retry-After`` seconds"}
+    descriptions = {
+        404: "Unknown pack, action or execution",
+        409: "Conflict with the current state",
+        422: "Invalid input (``field`` names it)",
+        500: "A bug of attune-containers",
+        503: "The engine is unreachable or the queue is full; retry after ``Retry-After`` seconds",
+    }
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         doc = (examples or {}).get(status) or default_example(status)
-        entry: dict[str, Any] = {"model": Problem, "description": descriptions.get(status, KINDS[status][1]),
-                                 "content": {MEDIA_TYPE: {"example": doc}}}
+        entry: dict[str, Any] = {
+            "model": Problem,
+            "description": descriptions.get(status, KINDS[status][1]),
+            "content": {MEDIA_TYPE: {"example": doc}},
+        }
         if status == 503:
-            entry["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying",
-                                                "schema": {"type": "integer"}}}
+            entry["headers"] = {"Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}}
         out[status] = entry
     return out
 

@@ -65,16 +65,21 @@ class CappedBuffer:
     def text(self) -> str:
         body = b"".join(self._parts).decode("utf-8", "replace")
         if self.truncated:
-            body += (f"\n[OUTPUT TRUNCATED: {self.total - self.kept} of {self.total} bytes dropped; "
-                     f"limit {self.limit} bytes]\n")
+            body += f"\n[OUTPUT TRUNCATED: {self.total - self.kept} of {self.total} bytes dropped; limit {self.limit} bytes]\n"
         return body
 
 
 class ExecutionCollector:
     """What one execution sent back, capped, assembled from the frames as they arrive."""
 
-    def __init__(self, stdout_limit: int, stderr_limit: int, result_limit: int, nonce: str | None = None,
-                 on_output: OutputObserver | None = None) -> None:
+    def __init__(
+        self,
+        stdout_limit: int,
+        stderr_limit: int,
+        result_limit: int,
+        nonce: str | None = None,
+        on_output: OutputObserver | None = None,
+    ) -> None:
         self.nonce = nonce
         self.on_output = on_output
         self.stdout = CappedBuffer(stdout_limit)
@@ -118,8 +123,8 @@ class ExecutionCollector:
                 if self._pending[: len(MAGIC)] != MAGIC:
                     self._raw()
                     return b""
-                self._kind = self._pending[len(MAGIC): len(MAGIC) + 1]
-                (self._remaining,) = struct.unpack(">I", self._pending[len(MAGIC) + 1: HEADER])
+                self._kind = self._pending[len(MAGIC) : len(MAGIC) + 1]
+                (self._remaining,) = struct.unpack(">I", self._pending[len(MAGIC) + 1 : HEADER])
                 if self._kind not in KINDS or (self._kind == DONE and self._remaining > DONE_LIMIT):
                     self._kind = None
                     self._raw()
@@ -129,7 +134,7 @@ class ExecutionCollector:
                     self._end_frame()
                 continue
             piece = self._pending[: self._remaining]
-            self._pending = self._pending[len(piece):]
+            self._pending = self._pending[len(piece) :]
             self._remaining -= len(piece)
             self._accept(piece)
             if self._remaining == 0:

@@ -38,8 +38,7 @@ def parse_duration(text: str) -> timedelta:
     value = text.strip() if isinstance(text, str) else ""
     if not _DURATION.fullmatch(value):
         raise InvalidPolicyError(
-            f"{text!r} is not a duration: use a number and a unit (s, m, h, d, w) like '7d', '12h' "
-            "or '1d12h'"
+            f"{text!r} is not a duration: use a number and a unit (s, m, h, d, w) like '7d', '12h' or '1d12h'"
         )
     seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
     if seconds > _MAX_SECONDS:
@@ -183,9 +182,9 @@ def select_images(
             if reasons:
                 verdicts.append(Verdict(image=image, action="keep", reason="; ".join(reasons)))
             elif pack_ref in unresolved and not policy.include_current:
-                verdicts.append(Verdict(
-                    image=image, action="skip",
-                    reason=f"the pack's current image is unknown: {unresolved[pack_ref]}"))
+                verdicts.append(
+                    Verdict(image=image, action="skip", reason=f"the pack's current image is unknown: {unresolved[pack_ref]}")
+                )
             else:
                 verdicts.append(Verdict(image=image, action="remove", reason=_why(policy)))
     return verdicts

@@ -11,9 +11,9 @@ import re
 import shlex
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Sequence
 from typing import IO, Any
 
 import jinja2
@@ -51,6 +51,7 @@ def final_config() -> dict[str, Any]:
         "WorkingDir": FINAL_WORKDIR,
         "Cmd": list(FINAL_CMD),
     }
+
 
 # A reference as the engine accepts it (name[:tag][@digest]); anything else never reaches the template.
 _IMAGE_REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")
@@ -91,14 +92,18 @@ def render_dockerfile(base: BaseImage, options: BuildOptions) -> str:
         raise ValueError(f"not an image reference: {base.reference!r}")
     if options.installer not in ("pip", "uv"):
         raise ValueError(f"unknown installer {options.installer!r}")
-    return _environment().get_template(DOCKERFILE_TEMPLATE).render(
-        base_image=base.reference,
-        python_version=base.python_version or base.minor,
-        installer=options.installer,
-        venv_path=VENV_PATH,
-        attune_dir=ATTUNE_DIR,
-        uid=APP_UID,
-        tool_version=__version__,
+    return (
+        _environment()
+        .get_template(DOCKERFILE_TEMPLATE)
+        .render(
+            base_image=base.reference,
+            python_version=base.python_version or base.minor,
+            installer=options.installer,
+            venv_path=VENV_PATH,
+            attune_dir=ATTUNE_DIR,
+            uid=APP_UID,
+            tool_version=__version__,
+        )
     )
 
 
@@ -122,8 +127,13 @@ def fetch_env_script(options: BuildOptions) -> str:
         q = shlex.quote(" ".join(options.extra_index_urls))
         lines.append(f"export PIP_EXTRA_INDEX_URL={q} UV_EXTRA_INDEX_URL={q}")
     # pip ignores a plain-http index unless its host is trusted; the operator configured it.
-    plain = sorted({url.split("/")[2].rsplit("@", 1)[-1] for url in (options.index_url, *options.extra_index_urls)
-                    if url and url.startswith("http://")})
+    plain = sorted(
+        {
+            url.split("/")[2].rsplit("@", 1)[-1]
+            for url in (options.index_url, *options.extra_index_urls)
+            if url and url.startswith("http://")
+        }
+    )
     if plain:
         lines.append(f"export PIP_TRUSTED_HOST={shlex.quote(' '.join(plain))}")
     return "\n".join(lines) + "\n"

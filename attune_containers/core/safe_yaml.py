@@ -36,8 +36,7 @@ class _BoundedLoader(yaml.SafeLoader):
         event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML's stubs leave it untyped
         if isinstance(event, yaml.AliasEvent):
             # The pure-Python SafeLoader makes only yaml.error.Mark (the stubs also allow libyaml's).
-            raise ComposerError(None, None, "aliases (*name) are not allowed in pack files",
-                                event.start_mark)  # type: ignore[arg-type]
+            raise ComposerError(None, None, "aliases (*name) are not allowed in pack files", event.start_mark)  # type: ignore[arg-type]
         self._nodes += 1
         if self._nodes > MAX_NODES:
             raise ComposerError(None, None, f"more than {MAX_NODES} nodes", event.start_mark)

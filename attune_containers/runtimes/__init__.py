@@ -19,14 +19,16 @@ from .base import LOOP_MOUNT, PACK_MOUNT, Runtime
 _PACKAGES = ("python", "nodejs")
 
 
-
 def check_registry(runtimes: tuple[Runtime, ...]) -> dict[str, Runtime]:
     """The registry of ``runtimes`` by name; a spelling, meta key or runner type claimed by two
     runtimes is a programming error (which runtime a pack is would depend on the order)."""
     claimed: dict[tuple[str, str], str] = {}
     for runtime in runtimes:
-        for kind, values in (("runtime", (runtime.name, *runtime.aliases)), ("meta key", (runtime.meta_key,)),
-                             ("runner_type", runtime.runner_types)):
+        for kind, values in (
+            ("runtime", (runtime.name, *runtime.aliases)),
+            ("meta key", (runtime.meta_key,)),
+            ("runner_type", runtime.runner_types),
+        ):
             for value in values:
                 other = claimed.setdefault((kind, value), runtime.name)
                 if other != runtime.name:
@@ -52,8 +54,7 @@ def get_runtime(runtime_type: str | None = None) -> Runtime:
     spellings = _spellings()
     found = spellings.get(DEFAULT_RUNTIME if runtime_type is None else runtime_type)
     if found is None:
-        raise UnknownRuntimeError(
-            f"unknown runtime {runtime_type!r}; supported: {', '.join(sorted(spellings))}", field="runtime")
+        raise UnknownRuntimeError(f"unknown runtime {runtime_type!r}; supported: {', '.join(sorted(spellings))}", field="runtime")
     return found
 
 
@@ -77,5 +78,15 @@ def runner_types() -> dict[str, Runtime]:
     return {t: r for r in RUNTIMES.values() for t in r.runner_types}
 
 
-__all__ = ["DEFAULT_RUNTIME", "LOOP_MOUNT", "PACK_MOUNT", "RUNTIMES", "Runtime", "UnknownRuntimeError",
-           "check_registry", "get_runtime", "runner_types", "runtime_for_meta"]
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "LOOP_MOUNT",
+    "PACK_MOUNT",
+    "RUNTIMES",
+    "Runtime",
+    "UnknownRuntimeError",
+    "check_registry",
+    "get_runtime",
+    "runner_types",
+    "runtime_for_meta",
+]

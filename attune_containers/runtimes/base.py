@@ -73,8 +73,7 @@ class Runtime(Protocol):
         what there is. Never a version outside what the spec admits."""
         ...
 
-    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions,
-             image_prefix: str) -> BuildPlan:
+    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions, image_prefix: str) -> BuildPlan:
         """The build plan: its hash names the image; it renders the Dockerfile and the context."""
         ...
 

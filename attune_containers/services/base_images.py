@@ -17,8 +17,8 @@ from cachetools import TTLCache
 from ..core import labels as L
 from ..core.versions import BaseImage
 from ..engine import Engine, ImageRecord
-from ..runtimes import Runtime, get_runtime
 from ..errors import AttuneContainersError, EngineError, EnvironmentNotFoundError, InvalidSpecError
+from ..runtimes import Runtime, get_runtime
 from ..settings import Settings
 
 BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent.parent / "docker" / "bootstrap-base.sh"
@@ -111,8 +111,9 @@ def _identity(attrs: ImageRecord) -> str:
 def bootstrap(minor: str, *, repository: str | None = None, runtime: str = "python") -> str:
     """Build ``repository:minor`` (a Python minor, or with ``runtime="nodejs"`` a Node major) from
     Debian packages with debootstrap; return its reference."""
-    suites, flag, name = ((NODE_BOOTSTRAP_SUITES, "--node", "Node.js") if runtime == "nodejs"
-                          else (BOOTSTRAP_SUITES, "--python", "Python"))
+    suites, flag, name = (
+        (NODE_BOOTSTRAP_SUITES, "--node", "Node.js") if runtime == "nodejs" else (BOOTSTRAP_SUITES, "--python", "Python")
+    )
     repository = repository or (NODE_BOOTSTRAP_REPOSITORY if runtime == "nodejs" else BOOTSTRAP_REPOSITORY)
     suite = suites.get(minor)
     if suite is None:
@@ -123,10 +124,10 @@ def bootstrap(minor: str, *, repository: str | None = None, runtime: str = "pyth
     reference = f"{repository}:{minor}"
     result = subprocess.run(
         ["bash", str(BOOTSTRAP_SCRIPT), suite, reference, "nodejs" if runtime == "nodejs" else "python"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
-        raise AttuneContainersError(
-            f"bootstrapping {reference} from Debian {suite} failed:\n{result.stderr.strip()}"
-        )
+        raise AttuneContainersError(f"bootstrapping {reference} from Debian {suite} failed:\n{result.stderr.strip()}")
     return reference

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -76,8 +76,7 @@ class Record:
 class ExecutionStore:
     """Thread-safe: the event loop and the executor threads both update it."""
 
-    def __init__(self, max_finished: int = 1000, ttl: float = 3600.0,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, max_finished: int = 1000, ttl: float = 3600.0, timer: Callable[[], float] = time.monotonic) -> None:
         self._live: dict[str, Record] = {}
         self._finished: TTLCache[str, Record] = TTLCache(maxsize=max_finished, ttl=ttl, timer=timer)
         self._lock = threading.Lock()
@@ -98,11 +97,14 @@ class ExecutionStore:
                 record = None  # the engine was unreachable: the same id may be tried again
             if record is not None:
                 if not hmac.compare_digest(record.fingerprint, fingerprint):
-                    raise ExecutionConflictError(f"execution {execution_id!r} exists with a different request; "
-                                                 "use a new execution_id")
+                    raise ExecutionConflictError(
+                        f"execution {execution_id!r} exists with a different request; use a new execution_id"
+                    )
                 return record, False
-            record = Record(Execution(execution_id=execution_id, action_ref=action_ref, state=ExecutionState.queued,
-                                      submitted_at=_now()), fingerprint)
+            record = Record(
+                Execution(execution_id=execution_id, action_ref=action_ref, state=ExecutionState.queued, submitted_at=_now()),
+                fingerprint,
+            )
             self._live[execution_id] = record
             return record, True
 
@@ -143,9 +145,11 @@ class ExecutionStore:
         with self._lock:
             live = list(self._live.values())
             finished = len(self._finished)
-        return {"queued": sum(r.execution.state is ExecutionState.queued for r in live),
-                "running": sum(r.execution.state is ExecutionState.running for r in live),
-                "finished": finished}
+        return {
+            "queued": sum(r.execution.state is ExecutionState.queued for r in live),
+            "running": sum(r.execution.state is ExecutionState.running for r in live),
+            "finished": finished,
+        }
 
 
 STREAMS = ("stdout", "stderr")
@@ -281,8 +285,12 @@ class OutputLog:
 
 def end_event(result: ExecutionResult) -> dict[str, Any]:
     """The last event of an execution's log stream."""
-    return {"event": "end", "status": result.status.value, "stdout_truncated": result.stdout_truncated,
-            "stderr_truncated": result.stderr_truncated}
+    return {
+        "event": "end",
+        "status": result.status.value,
+        "stdout_truncated": result.stdout_truncated,
+        "stderr_truncated": result.stderr_truncated,
+    }
 
 
 def timestamp() -> str:
@@ -295,4 +303,4 @@ def _never_ran(record: Record) -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -55,8 +55,10 @@ def tag_priority(python_version: str, glibc_minor: int, arch: str) -> dict[Tag, 
     """Every tag a CPython of ``python_version`` on that platform installs, best first."""
     major, minor = (int(p) for p in python_version.split(".")[:2])
     plats = platforms(glibc_minor, arch)
-    ordered = [*cpython_tags((major, minor), platforms=plats),
-               *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=plats)]
+    ordered = [
+        *cpython_tags((major, minor), platforms=plats),
+        *compatible_tags((major, minor), interpreter=f"cp{major}{minor}", platforms=plats),
+    ]
     priority: dict[Tag, int] = {}
     for number, tag in enumerate(ordered):
         priority.setdefault(tag, number)
@@ -118,8 +120,9 @@ def read_lock(lines: list[str]) -> list[tuple[str, str, set[str]]] | None:
         match = _LOCK_LINE.fullmatch(line)
         if match is None:
             return None
-        lock.append((canonicalize_name(match.group(1)), match.group(2),
-                     set(re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3)))))
+        lock.append(
+            (canonicalize_name(match.group(1)), match.group(2), set(re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3))))
+        )
     names = [name for name, _, _ in lock]
     return lock if lock and len(set(names)) == len(names) else None
 
@@ -127,12 +130,19 @@ def read_lock(lines: list[str]) -> list[tuple[str, str, set[str]]] | None:
 def marker_environment(python_version: str, arch: str) -> dict[str, str]:
     """Markers as the base image's interpreter evaluates them (CPython on Linux)."""
     env: dict[str, str] = {key: str(value) for key, value in default_environment().items()}
-    env.update({
-        "implementation_name": "cpython", "implementation_version": python_version,
-        "os_name": "posix", "platform_machine": arch, "platform_python_implementation": "CPython",
-        "platform_system": "Linux", "python_full_version": python_version,
-        "python_version": ".".join(python_version.split(".")[:2]), "sys_platform": "linux",
-    })
+    env.update(
+        {
+            "implementation_name": "cpython",
+            "implementation_version": python_version,
+            "os_name": "posix",
+            "platform_machine": arch,
+            "platform_python_implementation": "CPython",
+            "platform_system": "Linux",
+            "python_full_version": python_version,
+            "python_version": ".".join(python_version.split(".")[:2]),
+            "sys_platform": "linux",
+        }
+    )
     return env
 
 
@@ -164,8 +174,8 @@ def incomplete(found: dict[str, tuple[str, Path]], environment: dict[str, str]) 
             except InvalidRequirement:
                 return f"{name} {version} declares {text[:200]!r}, which is not a requirement"
             if requirement.marker is not None and not any(
-                    requirement.marker.evaluate({**environment, "extra": extra})
-                    for extra in ["", *sorted(wanted[name])]):
+                requirement.marker.evaluate({**environment, "extra": extra}) for extra in ["", *sorted(wanted[name])]
+            ):
                 continue
             dependency = canonicalize_name(requirement.name)
             if dependency not in found:

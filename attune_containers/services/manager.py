@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cachetools import TTLCache
@@ -40,20 +40,20 @@ from ..errors import (
     RegistryAuthError,
     RegistryError,
 )
+from ..runtimes import get_runtime
 from ..settings import Settings
 from .base_images import BaseImageCatalog
-from ..runtimes import get_runtime
+from .build_gate import BuildGate
+from .current import CurrentImages
+from .manifest import TrustedImage, TrustManifest
+from .provenance import BuildLogIds, BuildRecord
+from .pruner import Pruner
 from .wheels import (
     INSTALLED_RECORD_LIMIT,
     UV_VERSION,
     FetchedWheels,
     read_installed_record,
 )
-from .build_gate import BuildGate
-from .current import CurrentImages
-from .manifest import TrustedImage, TrustManifest
-from .provenance import BuildLogIds, BuildRecord
-from .pruner import Pruner
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,7 @@ class ContainerDependencyManager:
         self.settings = settings or Settings()
         self.engine = engine or Engine(timeout=self.settings.engine_timeout)
         self.bases = BaseImageCatalog(self.settings, self.engine)
-        self._cache: TTLCache[tuple[str, str], EnvironmentInfo] = TTLCache(
-            maxsize=1024, ttl=self.settings.cache_ttl
-        )
+        self._cache: TTLCache[tuple[str, str], EnvironmentInfo] = TTLCache(maxsize=1024, ttl=self.settings.cache_ttl)
         self._cache_lock = threading.Lock()
         self._fetchers: dict[str, Any] = {}
         # The default runtime's fetcher (the build path and `cache` use it); other runtimes' on demand.
@@ -143,15 +141,18 @@ class ContainerDependencyManager:
 
     # -- the seed's API ---------------------------------------------------------------------
 
-    def ensure_environment(
-        self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None
-    ) -> EnvironmentInfo:
+    def ensure_environment(self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None) -> EnvironmentInfo:
         """The pack's image for ``spec``: local, else pulled from the registry, else built.
         Idempotent; an unchanged spec is answered from memory."""
         return self.ensure(pack_ref, spec, on_log=on_log).info
 
     def ensure(
-        self, pack_ref: str, spec: DependencySpec, *, on_log: LogSink | None = None, offline: bool | None = None,
+        self,
+        pack_ref: str,
+        spec: DependencySpec,
+        *,
+        on_log: LogSink | None = None,
+        offline: bool | None = None,
         pull: bool = True,
     ) -> Ensured:
         """``ensure_environment`` that also says how the image came to be (reused, pulled, built).
@@ -317,8 +318,10 @@ class ContainerDependencyManager:
         if removal.refused:
             causes = "; ".join(f"{ref}: {cause}" for ref, cause in removal.refused.items())
             error = ImageInUseError if all("used by" in c for c in removal.refused.values()) else ImageConflictError
-            raise error(f"the engine refused to remove images of pack {pack_ref!r}: {causes} "
-                        f"(removed: {', '.join(removal.removed) or 'nothing'})")
+            raise error(
+                f"the engine refused to remove images of pack {pack_ref!r}: {causes} "
+                f"(removed: {', '.join(removal.removed) or 'nothing'})"
+            )
         return removal.removed
 
     def remove_images(self, pack_ref: str, *, image: str | None = None, dry_run: bool = False) -> Removal:
@@ -331,8 +334,9 @@ class ContainerDependencyManager:
             wanted = image.removeprefix("sha256:").lower()
             if not re.fullmatch(r"[0-9a-f]{4,64}", wanted):
                 raise InvalidSpecError("give a dependency hash, tag or image ID (at least 4 hex digits)", field="image")
-            environments = [e for e in environments
-                            if e.dependency_hash.startswith(wanted) or e.id.removeprefix("sha256:").startswith(wanted)]
+            environments = [
+                e for e in environments if e.dependency_hash.startswith(wanted) or e.id.removeprefix("sha256:").startswith(wanted)
+            ]
             if not environments:
                 raise EnvironmentNotFoundError(f"pack {pack_ref!r} has no image {image!r} under {self.settings.image_prefix}/")
         removed, refused = [], {}
@@ -340,8 +344,7 @@ class ContainerDependencyManager:
             for info in environments:
                 users = self.engine.find_containers(ancestor=info.id)
                 if users:
-                    refused[info.image] = "used by container " + ", ".join(
-                        c.name for c in users[:3])
+                    refused[info.image] = "used by container " + ", ".join(c.name for c in users[:3])
                 else:
                     removed.append(info.image)
             return Removal(removed=removed, refused=refused)
@@ -419,8 +422,9 @@ class ContainerDependencyManager:
             return None
         return TrustManifest.load(self.settings.trusted_manifest).entry(plan.pack_ref, plan.dependency_hash)
 
-    def _pull_or_build(self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None,
-                       pull: bool = True) -> tuple[EnvironmentInfo, str]:
+    def _pull_or_build(
+        self, plan: BuildPlan, on_log: LogSink | None, offline: bool | None, pull: bool = True
+    ) -> tuple[EnvironmentInfo, str]:
         refused = None
         if self.settings.registry and pull:
             try:
@@ -436,8 +440,7 @@ class ContainerDependencyManager:
                 return pulled, "pulled"
         if not self.settings.allow_build:
             if refused is not None:
-                raise UntrustedImageError(
-                    f"building is not allowed here (ATTUNE__CONTAINERS__ALLOW_BUILD=false), and {refused}")
+                raise UntrustedImageError(f"building is not allowed here (ATTUNE__CONTAINERS__ALLOW_BUILD=false), and {refused}")
             where = f"in the registry {self.settings.registry}" if self.settings.registry else "on this host"
             raise AttuneContainersError(
                 f"{plan.image} for pack {plan.pack_ref!r} is not {where}, and building is not allowed "
@@ -457,35 +460,44 @@ class ContainerDependencyManager:
         if trusted is not None:
             if trusted.image != plan.image:
                 raise UntrustedImageError(
-                    f"the trusted manifest names {trusted.image} for pack {plan.pack_ref!r}, not {plan.image}")
+                    f"the trusted manifest names {trusted.image} for pack {plan.pack_ref!r}, not {plan.image}"
+                )
             remote = trusted.reference
         elif self.settings.trust_registry_tags:
             remote = f"{self.settings.registry}/{plan.image}"
             if not self.engine.in_registry(remote, auth=self.registry_auth()):
                 return None
         else:
-            where = (f"the trusted manifest {self.settings.trusted_manifest} has no entry for pack "
-                     f"{plan.pack_ref!r} with dependency hash {plan.dependency_hash[:12]}"
-                     if self.settings.trusted_manifest else "no trusted manifest is configured")
+            where = (
+                f"the trusted manifest {self.settings.trusted_manifest} has no entry for pack "
+                f"{plan.pack_ref!r} with dependency hash {plan.dependency_hash[:12]}"
+                if self.settings.trusted_manifest
+                else "no trusted manifest is configured"
+            )
             raise UntrustedImageError(
                 f"{plan.image} for pack {plan.pack_ref!r} was not pulled from {self.settings.registry}: {where}, "
                 "and a tag in a registry proves nothing about who built the image. Give the manifest "
                 "`attune-containers build --all --push --manifest FILE` wrote "
                 "(ATTUNE__CONTAINERS__TRUSTED_MANIFEST=FILE), or set ATTUNE__CONTAINERS__TRUST_REGISTRY_TAGS=true "
-                "(unsafe: whoever can push to the registry chooses the code that runs)")
+                "(unsafe: whoever can push to the registry chooses the code that runs)"
+            )
         try:
             self.engine.pull(remote, auth=self.registry_auth())
         except RegistryError:
             raise  # credentials, certificate or network: the operator's to fix, said as such
         except EnvironmentNotFoundError:
             if trusted is not None:
-                raise UntrustedImageError(f"{remote}, the trusted image of pack {plan.pack_ref!r}, is not in the "
-                                          "registry; nothing else is taken in its place") from None
+                raise UntrustedImageError(
+                    f"{remote}, the trusted image of pack {plan.pack_ref!r}, is not in the "
+                    "registry; nothing else is taken in its place"
+                ) from None
             return None
         except AttuneContainersError as exc:
             if trusted is not None:
-                raise UntrustedImageError(f"pulling {remote}, the trusted image of pack {plan.pack_ref!r}, "
-                                          f"failed: {exc}; nothing else is taken in its place") from None
+                raise UntrustedImageError(
+                    f"pulling {remote}, the trusted image of pack {plan.pack_ref!r}, "
+                    f"failed: {exc}; nothing else is taken in its place"
+                ) from None
             raise
         try:
             attrs = self.engine.inspect_image(remote)
@@ -496,17 +508,24 @@ class ContainerDependencyManager:
             if trusted is not None and attrs.id != trusted.image_id:
                 problems.append(f"its ID is {attrs.id}, the manifest says {trusted.image_id}")
             if labels.get(L.PACK_REF) != plan.pack_ref or labels.get(L.DEPENDENCY_HASH) != plan.dependency_hash:
-                problems.append(f"its labels name pack {labels.get(L.PACK_REF)!r} with hash "
-                                f"{labels.get(L.DEPENDENCY_HASH)!r}")
+                problems.append(f"its labels name pack {labels.get(L.PACK_REF)!r} with hash {labels.get(L.DEPENDENCY_HASH)!r}")
             if not L.is_built_by_us(attrs):
                 problems.append("its labels are not its own (not a pack image as our build makes it)")
             described = L.environment_from_image(attrs.id, plan.image, labels, attrs.size)
-            if trusted is not None and trusted.runtime_version is not None and (
-                    described is None or (described.runtime, described.runtime_version)
-                    != (trusted.runtime or described.runtime, trusted.runtime_version)):
-                problems.append(f"its runtime is {described.runtime if described else None} "
-                                f"{described.runtime_version if described else None}, the manifest says "
-                                f"{trusted.runtime} {trusted.runtime_version}")
+            if (
+                trusted is not None
+                and trusted.runtime_version is not None
+                and (
+                    described is None
+                    or (described.runtime, described.runtime_version)
+                    != (trusted.runtime or described.runtime, trusted.runtime_version)
+                )
+            ):
+                problems.append(
+                    f"its runtime is {described.runtime if described else None} "
+                    f"{described.runtime_version if described else None}, the manifest says "
+                    f"{trusted.runtime} {trusted.runtime_version}"
+                )
             if problems:
                 raise UntrustedImageError(f"refused {remote} for pack {plan.pack_ref!r}: {'; '.join(problems)}")
             repository, tag = plan.image.rsplit(":", 1)
@@ -542,8 +561,9 @@ class ContainerDependencyManager:
             for thread in cleanup:
                 thread.join()
 
-    def _build_steps(self, plan: BuildPlan, on_log: LogSink | None, offline: bool, deadline: float,
-                     cleanup: list[threading.Thread]) -> EnvironmentInfo:
+    def _build_steps(
+        self, plan: BuildPlan, on_log: LogSink | None, offline: bool, deadline: float, cleanup: list[threading.Thread]
+    ) -> EnvironmentInfo:
         with self.fetcher(plan.spec.runtime).fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             lock = fetched.lock()
             if fetched.uv is not None:
@@ -556,19 +576,19 @@ class ContainerDependencyManager:
                 raw = self.engine.read_file(image_id, INSTALLED_RECORD, max_bytes=INSTALLED_RECORD_LIMIT)
                 # A runtime's plan may read its own record (Node: name@version of npm packages).
                 reader = getattr(plan, "read_installed", None)
-                installed = reader(raw) if reader is not None else [
-                    f"{d.name}=={d.version}" for d in read_installed_record(raw)]
+                installed = reader(raw) if reader is not None else [f"{d.name}=={d.version}" for d in read_installed_record(raw)]
             except (AttuneContainersError, ValueError) as exc:
                 raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
-            labels = plan.labels(installed, datetime.now(timezone.utc).replace(microsecond=0))
+            labels = plan.labels(installed, datetime.now(UTC).replace(microsecond=0))
             labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
             # Build identity: bound to this image's own layers and config (not to a derived one's).
             labels[L.REPOSITORY] = plan.repository
             labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
             # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
             # complete, labelled image.
-            labelled = self.engine.label(image_id, tag=plan.image, labels=labels,
-                                         timeout=_remaining(deadline, self.settings.build_timeout))
+            labelled = self.engine.label(
+                image_id, tag=plan.image, labels=labels, timeout=_remaining(deadline, self.settings.build_timeout)
+            )
         except (AttuneContainersError, ValueError, KeyError) as exc:
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(image_id, force=True)
@@ -580,19 +600,24 @@ class ContainerDependencyManager:
             raise BuildError(f"{plan.image} was built but is not where it should be")
         return found
 
-    def _install_and_commit(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
-                            deadline: float, cleanup: list[threading.Thread]) -> str:
+    def _install_and_commit(
+        self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None, deadline: float, cleanup: list[threading.Thread]
+    ) -> str:
         """The install step as ONE container of the base image (no network; the verified wheels,
         the uv binary and our build scripts mounted read-only), committed as one layer on top of
         the base with the final config as a config object. Returns the untagged image's ID; the
         container is gone whatever happens."""
         assert fetched.uv is not None and fetched.wheel_dir is not None and fetched.step_name is not None
         container_id = self.engine.create_step_container(
-            plan.base.reference, ["python3", "-I", "-S", "/tmp/attune-build/bin/install.py"],
-            mounts=[(str(fetched.uv), "/tmp/attune-build/uv", True),
-                    (str(fetched.wheel_dir), "/tmp/attune-build/wheels", True),
-                    (str(TEMPLATES_DIR / "build"), "/tmp/attune-build/bin", True)],
-            name=fetched.step_name, memory=self.settings.build_memory,
+            plan.base.reference,
+            ["python3", "-I", "-S", "/tmp/attune-build/bin/install.py"],
+            mounts=[
+                (str(fetched.uv), "/tmp/attune-build/uv", True),
+                (str(fetched.wheel_dir), "/tmp/attune-build/wheels", True),
+                (str(TEMPLATES_DIR / "build"), "/tmp/attune-build/bin", True),
+            ],
+            name=fetched.step_name,
+            memory=self.settings.build_memory,
             # Root makes the venv folder and gives it to the builder uid, then takes it back.
             cap_add=("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER"),
         )
@@ -609,10 +634,13 @@ class ContainerDependencyManager:
 
         try:
             code, timed_out, _ = self.engine.run_attached(
-                container_id, b"", _remaining(deadline, self.settings.build_timeout), collect)
+                container_id, b"", _remaining(deadline, self.settings.build_timeout), collect
+            )
             if timed_out:
-                raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
-                                 "and was stopped", telling_lines(list(log)))
+                raise BuildError(
+                    f"the build took longer than {self.settings.build_timeout} s (build_timeout) and was stopped",
+                    telling_lines(list(log)),
+                )
             if code != 0:
                 raise BuildError(f"installing the wheels failed (exit {code})", telling_lines(list(log)))
             image_id = self.engine.commit(container_id, final_config())
@@ -622,18 +650,19 @@ class ContainerDependencyManager:
             raise
         # Removing the stopped container deletes its whole layer (seconds for a big venv): that
         # runs while the image is labelled, and _build_now waits for it before it returns.
-        remover = threading.Thread(target=self.engine.remove_container, args=(container_id,),
-                                   kwargs={"attempts": 10}, daemon=True)
+        remover = threading.Thread(
+            target=self.engine.remove_container, args=(container_id,), kwargs={"attempts": 10}, daemon=True
+        )
         remover.start()
         cleanup.append(remover)
         return image_id
 
-    def _build_dockerfile(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None,
-                          deadline: float) -> str:
+    def _build_dockerfile(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None, deadline: float) -> str:
         """The fallback where uv cannot be had: the multi-stage Dockerfile ``render`` prints."""
         if plan.options.installer == "uv":
-            raise BuildError(f"uv {UV_VERSION} is not in the wheel cache and could not be downloaded "
-                             "(offline?); build once online first")
+            raise BuildError(
+                f"uv {UV_VERSION} is not in the wheel cache and could not be downloaded (offline?); build once online first"
+            )
         try:
             return self.engine.build(
                 plan.context(fetched.wheels, fetched.tools),
@@ -646,8 +675,9 @@ class ContainerDependencyManager:
         except BuildError as exc:
             if time.monotonic() < deadline:
                 raise
-            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
-                             "and was stopped", exc.log_tail) from None
+            raise BuildError(
+                f"the build took longer than {self.settings.build_timeout} s (build_timeout) and was stopped", exc.log_tail
+            ) from None
 
     def _build_lock(self, plan: BuildPlan) -> FileLock:
         return self.image_lock(plan.image)

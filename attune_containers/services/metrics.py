@@ -29,17 +29,32 @@ def _warm(result: ExecutionResult) -> str:
 class ServiceMetrics:
     def __init__(self, pool_stats: Callable[[], list[dict]], live: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.executions = Counter("attune_executions", "Finished executions, by status and container kind "
-                                  "(warm, cold, none: it never reached a container)", ["status", "container"],
-                                  registry=self.registry)
-        self.duration = Histogram("attune_execution_duration_seconds", "Run time of finished executions "
-                                  "(the queue excluded)", ["container"], buckets=RUN_BUCKETS, registry=self.registry)
-        self.queued = Histogram("attune_execution_queue_seconds", "Time executions waited for a slot",
-                                buckets=RUN_BUCKETS, registry=self.registry)
-        self.builds = Counter("attune_builds", "Images the service made: built, pulled, or failed",
-                              ["outcome"], registry=self.registry)
-        self.build_duration = Histogram("attune_build_duration_seconds", "Time to build or pull an image",
-                                        ["outcome"], buckets=BUILD_BUCKETS, registry=self.registry)
+        self.executions = Counter(
+            "attune_executions",
+            "Finished executions, by status and container kind (warm, cold, none: it never reached a container)",
+            ["status", "container"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "attune_execution_duration_seconds",
+            "Run time of finished executions (the queue excluded)",
+            ["container"],
+            buckets=RUN_BUCKETS,
+            registry=self.registry,
+        )
+        self.queued = Histogram(
+            "attune_execution_queue_seconds", "Time executions waited for a slot", buckets=RUN_BUCKETS, registry=self.registry
+        )
+        self.builds = Counter(
+            "attune_builds", "Images the service made: built, pulled, or failed", ["outcome"], registry=self.registry
+        )
+        self.build_duration = Histogram(
+            "attune_build_duration_seconds",
+            "Time to build or pull an image",
+            ["outcome"],
+            buckets=BUILD_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_Live(pool_stats, live))
 
     def observe(self, result: ExecutionResult) -> None:
@@ -66,8 +81,11 @@ class ServiceMetrics:
                 seconds = time.monotonic() - started
                 self.builds.labels(outcome=ensured.outcome).inc()
                 self.build_duration.labels(outcome=ensured.outcome).observe(seconds)
-                log.info("image %s", ensured.outcome, extra={"pack_ref": pack_ref, "image": ensured.info.image,
-                                                             "duration_ms": int(seconds * 1000)})
+                log.info(
+                    "image %s",
+                    ensured.outcome,
+                    extra={"pack_ref": pack_ref, "image": ensured.info.image, "duration_ms": int(seconds * 1000)},
+                )
             return ensured
 
         manager.ensure = measured
@@ -87,17 +105,21 @@ class _Live(Collector):
         return []  # collected at scrape time only
 
     def collect(self) -> Iterator[Any]:
-        executions = GaugeMetricFamily("attune_executions_held", "Executions the service holds, by state "
-                                       "(finished ones are kept for GET /v1/executions/{id})", labels=["state"])
+        executions = GaugeMetricFamily(
+            "attune_executions_held",
+            "Executions the service holds, by state (finished ones are kept for GET /v1/executions/{id})",
+            labels=["state"],
+        )
         for state, count in self.live().items():
             executions.add_metric([state], count)
         yield executions
-        containers = GaugeMetricFamily("attune_pool_containers", "Warm containers by pool and state",
-                                       labels=["pack_ref", "image", "state"])
-        created = CounterMetricFamily("attune_pool_containers_created", "Warm containers started",
-                                      labels=["pack_ref", "image"])
-        destroyed = CounterMetricFamily("attune_pool_containers_destroyed", "Warm containers removed",
-                                        labels=["pack_ref", "image"])
+        containers = GaugeMetricFamily(
+            "attune_pool_containers", "Warm containers by pool and state", labels=["pack_ref", "image", "state"]
+        )
+        created = CounterMetricFamily("attune_pool_containers_created", "Warm containers started", labels=["pack_ref", "image"])
+        destroyed = CounterMetricFamily(
+            "attune_pool_containers_destroyed", "Warm containers removed", labels=["pack_ref", "image"]
+        )
         try:
             stats = self.pool_stats()
         except KeyError:  # no runner (not started, or stopping)
@@ -105,8 +127,9 @@ class _Live(Collector):
         # Pools of one image under different limits are summed: one series per pack and image.
         totals: dict[tuple[str, str], dict[str, int]] = {}
         for pool in stats:
-            total = totals.setdefault((pool["pack_ref"], pool["image"]), dict.fromkeys(
-                ("idle", "busy", "starting", "created", "destroyed"), 0))
+            total = totals.setdefault(
+                (pool["pack_ref"], pool["image"]), dict.fromkeys(("idle", "busy", "starting", "created", "destroyed"), 0)
+            )
             for name in total:
                 total[name] += pool[name]
         for key, total in totals.items():

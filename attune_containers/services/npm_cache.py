@@ -39,13 +39,15 @@ from filelock import FileLock
 from pydantic import BaseModel, Field
 
 from ..core.execution import ResourceLimits
-from ..core.labels import CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
+from ..core.labels import CACHE as CACHE_LABEL
+from ..core.labels import HELPER as HELPER_LABEL
+from ..core.labels import WORK as WORK_LABEL
 from ..core.render import APP_UID, TEMPLATES_DIR
-from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
-from .wheels import CacheStats
+from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..settings import Settings
+from .wheels import CacheStats
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "node-fetch.sh"
 LOCK_LIMIT = 16 * 1024 * 1024
@@ -106,13 +108,13 @@ class NpmCache:
 
     @staticmethod
     def lock_key(plan: Any) -> str:
-        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor,
-                           "lock": plan.spec.lock}, sort_keys=True)
+        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor, "lock": plan.spec.lock}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @contextmanager
-    def fetch(self, plan: Any, *, offline: bool = False, on_log: LogSink | None = None,
-              deadline: float | None = None) -> Iterator[FetchedPackages]:
+    def fetch(
+        self, plan: Any, *, offline: bool = False, on_log: LogSink | None = None, deadline: float | None = None
+    ) -> Iterator[FetchedPackages]:
         """The verified lock and tarballs of ``plan``, in a work folder removed after the block."""
         deadline = time.monotonic() + self.settings.build_timeout if deadline is None else deadline
         self._prepare()
@@ -121,14 +123,16 @@ class NpmCache:
         work = Path(tempfile.mkdtemp(dir=self.work_root))
         try:
             # The pack's own lock when it brings one; else the one an earlier fetch made, if any.
-            lock_data = (plan.spec.lock.encode() if plan.spec.lock is not None
-                         else known.read_bytes() if known.is_file() else None)
+            lock_data = plan.spec.lock.encode() if plan.spec.lock is not None else known.read_bytes() if known.is_file() else None
             packages = read_lock(lock_data) if lock_data is not None else None
             missing = [p for p in packages or () if not (self.content / f"{p.sha512_hex}.tgz").is_file()]
             if packages is None or missing:
                 if offline:
-                    what = "no lock is known" if packages is None else "not cached: " + ", ".join(
-                        f"{p.name}@{p.version}" for p in missing[:10])
+                    what = (
+                        "no lock is known"
+                        if packages is None
+                        else "not cached: " + ", ".join(f"{p.name}@{p.version}" for p in missing[:10])
+                    )
                     raise BuildError(f"an offline Node.js build needs every package in the npm cache; {what}")
                 lock_data = self._run(plan, work, lock_data, on_log, deadline)
                 packages = read_lock(lock_data)
@@ -148,20 +152,20 @@ class NpmCache:
                     shutil.copyfile(self.content / name, target)
                 if hashlib.sha512(target.read_bytes()).hexdigest() != package.sha512_hex:
                     (self.content / name).unlink(missing_ok=True)  # altered: never used again
-                    raise BuildError(f"the cached tarball of {package.name}@{package.version} does not match "
-                                     "its integrity; it was removed, build again to fetch it")
+                    raise BuildError(
+                        f"the cached tarball of {package.name}@{package.version} does not match "
+                        "its integrity; it was removed, build again to fetch it"
+                    )
                 files.append(target)
             yield FetchedPackages(wheels=files, locked=packages)
         finally:
             shutil.rmtree(work, ignore_errors=True)
             self.prune(self.settings.cache_max_bytes)
 
-    def _run(self, plan: Any, work: Path, lock_data: bytes | None, on_log: LogSink | None,
-             deadline: float) -> bytes:
+    def _run(self, plan: Any, work: Path, lock_data: bytes | None, on_log: LogSink | None, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
-                             "and was stopped")
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) and was stopped")
         config = work / "config"
         config.mkdir()
         (config / "package.json").write_text(plan.package_json())
@@ -176,8 +180,15 @@ class NpmCache:
         run = ContainerRun(
             image=plan.base.reference,
             command=["/bin/sh", "/attune-fetch/node-fetch.sh"],
-            limits=ResourceLimits(memory=self.settings.build_memory, cpus=None, pids=512, nofile=4096,
-                                  timeout=self.settings.build_timeout, network="bridge", tmp_size="2g"),
+            limits=ResourceLimits(
+                memory=self.settings.build_memory,
+                cpus=None,
+                pids=512,
+                nofile=4096,
+                timeout=self.settings.build_timeout,
+                network="bridge",
+                tmp_size="2g",
+            ),
             environment=environment,
             labels={HELPER_LABEL: "fetch", CACHE_LABEL: "npm", WORK_LABEL: work.name},
             mounts=[(str(FETCH_SCRIPT.parent), "/attune-fetch", True), (str(config), "/attune-build/config", True)],
@@ -212,8 +223,10 @@ class NpmCache:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
         if timed_out:
-            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
-                             "fetching the npm packages; it was stopped")
+            raise BuildError(
+                f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
+                "fetching the npm packages; it was stopped"
+            )
         if exit_code not in (0, None):
             raise BuildError("fetching the npm packages failed", telling_lines(list(log)))
         stream.seek(0)
@@ -246,13 +259,22 @@ class NpmCache:
         return lock_data
 
     def _files(self) -> list[Path]:
-        return [p for folder in (self.content, self.locks) if folder.is_dir() for p in folder.iterdir()
-                if p.is_file() and not p.is_symlink()]
+        return [
+            p
+            for folder in (self.content, self.locks)
+            if folder.is_dir()
+            for p in folder.iterdir()
+            if p.is_file() and not p.is_symlink()
+        ]
 
     def stats(self) -> CacheStats:
         files = self._files()
-        return CacheStats(directory=self.root, files=len(files), bytes=sum(p.stat().st_size for p in files),
-                          max_bytes=self.settings.cache_max_bytes)
+        return CacheStats(
+            directory=self.root,
+            files=len(files),
+            bytes=sum(p.stat().st_size for p in files),
+            max_bytes=self.settings.cache_max_bytes,
+        )
 
     def prune(self, max_bytes: int = 0) -> list[str]:
         """Least recently written tarballs and locks first, until the cache holds at most

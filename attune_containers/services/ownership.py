@@ -44,7 +44,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Collection, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ class Lease:
         self.directory = owners_dir(state_dir)
         self.engine = engine
         self.pid = os.getpid()
-        self.started = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        self.started = datetime.now(UTC).replace(microsecond=0).isoformat()
         self._uses: dict[int, dict[str, tuple[str, str]]] = {}
         self._uses_lock = threading.Lock()
         # Holders collected without close(): their finalizers only queue them here (see _collected).
@@ -184,15 +184,16 @@ class Lease:
 
     def images(self) -> list[dict[str, str]]:
         with self._uses_lock:
-            found = {(pack_ref, image, image_id) for uses in self._uses.values()
-                     for pack_ref, (image, image_id) in uses.items()}
+            found = {(pack_ref, image, image_id) for uses in self._uses.values() for pack_ref, (image, image_id) in uses.items()}
         return [{"pack_ref": p, "image": i, "id": d} for p, i, d in sorted(found)]
 
     def _write_record(self) -> None:
-        found = {(pack_ref, image, image_id) for uses in self._uses.values()
-                 for pack_ref, (image, image_id) in uses.items()}
+        found = {(pack_ref, image, image_id) for uses in self._uses.values() for pack_ref, (image, image_id) in uses.items()}
         record = {
-            "lease": self.id, "hostname": socket.gethostname(), "pid": self.pid, "started": self.started,
+            "lease": self.id,
+            "hostname": socket.gethostname(),
+            "pid": self.pid,
+            "started": self.started,
             "images": [{"pack_ref": p, "image": i, "id": d} for p, i, d in sorted(found)],
         }
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
@@ -416,7 +417,7 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("images"), list):
         return None
-    images = [u for u in record["images"] if isinstance(u, dict)
-              and all(isinstance(u.get(k), str) for k in ("pack_ref", "image", "id"))]
-    return {"hostname": str(record.get("hostname", "?"))[:255], "pid": str(record.get("pid", "?"))[:20],
-            "images": images}
+    images = [
+        u for u in record["images"] if isinstance(u, dict) and all(isinstance(u.get(k), str) for k in ("pack_ref", "image", "id"))
+    ]
+    return {"hostname": str(record.get("hostname", "?"))[:255], "pid": str(record.get("pid", "?"))[:20], "images": images}

@@ -123,8 +123,12 @@ class WarmBudget:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"containers": self.containers, "memory": self.memory,
-                    "max_containers": self.max_containers, "max_memory": self.max_memory}
+            return {
+                "containers": self.containers,
+                "memory": self.memory,
+                "max_containers": self.max_containers,
+                "max_memory": self.max_memory,
+            }
 
 
 def pool_key(pack_ref: str, image_id: str, limits: ResourceLimits) -> PoolKey:
@@ -136,9 +140,15 @@ def pool_key(pack_ref: str, image_id: str, limits: ResourceLimits) -> PoolKey:
 class Pool:
     """The warm containers of one pack image under one set of container-level limits."""
 
-    def __init__(self, key: PoolKey, run: ContainerRun, policy: PoolSettings, engine: Engine,
-                 create_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 budget: WarmBudget | None = None) -> None:
+    def __init__(
+        self,
+        key: PoolKey,
+        run: ContainerRun,
+        policy: PoolSettings,
+        engine: Engine,
+        create_lock: Callable[[], contextlib.AbstractContextManager] | None = None,
+        budget: WarmBudget | None = None,
+    ) -> None:
         self.key = key
         self.run = run
         self.budget = budget
@@ -201,8 +211,14 @@ class Pool:
             # share given back) once, and never put back into a closed pool.
             mine = container in self._busy
             self._busy.discard(container)
-            reuse = (mine and reusable and not self.closed and self.policy.reuse is not False
-                     and container.executions < (self.policy.max_executions or 1) and alive)
+            reuse = (
+                mine
+                and reusable
+                and not self.closed
+                and self.policy.reuse is not False
+                and container.executions < (self.policy.max_executions or 1)
+                and alive
+            )
             if reuse:
                 self._idle.append(container)
             self._cond.notify()
@@ -241,8 +257,11 @@ class Pool:
         now = time.monotonic()
         with self._cond:
             keep = self.policy.min_idle or 0
-            expired = [c for c in self._idle[:-keep or None]
-                       if now - c.last_used > (self.policy.idle_timeout or 300)] if len(self._idle) > keep else []
+            expired = (
+                [c for c in self._idle[: -keep or None] if now - c.last_used > (self.policy.idle_timeout or 300)]
+                if len(self._idle) > keep
+                else []
+            )
             dead = [c for c in self._idle if c not in expired and not c.alive()]
             for c in expired + dead:
                 self._idle.remove(c)
@@ -264,10 +283,19 @@ class Pool:
 
     def stats(self) -> dict:
         with self._cond:
-            return {"pack_ref": self.key[0], "image": self.key[1], "idle": len(self._idle), "busy": len(self._busy),
-                    "starting": self._starting, "created": self.created, "destroyed": self.destroyed,
-                    "max_size": self.policy.max_size, "min_idle": self.policy.min_idle,
-                    "memory": self.run.limits.memory, "preload": self.preload}
+            return {
+                "pack_ref": self.key[0],
+                "image": self.key[1],
+                "idle": len(self._idle),
+                "busy": len(self._busy),
+                "starting": self._starting,
+                "created": self.created,
+                "destroyed": self.destroyed,
+                "max_size": self.policy.max_size,
+                "min_idle": self.policy.min_idle,
+                "memory": self.run.limits.memory,
+                "preload": self.preload,
+            }
 
     # -- internals ----------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from ..core.packs import scan_pack_tree
 from .. import errors
+from ..core.packs import scan_pack_tree
 from ..errors import AttuneContainersError, InvalidSpecError
 from .manager import ContainerDependencyManager
 from .manifest import TrustedImage, TrustManifest
@@ -108,28 +108,37 @@ def build_all(
         except AttuneContainersError as exc:
             notify(pack.pack_ref, "failed", str(exc))
             return base.model_copy(update={"outcome": "failed", "error": str(exc)})
-        report = base.model_copy(update={
-            "python": plan.base.python_version, "runtime": pack.spec.runtime,
-            "dependency_hash": plan.dependency_hash, "image": plan.image})
+        report = base.model_copy(
+            update={
+                "python": plan.base.python_version,
+                "runtime": pack.spec.runtime,
+                "dependency_hash": plan.dependency_hash,
+                "image": plan.image,
+            }
+        )
         notify(pack.pack_ref, "started", plan.image)
         try:
             ensured = manager.ensure(
-                pack.pack_ref, pack.spec, offline=offline, pull=False,
+                pack.pack_ref,
+                pack.spec,
+                offline=offline,
+                pull=False,
                 on_log=lambda line: notify(pack.pack_ref, "log", line),
             )
-            report = report.model_copy(update={"outcome": ensured.outcome, "size_bytes": ensured.info.size_bytes,
-                                               "image_id": ensured.info.id})
+            report = report.model_copy(
+                update={"outcome": ensured.outcome, "size_bytes": ensured.info.size_bytes, "image_id": ensured.info.id}
+            )
             if push:
                 notify(pack.pack_ref, "pushing", plan.image)
                 with push_lock:
                     pushed = manager.publish(ensured.info)
                 if pushed.digest is None:
                     raise AttuneContainersError(f"the registry did not say which digest it stored {pushed.reference} under")
-                report = report.model_copy(update={"pushed": pushed.reference, "digest": pushed.digest,
-                                                   "pushed_by_digest": pushed.by_digest})
+                report = report.model_copy(
+                    update={"pushed": pushed.reference, "digest": pushed.digest, "pushed_by_digest": pushed.by_digest}
+                )
         except AttuneContainersError as exc:
-            report = report.model_copy(update={"outcome": "failed", "error": str(exc),
-                                               "error_type": type(exc).__name__})
+            report = report.model_copy(update={"outcome": "failed", "error": str(exc), "error_type": type(exc).__name__})
         report = report.model_copy(update={"seconds": round(time.monotonic() - started, 2)})
         notify(pack.pack_ref, report.outcome, report.error or report.image or "")
         return report
@@ -140,8 +149,9 @@ def build_all(
             return one(entry)
         except Exception as exc:  # noqa: BLE001
             notify(entry.pack_ref, "failed", f"{type(exc).__name__}: {exc}")
-            return PackBuildReport(pack_ref=entry.pack_ref, folder=str(entry.folder), outcome="failed",
-                                   error=f"{type(exc).__name__}: {exc}")
+            return PackBuildReport(
+                pack_ref=entry.pack_ref, folder=str(entry.folder), outcome="failed", error=f"{type(exc).__name__}: {exc}"
+            )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="prebuild") as pool:
         reports = list(pool.map(guarded, entries))
@@ -153,10 +163,20 @@ def build_all(
 
 def manifest_of(report: PrebuildReport) -> TrustManifest:
     """The trusted manifest of what this run pushed, by digest (what ``--push --json`` prints)."""
-    return TrustManifest(packs={
-        p.pack_ref: TrustedImage(dependency_hash=p.dependency_hash, image=p.image, reference=p.pushed_by_digest,
-                                 image_id=p.image_id, runtime=p.runtime, runtime_version=p.python)
-        for p in report.packs if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image})
+    return TrustManifest(
+        packs={
+            p.pack_ref: TrustedImage(
+                dependency_hash=p.dependency_hash,
+                image=p.image,
+                reference=p.pushed_by_digest,
+                image_id=p.image_id,
+                runtime=p.runtime,
+                runtime_version=p.python,
+            )
+            for p in report.packs
+            if p.pushed_by_digest and p.image_id and p.dependency_hash and p.image
+        }
+    )
 
 
 def write_manifest(report: PrebuildReport, path: str | Path) -> TrustManifest:

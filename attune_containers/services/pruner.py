@@ -29,7 +29,7 @@ import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -37,13 +37,13 @@ import filelock
 from pydantic import BaseModel, Field
 
 from ..core import labels as L
-from ..core.packs import scan_pack_tree
-from ..core.prune_policy import PackImage, PrunePolicy, Verdict, format_duration, select_images
 from ..core.pack_ref import image_name_for
+from ..core.packs import scan_pack_tree
 from ..core.plan import BuildPlan
+from ..core.prune_policy import PackImage, PrunePolicy, Verdict, format_duration, select_images
 from ..core.render import ATTUNE_DIR, BuildOptions, render_dockerfile
-from ..core.versions import BaseImage
 from ..core.spec import DependencySpec, EnvironmentInfo
+from ..core.versions import BaseImage
 from ..engine import ContainerRecord, DiskUsage, Engine
 from ..errors import (
     AttuneContainersError,
@@ -94,8 +94,10 @@ class PruneReport(BaseModel):
     reclaimed_bytes: int = 0
     reclaimed_exact: bool = True
     estimated_bytes: int = Field(
-        0, description="Sum of unique_bytes of what was (would be) removed: a lower bound, as layers "
-                       "shared only among removed images count in none of them")
+        0,
+        description="Sum of unique_bytes of what was (would be) removed: a lower bound, as layers "
+        "shared only among removed images count in none of them",
+    )
     notes: list[str] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list, description="Engine failures; their items are in skipped")
 
@@ -156,18 +158,18 @@ class Pruner:
 
     def prune(self, policy: PrunePolicy, *, now: datetime | None = None) -> PruneReport:
         """Apply ``policy``; ``now`` is the moment ages are measured from (default: now)."""
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         report = PruneReport(dry_run=policy.dry_run)
         packs = self._packs(policy.packs_dir)
         prefix = self.settings.image_prefix + "/"
         facts = [
-            PackImage(id=i.id, reference=i.image, pack_ref=i.pack_ref, created=i.created_at,
-                      last_used=self.usage.last_used(i.id))
+            PackImage(id=i.id, reference=i.image, pack_ref=i.pack_ref, created=i.created_at, last_used=self.usage.last_used(i.id))
             for i in self.manager.list_environments(policy.pack)
             if i.image.startswith(prefix)  # another prefix is another configuration's
         ]
-        verdicts = select_images(facts, policy, current=packs.current, now=now,
-                                 existing_packs=packs.existing, unresolved=packs.unresolved)
+        verdicts = select_images(
+            facts, policy, current=packs.current, now=now, existing_packs=packs.existing, unresolved=packs.unresolved
+        )
         before = self.engine.disk_usage()
         run = _Run(policy, now, report, _sizes(before), dict(before.containers))
         for v in verdicts:
@@ -184,10 +186,12 @@ class Pruner:
             if not alone:
                 report.notes.append(
                     "a build is running: build leftovers stay, and images removed now keep their "
-                    "untagged parents (a build may be reusing them); a later prune cleans both")
+                    "untagged parents (a build may be reusing them); a later prune cleans both"
+                )
             if policy.leftovers and policy.pack is None and alone:
-                lineage = _Lineage(self.engine, [ref for runtime in RUNTIMES.values()
-                                                 for ref in runtime.base_images(self.settings).values()])
+                lineage = _Lineage(
+                    self.engine, [ref for runtime in RUNTIMES.values() for ref in runtime.base_images(self.settings).values()]
+                )
                 self._remove_containers(run, lineage)
                 self._remove_dangling(run, lineage)
             elif policy.leftovers and policy.pack is not None:
@@ -220,8 +224,11 @@ class Pruner:
             if attrs is None or attrs.id != image.id:
                 run.report.skipped.append(run.image_item(verdict, "gone or replaced meanwhile"))
                 return
-            if (not policy.include_current and policy.packs_dir is None
-                    and image.reference in self.manager.current_images().get(image.pack_ref, ())):
+            if (
+                not policy.include_current
+                and policy.packs_dir is None
+                and image.reference in self.manager.current_images().get(image.pack_ref, ())
+            ):
                 run.report.kept.append(run.image_item(verdict, "became the current image of its pack meanwhile"))
                 return
             # A live worker's image, whatever the pack's "current" record says (another worker with
@@ -272,8 +279,7 @@ class Pruner:
             if image_labels is None or not on_ours:
                 continue  # another configuration's image, or one we cannot see
             # A container inherits its image's labels: only labels it was given itself make it ours.
-            own = sorted(k for k, v in summary.labels.items()
-                         if k.startswith(L.PREFIX) and image_labels.get(k) != v)
+            own = sorted(k for k, v in summary.labels.items() if k.startswith(L.PREFIX) and image_labels.get(k) != v)
             if not own:
                 continue
             attrs = self.engine.inspect_container(summary.id)
@@ -282,10 +288,12 @@ class Pruner:
             finished = attrs.state.finished_at if attrs.state is not None else None
             age = run.now - (finished or attrs.created or run.now)
             item = PruneItem(
-                kind="container", id=summary.id, reference=summary.name,
+                kind="container",
+                id=summary.id,
+                reference=summary.name,
                 pack_ref=summary.labels.get(L.PACK_REF),
                 reason=f"{attrs.status or summary.status} container of ours ({', '.join(own)}), "
-                       f"stopped {format_duration(age)} ago",
+                f"stopped {format_duration(age)} ago",
                 size_bytes=run.container_sizes.get(summary.id),
             )
             if owner_alive(self.settings.state_dir, summary.labels.get(L.LEASE)):
@@ -294,8 +302,11 @@ class Pruner:
                 run.report.kept.append(item.model_copy(update={"reason": item.reason + ", its owner is alive"}))
                 continue
             if age < run.grace(self.settings):
-                run.report.kept.append(item.model_copy(update={
-                    "reason": item.reason + f", within the {format_duration(run.grace(self.settings))} grace period"}))
+                run.report.kept.append(
+                    item.model_copy(
+                        update={"reason": item.reason + f", within the {format_duration(run.grace(self.settings))} grace period"}
+                    )
+                )
                 continue
             if not run.policy.dry_run:
                 try:
@@ -321,8 +332,15 @@ class Pruner:
                 continue  # not built on this configuration's base images: not ours to judge
             labels = summary.labels
             size, unique = run.sizes.get(image_id, (summary.size, None))
-            item = PruneItem(kind="build-leftover", id=image_id, reference="<none>",
-                             pack_ref=labels.get(L.PACK_REF), reason="", size_bytes=size, unique_bytes=unique)
+            item = PruneItem(
+                kind="build-leftover",
+                id=image_id,
+                reference="<none>",
+                pack_ref=labels.get(L.PACK_REF),
+                reason="",
+                size_bytes=size,
+                unique_bytes=unique,
+            )
             recorded = self.manager.builds.contains(image_id, built)
             if labels.get(L.MANAGED) == "true" and (recorded or self._built_here(image_id, labels)):
                 what = f"untagged image of pack {labels.get(L.PACK_REF)!r}"
@@ -333,15 +351,21 @@ class Pruner:
                     continue  # a build stage of another configuration's build: not ours
                 what = f"build stage on {base}"
             else:
-                run.report.skipped.append(item.model_copy(update={
-                    "reason": f"dangling image on {base} without a step of our Dockerfile: "
-                              "not identifiably ours, left alone"}))
+                run.report.skipped.append(
+                    item.model_copy(
+                        update={
+                            "reason": f"dangling image on {base} without a step of our Dockerfile: "
+                            "not identifiably ours, left alone"
+                        }
+                    )
+                )
                 continue
-            age = run.now - (summary.created or datetime.fromtimestamp(0, timezone.utc))
+            age = run.now - (summary.created or datetime.fromtimestamp(0, UTC))
             item = item.model_copy(update={"reason": f"{what}, created {format_duration(age)} ago"})
             if age < grace:
-                run.report.kept.append(item.model_copy(update={
-                    "reason": item.reason + f", within the {format_duration(grace)} grace period"}))
+                run.report.kept.append(
+                    item.model_copy(update={"reason": item.reason + f", within the {format_duration(grace)} grace period"})
+                )
                 continue
             users = self.engine.find_containers(ancestor=image_id)
             if users:
@@ -425,9 +449,15 @@ class _Run:
 
     def image_item(self, verdict: Verdict, reason: str | None = None) -> PruneItem:
         size, unique = self.sizes.get(verdict.image.id, (None, None))
-        return PruneItem(kind="image", id=verdict.image.id, reference=verdict.image.reference,
-                         pack_ref=verdict.image.pack_ref, reason=reason or verdict.reason,
-                         size_bytes=size, unique_bytes=unique)
+        return PruneItem(
+            kind="image",
+            id=verdict.image.id,
+            reference=verdict.image.reference,
+            pack_ref=verdict.image.pack_ref,
+            reason=reason or verdict.reason,
+            size_bytes=size,
+            unique_bytes=unique,
+        )
 
 
 class _Lineage:
@@ -492,14 +522,14 @@ def history_step(created_by: str) -> str:
     metadata steps, ``|N ARG=.. /bin/sh -c <command>`` for RUN, ``COPY dir:<sha> in <dest>``."""
     text = re.sub(r"^\|\d+ (?:\S+=\S* )*", "", created_by.strip())
     if text.startswith("/bin/sh -c #(nop) "):
-        text = text[len("/bin/sh -c #(nop) "):].strip()
+        text = text[len("/bin/sh -c #(nop) ") :].strip()
         m = re.fullmatch(r"(COPY|ADD) (?:(?:dir|file|multi):[0-9a-f]+|\S+) in (\S+)", text)
         if m:
             return f"{m.group(1)} {m.group(2)}"
         keyword, _, rest = text.partition(" ")
         return f"{keyword} {' '.join(rest.split())}"
     if text.startswith("/bin/sh -c "):
-        return "RUN " + " ".join(text[len("/bin/sh -c "):].split())
+        return "RUN " + " ".join(text[len("/bin/sh -c ") :].split())
     return "? " + text
 
 
@@ -527,4 +557,3 @@ def _describe(containers: list[ContainerRecord]) -> str:
     names = [f"{c.name} ({c.status or '?'})" for c in containers]
     more = f" and {len(names) - 3} more" if len(names) > 3 else ""
     return "container " + ", ".join(names[:3]) + more
-

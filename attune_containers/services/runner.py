@@ -19,7 +19,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,9 +35,9 @@ from ..core.execution import (
 )
 from ..core.packs import PackDefinition, load_pack
 from ..core.pooling import PoolSettings
-from ..core.spec import EnvironmentInfo
 from ..core.protocol import ExecutionCollector, OutputObserver, encode_frame, encode_request
 from ..core.render import APP_UID
+from ..core.spec import EnvironmentInfo
 from ..engine import ContainerRun, Engine, LogSink
 from ..errors import (
     AttuneContainersError,
@@ -52,7 +52,6 @@ from . import ownership
 from .manager import ContainerDependencyManager
 from .pool import Pool, PoolRegistry, WarmBudget, pool_key
 from .usage import UsageLog
-
 
 _EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -114,8 +113,7 @@ class ActionRunner:
         self._live_lock = threading.Lock()
         self._handles: dict[str, _Handle] = {}  # running executions by id (cancel)
         self._packs: dict[Path, tuple[tuple[float, ...], PackDefinition]] = {}
-        self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers,
-                                             parse_size(self.settings.max_warm_memory)))
+        self.pools = PoolRegistry(WarmBudget(self.settings.max_warm_containers, parse_size(self.settings.max_warm_memory)))
         self._tree: tuple[int | None, dict[str, Path]] | None = None
         self._preloads: dict[tuple[str, Path], tuple[tuple[int, int], tuple[str, ...]]] = {}
         # Held before any container exists: a sweeper can prove this process alive (ownership.py).
@@ -143,8 +141,11 @@ class ActionRunner:
         (NotFoundError for an unknown pack or action) before anything starts. Everything after
         that, including build and engine failures, is reported in the result, with status ``error``.
         """
-        return self.run_prepared(self.prepare(action_ref, parameters, secrets, limits=limits,
-                                              environment=environment, execution_id=execution_id, warm=warm))
+        return self.run_prepared(
+            self.prepare(
+                action_ref, parameters, secrets, limits=limits, environment=environment, execution_id=execution_id, warm=warm
+            )
+        )
 
     def prepare(
         self,
@@ -166,12 +167,12 @@ class ActionRunner:
         pack = self._pack(action)
         _check_runner(action, pack)
         effective = self.settings.run_limits(pack=pack.limits, action=ResourceLimits(timeout=action.timeout), request=limits)
-        request = _request(action, parameters, secrets, effective,
-                           _environment(execution_id, action, environment))
+        request = _request(action, parameters, secrets, effective, _environment(execution_id, action, environment))
         return PreparedExecution(action, pack, effective, request, execution_id, warm)
 
-    def run_prepared(self, prepared: PreparedExecution, *, submitted: float | None = None,
-                     on_output: OutputObserver | None = None) -> ExecutionResult:
+    def run_prepared(
+        self, prepared: PreparedExecution, *, submitted: float | None = None, on_output: OutputObserver | None = None
+    ) -> ExecutionResult:
         """Run what ``prepare`` checked; ``submitted`` (time.monotonic()) starts the queue time;
         ``on_output`` is told the action's output chunks as they arrive (live logs)."""
         submitted = time.monotonic() if submitted is None else submitted
@@ -183,13 +184,15 @@ class ActionRunner:
         try:
             with self._slots:
                 queued_ms = int((time.monotonic() - submitted) * 1000)
-                started_at = datetime.now(timezone.utc)
+                started_at = datetime.now(UTC)
                 if handle.cancelled:
-                    result = ExecutionResult(execution_id=execution_id, action_ref=prepared.action.action_ref,
-                                             status=ExecutionStatus.cancelled)
+                    result = ExecutionResult(
+                        execution_id=execution_id, action_ref=prepared.action.action_ref, status=ExecutionStatus.cancelled
+                    )
                 else:
-                    result = self._run(prepared.action, prepared.pack, prepared.limits, prepared.request,
-                                       execution_id, prepared.warm)
+                    result = self._run(
+                        prepared.action, prepared.pack, prepared.limits, prepared.request, execution_id, prepared.warm
+                    )
         finally:
             if mine:
                 with self._live_lock:
@@ -198,7 +201,7 @@ class ActionRunner:
             result.status = ExecutionStatus.cancelled
             result.error = ExecutionError(type="Cancelled", message="cancelled by request; its container was removed")
         result.started_at = started_at
-        result.finished_at = datetime.now(timezone.utc)
+        result.finished_at = datetime.now(UTC)
         result.queued_ms = queued_ms
         return result
 
@@ -314,15 +317,25 @@ class ActionRunner:
         self._packs[pack_dir] = (stamp, pack)
         return pack
 
-    def _run(self, action: ActionDefinition, pack: PackDefinition, limits: ResourceLimits,
-             request: bytes, execution_id: str, warm: bool | None) -> ExecutionResult:
+    def _run(
+        self,
+        action: ActionDefinition,
+        pack: PackDefinition,
+        limits: ResourceLimits,
+        request: bytes,
+        execution_id: str,
+        warm: bool | None,
+    ) -> ExecutionResult:
         started = time.monotonic()
 
         def failure(status: ExecutionStatus, kind: str, message: str, **extra: Any) -> ExecutionResult:
             return ExecutionResult(
-                execution_id=execution_id, action_ref=action.action_ref, status=status,
+                execution_id=execution_id,
+                action_ref=action.action_ref,
+                status=status,
                 duration_ms=int((time.monotonic() - started) * 1000),
-                error=ExecutionError(type=kind, message=message), **extra,
+                error=ExecutionError(type=kind, message=message),
+                **extra,
             )
 
         try:
@@ -335,8 +348,16 @@ class ActionRunner:
             except EnvironmentNotFoundError as exc:
                 return failure(ExecutionStatus.error, "EnvironmentNotFoundError", str(exc))
 
-    def _run_in_image(self, action: ActionDefinition, pack: PackDefinition, limits: ResourceLimits,
-                      request: bytes, execution_id: str, warm: bool | None, failure: Any) -> ExecutionResult:
+    def _run_in_image(
+        self,
+        action: ActionDefinition,
+        pack: PackDefinition,
+        limits: ResourceLimits,
+        request: bytes,
+        execution_id: str,
+        warm: bool | None,
+        failure: Any,
+    ) -> ExecutionResult:
         try:
             info = self._ensure_in_use(pack)  # in use: never pruned
         except EngineUnavailableError as exc:
@@ -350,8 +371,15 @@ class ActionRunner:
         runtime = get_runtime(pack.spec.runtime)
         try:
             if use_pool:
-                warm_run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, {L.POOL: "true"},
-                                          self._preload(runtime, action.pack_dir, policy), runtime=runtime)
+                warm_run = _container_run(
+                    action.pack_ref,
+                    action.pack_dir,
+                    info.id,
+                    limits,
+                    {L.POOL: "true"},
+                    self._preload(runtime, action.pack_dir, policy),
+                    runtime=runtime,
+                )
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return _ran_on(result, info, warm=True)
@@ -362,14 +390,23 @@ class ActionRunner:
             self.manager.forget_image(info.id)
             raise
         except EngineUnavailableError as exc:
-            return failure(ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image,
-                           dependency_hash=info.dependency_hash)
+            return failure(
+                ExecutionStatus.error, "EngineUnavailable", str(exc), image=info.image, dependency_hash=info.dependency_hash
+            )
         except AttuneContainersError as exc:
-            return failure(ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image,
-                           dependency_hash=info.dependency_hash)
+            return failure(
+                ExecutionStatus.error, type(exc).__name__, str(exc), image=info.image, dependency_hash=info.dependency_hash
+            )
 
-    def _run_cold(self, run: ContainerRun, info: EnvironmentInfo, limits: ResourceLimits, request: bytes,
-                  execution_id: str, action: ActionDefinition) -> ExecutionResult:
+    def _run_cold(
+        self,
+        run: ContainerRun,
+        info: EnvironmentInfo,
+        limits: ResourceLimits,
+        request: bytes,
+        execution_id: str,
+        action: ActionDefinition,
+    ) -> ExecutionResult:
         container_id: str | None = None
         try:
             # Hold the image's lock until the container exists: a prune cannot take the image away
@@ -388,8 +425,16 @@ class ActionRunner:
                 self.engine.remove_container(container_id, attempts=20)
                 self._forget(container_id)
 
-    def _run_warm(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings, limits: ResourceLimits,
-                  request: bytes, execution_id: str, action: ActionDefinition) -> ExecutionResult | None:
+    def _run_warm(
+        self,
+        run: ContainerRun,
+        info: EnvironmentInfo,
+        policy: PoolSettings,
+        limits: ResourceLimits,
+        request: bytes,
+        execution_id: str,
+        action: ActionDefinition,
+    ) -> ExecutionResult | None:
         pool = self._pool(run, info, policy)
         container = pool.acquire()
         if container is None:
@@ -400,16 +445,28 @@ class ActionRunner:
             self.usage.touch(info.id)
             control = _control(limits, last=False)
             collector = _collector(limits, control, self._observer(execution_id))
-            timed_out, elapsed = container.execute(encode_request(control, request), collector,
-                                                   _deadline_seconds(limits))
-            result = finish(self.engine, container.id, collector, limits, timed_out, elapsed,
-                            execution_id=execution_id, action_ref=action.action_ref, image=info.image,
-                            cancelled=self._cancelled(execution_id))
+            timed_out, elapsed = container.execute(encode_request(control, request), collector, _deadline_seconds(limits))
+            result = finish(
+                self.engine,
+                container.id,
+                collector,
+                limits,
+                timed_out,
+                elapsed,
+                execution_id=execution_id,
+                action_ref=action.action_ref,
+                image=info.image,
+                cancelled=self._cancelled(execution_id),
+            )
             done = collector.done or {}
             pool.note_preload(done.get("preload"))
             # Reused only after a clean end: returned or raised, nothing left running, /tmp empty.
-            reusable = (not timed_out and not collector.protocol_error and done.get("clean") is True
-                        and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed))
+            reusable = (
+                not timed_out
+                and not collector.protocol_error
+                and done.get("clean") is True
+                and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed)
+            )
             return result
         finally:
             # Any other way out (timeout, OOM, crash, an interrupt of the caller) destroys it.
@@ -425,8 +482,15 @@ class ActionRunner:
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
         info = self._ensure_in_use(pack)
         runtime = get_runtime(pack.spec.runtime)
-        run = _container_run(pack_ref, packs[pack_ref], info.id, effective, {L.POOL: "true"},
-                             self._preload(runtime, packs[pack_ref], policy), runtime=runtime)
+        run = _container_run(
+            pack_ref,
+            packs[pack_ref],
+            info.id,
+            effective,
+            {L.POOL: "true"},
+            self._preload(runtime, packs[pack_ref], policy),
+            runtime=runtime,
+        )
         return self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
 
     def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None) -> EnvironmentInfo:
@@ -480,12 +544,21 @@ class ActionRunner:
     def _pool(self, run: ContainerRun, info: EnvironmentInfo, policy: PoolSettings) -> Pool:
         # The preload list is part of the key: containers of an older list are not handed out.
         key = (*pool_key(run.labels[L.PACK_REF], info.id, run.limits), tuple(run.command))
-        return self.pools.get(key, lambda: Pool(
-            key, run, policy, self.engine, create_lock=lambda: self.manager.image_lock(info.image, timeout=60),
-            budget=self.pools.budget))
+        return self.pools.get(
+            key,
+            lambda: Pool(
+                key,
+                run,
+                policy,
+                self.engine,
+                create_lock=lambda: self.manager.image_lock(info.image, timeout=60),
+                budget=self.pools.budget,
+            ),
+        )
 
-    def _attach_and_wait(self, container_id: str, limits: ResourceLimits, request: bytes,
-                         execution_id: str, action: ActionDefinition, image: str) -> ExecutionResult:
+    def _attach_and_wait(
+        self, container_id: str, limits: ResourceLimits, request: bytes, execution_id: str, action: ActionDefinition, image: str
+    ) -> ExecutionResult:
         control = _control(limits, last=True)
         collector = _collector(limits, control, self._observer(execution_id))
 
@@ -498,10 +571,21 @@ class ActionRunner:
 
         # One request, then EOF: the runner loop serves it and ends.
         exit_code, timed_out, elapsed = self.engine.run_attached(
-            container_id, encode_request(control, request), _deadline_seconds(limits), on_frame)
-        return finish(self.engine, container_id, collector, limits, timed_out, elapsed,
-                      execution_id=execution_id, action_ref=action.action_ref, image=image,
-                      container_exit=exit_code, cancelled=self._cancelled(execution_id))
+            container_id, encode_request(control, request), _deadline_seconds(limits), on_frame
+        )
+        return finish(
+            self.engine,
+            container_id,
+            collector,
+            limits,
+            timed_out,
+            elapsed,
+            execution_id=execution_id,
+            action_ref=action.action_ref,
+            image=image,
+            container_exit=exit_code,
+            cancelled=self._cancelled(execution_id),
+        )
 
     def _remember(self, container_id: str) -> None:
         with self._live_lock:
@@ -545,7 +629,9 @@ def _check_runner(action: ActionDefinition, pack: PackDefinition) -> None:
     if action.runner_type not in runtime.runner_types:
         raise InvalidSpecError(
             f"runner_type {action.runner_type!r} is not a {runtime.name} runner, and pack {pack.pack_ref!r} "
-            f"is a {runtime.name} pack (runners: {', '.join(runtime.runner_types)})", field="runner_type")
+            f"is a {runtime.name} pack (runners: {', '.join(runtime.runner_types)})",
+            field="runner_type",
+        )
 
 
 def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> ExecutionResult:
@@ -557,9 +643,16 @@ def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> Ex
     return result
 
 
-def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: ResourceLimits,
-                   labels: dict[str, str], preload: tuple[str, ...] = (), *,
-                   runtime: Runtime | None = None) -> ContainerRun:
+def _container_run(
+    pack_ref: str,
+    pack_dir: Path,
+    image_id: str,
+    limits: ResourceLimits,
+    labels: dict[str, str],
+    preload: tuple[str, ...] = (),
+    *,
+    runtime: Runtime | None = None,
+) -> ContainerRun:
     """The container of one pack's runner loop, cold or warm: same image, limits and mounts.
     ``preload``: libraries a warm container's zygote imports once (argv: never a shell).
     ``runtime``: whose loop runs (default: the default runtime's)."""
@@ -570,8 +663,11 @@ def _container_run(pack_ref: str, pack_dir: Path, image_id: str, limits: Resourc
         limits=limits,
         environment={},  # per-execution variables travel in the request, on both paths
         labels={L.RUN: "true", L.PACK_REF: pack_ref, **owner_labels(), **labels},
-        mounts=[(str(pack_dir), PACK_MOUNT, True), (str(runtime.loop_dir), LOOP_MOUNT, True),
-                *((str(source), target, True) for source, target in runtime.support_mounts)],
+        mounts=[
+            (str(pack_dir), PACK_MOUNT, True),
+            (str(runtime.loop_dir), LOOP_MOUNT, True),
+            *((str(source), target, True) for source, target in runtime.support_mounts),
+        ],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,
     )
@@ -598,19 +694,43 @@ def oom_killed(engine: Engine, container_id: str, since: float) -> bool:
         time.sleep(0.1)
 
 
-def finish(engine: Engine, container_id: str, collector: ExecutionCollector, limits: ResourceLimits,
-           timed_out: bool, elapsed: float, *, execution_id: str, action_ref: str, image: str,
-           container_exit: int | None = None, cancelled: bool = False) -> ExecutionResult:
+def finish(
+    engine: Engine,
+    container_id: str,
+    collector: ExecutionCollector,
+    limits: ResourceLimits,
+    timed_out: bool,
+    elapsed: float,
+    *,
+    execution_id: str,
+    action_ref: str,
+    image: str,
+    container_exit: int | None = None,
+    cancelled: bool = False,
+) -> ExecutionResult:
     """The ExecutionResult of one execution, the same for the cold and the warm path: the pure
     classification (core/classify.py) with the engine asked about an OOM kill only when needed
     (never for a cancelled execution: we killed it, and its result says cancelled)."""
-    return classify(collector, limits, timed_out, elapsed, execution_id=execution_id, action_ref=action_ref,
-                    image=image, container_exit=container_exit,
-                    oom=lambda: not cancelled and oom_killed(engine, container_id, time.time() - elapsed))
+    return classify(
+        collector,
+        limits,
+        timed_out,
+        elapsed,
+        execution_id=execution_id,
+        action_ref=action_ref,
+        image=image,
+        container_exit=container_exit,
+        oom=lambda: not cancelled and oom_killed(engine, container_id, time.time() - elapsed),
+    )
 
 
-def _request(action: ActionDefinition, parameters: Mapping[str, Any] | None, secrets: Mapping[str, Any] | None,
-             limits: ResourceLimits, environment: dict[str, str]) -> bytes:
+def _request(
+    action: ActionDefinition,
+    parameters: Mapping[str, Any] | None,
+    secrets: Mapping[str, Any] | None,
+    limits: ResourceLimits,
+    environment: dict[str, str],
+) -> bytes:
     for name, value in (("parameters", parameters), ("secrets", secrets)):
         if value is not None and not isinstance(value, Mapping):
             raise InvalidSpecError("must be a JSON object", field=name)
@@ -637,14 +757,13 @@ def _control(limits: ResourceLimits, *, last: bool) -> dict[str, Any]:
     """What the supervisor needs of one execution; the nonce is unknown to the action's process,
     so a done frame that echoes it was written by the supervisor. ``limits`` are a run's merged
     limits (``Settings.run_limits``: the defaults hold every field), so none is missing here."""
-    return {"nonce": tokens.token_hex(16), "timeout": limits.timeout,
-            "result_limit": limits.result_limit or 0, "last": last}
+    return {"nonce": tokens.token_hex(16), "timeout": limits.timeout, "result_limit": limits.result_limit or 0, "last": last}
 
 
-def _collector(limits: ResourceLimits, control: dict[str, Any],
-               on_output: OutputObserver | None = None) -> ExecutionCollector:
-    return ExecutionCollector(limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0,
-                              nonce=control["nonce"], on_output=on_output)
+def _collector(limits: ResourceLimits, control: dict[str, Any], on_output: OutputObserver | None = None) -> ExecutionCollector:
+    return ExecutionCollector(
+        limits.stdout_limit or 0, limits.stderr_limit or 0, limits.result_limit or 0, nonce=control["nonce"], on_output=on_output
+    )
 
 
 def _environment(execution_id: str, action: ActionDefinition, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -660,4 +779,3 @@ def _environment(execution_id: str, action: ActionDefinition, extra: Mapping[str
             raise InvalidSpecError(f"the value of {name} must be a string without NUL", field="environment")
         env[name] = value
     return env
-

@@ -5,7 +5,7 @@ recording a use costs the hot path one ``utime`` call."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -29,7 +29,7 @@ class UsageLog:
 
     def last_used(self, image_id: str) -> datetime | None:
         try:
-            return datetime.fromtimestamp(self._path(image_id).stat().st_mtime, timezone.utc)
+            return datetime.fromtimestamp(self._path(image_id).stat().st_mtime, UTC)
         except FileNotFoundError:
             return None
 

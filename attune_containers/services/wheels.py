@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -66,9 +67,12 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..core.execution import ResourceLimits
+from ..core.labels import BASE_SUITE as BASE_SUITE_LABEL
+from ..core.labels import CACHE as CACHE_LABEL
+from ..core.labels import HELPER as HELPER_LABEL
+from ..core.labels import WORK as WORK_LABEL
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
-from ..core.labels import BASE_SUITE as BASE_SUITE_LABEL, CACHE as CACHE_LABEL, HELPER as HELPER_LABEL, WORK as WORK_LABEL
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..settings import Settings
@@ -176,8 +180,7 @@ class _Tampered(BuildError):
     """A cached file did not match its record (it was removed); the fetch runs again, once."""
 
     def __init__(self, filenames: list[str]) -> None:
-        super().__init__("cached files did not match their recorded sha256 and were removed: "
-                         + ", ".join(filenames[:20]))
+        super().__init__("cached files did not match their recorded sha256 and were removed: " + ", ".join(filenames[:20]))
 
 
 class WheelCache:
@@ -195,7 +198,11 @@ class WheelCache:
 
     @contextmanager
     def fetch(
-        self, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None,
+        self,
+        plan: BuildPlan,
+        *,
+        offline: bool = False,
+        on_log: LogSink | None = None,
         deadline: float | None = None,
     ) -> Iterator[FetchedWheels]:
         """The verified wheels of ``plan``'s requirements, in a work folder removed after the block.
@@ -217,8 +224,7 @@ class WheelCache:
                 # the fetch container succeeded (a failed build downloads nothing more).
                 capable = self._host_capable(plan)
                 uv = self.uv_binary(work, plan, offline=offline, on_log=on_log) if capable else None
-                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline) if uv is not None or offline \
-                    else None
+                fetched = self._host_fetch(plan, work, uv, offline, on_log, deadline) if uv is not None or offline else None
                 if fetched is None:
                     for folder in ("ctx", "in"):
                         shutil.rmtree(work / folder, ignore_errors=True)
@@ -239,8 +245,7 @@ class WheelCache:
             finally:
                 self.prune(self.settings.cache_max_bytes)
 
-    def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None,
-                    deadline: float) -> FetchedWheels:
+    def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None, deadline: float) -> FetchedWheels:
         sdists = self.settings.allow_sdist_builds and not offline
         stream = work / "out.tar"
         with contextlib.suppress(FileNotFoundError):
@@ -248,12 +253,12 @@ class WheelCache:
         self._run(plan, work, offline, sdists, on_log, deadline, stream)
         return self._take(work, stream, trusted=not sdists, on_log=on_log)
 
-    def _run(self, plan: BuildPlan, work: Path, offline: bool, sdists: bool, on_log: LogSink | None,
-             deadline: float, stream: Path) -> None:
+    def _run(
+        self, plan: BuildPlan, work: Path, offline: bool, sdists: bool, on_log: LogSink | None, deadline: float, stream: Path
+    ) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) "
-                             "and was stopped")
+            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) and was stopped")
         # uv for the install step comes from the host (uv_binary): the fetch container needs no
         # venv and pip of its own for it.
         tools = ""
@@ -263,8 +268,13 @@ class WheelCache:
             # fetch_env_script; nothing from the pack is in it), so it is sourced by a shell.
             command=["/bin/sh", "-c", ". /attune-build/config/env.sh && exec python3 -I /attune-fetch/fetch.py"],
             limits=ResourceLimits(
-                memory=self.settings.build_memory, cpus=None, pids=512, nofile=4096,
-                timeout=self.settings.build_timeout, network="none" if offline else "bridge", tmp_size="2g",
+                memory=self.settings.build_memory,
+                cpus=None,
+                pids=512,
+                nofile=4096,
+                timeout=self.settings.build_timeout,
+                network="none" if offline else "bridge",
+                tmp_size="2g",
             ),
             environment={
                 "ATTUNE_FETCH_OFFLINE": "1" if offline else "0",
@@ -295,8 +305,7 @@ class WheelCache:
             if kind == 1:
                 written += len(data)
                 if written > limit:
-                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes); "
-                                     "it was stopped")
+                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes); it was stopped")
                 out.write(data)
                 return
             partial += data
@@ -318,15 +327,22 @@ class WheelCache:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
         if timed_out:
-            raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
-                             "fetching the wheels; it was stopped")
+            raise BuildError(
+                f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
+                "fetching the wheels; it was stopped"
+            )
         if exit_code not in (0, None) or stream.stat().st_size == 0:
             lines = telling_lines(list(log))
             message = "fetching the wheels failed" + (" (offline)" if offline else "")
-            if not sdists and not offline and any(
-                    "No matching distribution" in line or "sdist builds are off" in line for line in log):
-                message += (" (only wheels are used: a distribution without a wheel for this Python needs "
-                            "its sdist built, which the operator must allow with allow_sdist_builds)")
+            if (
+                not sdists
+                and not offline
+                and any("No matching distribution" in line or "sdist builds are off" in line for line in log)
+            ):
+                message += (
+                    " (only wheels are used: a distribution without a wheel for this Python needs "
+                    "its sdist built, which the operator must allow with allow_sdist_builds)"
+                )
             raise BuildError(message, lines)
 
     def _take(self, work: Path, stream: Path, *, trusted: bool, on_log: LogSink | None) -> FetchedWheels:
@@ -350,13 +366,17 @@ class WheelCache:
             projects.add((entry.kind, entry.name))
             name, version = _identity(entry.filename)
             if (name, version) != (entry.name, _normal_version(entry.version)):
-                raise BuildError(f"{entry.filename} is not {entry.name} {entry.version}"
-                                 + (f", the sdist {entry.sdist} it was built from: not the sdist's own wheel"
-                                    if entry.source == "build" else ""))
+                raise BuildError(
+                    f"{entry.filename} is not {entry.name} {entry.version}"
+                    + (
+                        f", the sdist {entry.sdist} it was built from: not the sdist's own wheel"
+                        if entry.source == "build"
+                        else ""
+                    )
+                )
             target = context / ("tools" if entry.kind == "tools" else "wheels") / entry.filename
             if entry.source == "cache":
-                digest = self._use_cached(KINDS[entry.kind], entry.filename, target,
-                                          entry.sha256 if trusted else None)
+                digest = self._use_cached(KINDS[entry.kind], entry.filename, target, entry.sha256 if trusted else None)
                 if digest is None:
                     altered.append(entry.filename)
                     continue
@@ -378,13 +398,13 @@ class WheelCache:
                 continue
             (tools if entry.kind == "tools" else wheels).append(target)
             if entry.kind == "wheels":
-                locked.append(LockedDistribution(name=name, version=entry.version, filename=entry.filename,
-                                                 sha256=digest))
+                locked.append(LockedDistribution(name=name, version=entry.version, filename=entry.filename, sha256=digest))
         if altered:
             for filename in altered:
                 if on_log is not None:
-                    on_log(f"fetch: cached {filename} was altered (its sha256 is not the one recorded); "
-                           "removed it, fetching again")
+                    on_log(
+                        f"fetch: cached {filename} was altered (its sha256 is not the one recorded); removed it, fetching again"
+                    )
             raise _Tampered(altered)
         return FetchedWheels(wheels=sorted(wheels), tools=sorted(tools), locked=locked)
 
@@ -396,12 +416,13 @@ class WheelCache:
             with tarfile.open(stream, mode="r:") as tar:
                 for member in tar:
                     if not member.isreg():
-                        raise BuildError(f"the fetch step handed back {member.name!r}, which is not a regular "
-                                         "file; links and special files are never followed")
+                        raise BuildError(
+                            f"the fetch step handed back {member.name!r}, which is not a regular "
+                            "file; links and special files are never followed"
+                        )
                     if member.name == "manifest.json" and manifest is None:
                         if member.size > _MANIFEST_LIMIT:
-                            raise BuildError("the fetch step's manifest is larger than "
-                                             f"{_MANIFEST_LIMIT} bytes")
+                            raise BuildError(f"the fetch step's manifest is larger than {_MANIFEST_LIMIT} bytes")
                         data = tar.extractfile(member).read(_MANIFEST_LIMIT + 1)  # type: ignore[union-attr]
                         manifest = _Manifest.model_validate_json(data)
                         continue
@@ -415,7 +436,7 @@ class WheelCache:
                     source = tar.extractfile(member)
                     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
                     with os.fdopen(fd, "wb") as out:
-                        for block in iter(lambda: source.read(1 << 20), b""):  # type: ignore[union-attr]
+                        for block in iter(functools.partial(source.read, 1 << 20), b""):  # type: ignore[union-attr]
                             digest.update(block)
                             out.write(block)
                     received[(kind, filename)] = (path, digest.hexdigest())
@@ -429,8 +450,7 @@ class WheelCache:
 
     # -- uv for the install step ---------------------------------------------------------------
 
-    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False,
-                  on_log: LogSink | None = None) -> Path | None:
+    def uv_binary(self, work: Path, plan: BuildPlan, *, offline: bool = False, on_log: LogSink | None = None) -> Path | None:
         """The static uv binary for the install step, from the uv wheel of the tools cache
         (verified against its record, like every cached file), downloaded once by the host's own
         pip when the cache lacks it (no code of it runs on the host). None when it cannot be had
@@ -449,8 +469,10 @@ class WheelCache:
             wheel = self._download_uv(work, plan, on_log)
         if wheel is None:
             if on_log is not None:
-                on_log(f"install: uv {UV_VERSION} is not in the cache{' and the build is offline' if offline else ''}; "
-                       "installing with the Dockerfile")
+                on_log(
+                    f"install: uv {UV_VERSION} is not in the cache{' and the build is offline' if offline else ''}; "
+                    "installing with the Dockerfile"
+                )
             return None
         target = work / "uv"
         member = f"uv-{UV_VERSION}.data/scripts/uv"
@@ -488,9 +510,28 @@ class WheelCache:
         if options.extra_index_urls:
             env["PIP_EXTRA_INDEX_URL"] = " ".join(options.extra_index_urls)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-input",
-             "--no-deps", "--only-binary", ":all:", "--dest", str(folder), UV_REQUIREMENT],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--dest",
+                str(folder),
+                UV_REQUIREMENT,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         found = [p for p in _listing(folder) if p.name.startswith(f"uv-{UV_VERSION}-") and _WHEEL_FILE.fullmatch(p.name)]
         if result.returncode != 0 or len(found) != 1:
             if on_log is not None:
@@ -509,8 +550,9 @@ class WheelCache:
 
     # -- the fetch step on the host (issue 11) -------------------------------------------------
 
-    def _host_fetch(self, plan: BuildPlan, work: Path, uv: Path | None, offline: bool, on_log: LogSink | None,
-                    deadline: float) -> FetchedWheels | None:
+    def _host_fetch(
+        self, plan: BuildPlan, work: Path, uv: Path | None, offline: bool, on_log: LogSink | None, deadline: float
+    ) -> FetchedWheels | None:
         """The fetch step without a container, where no code of a distribution can run: wheels
         only (sdist builds off), a base whose platform we know, no pip options. A complete lock
         is taken from the cache by sha256 (no resolver, no index); anything else is resolved by
@@ -539,8 +581,10 @@ class WheelCache:
         wheels, locked, download = [], [], []
         for item in pinned:
             target = context / item.filename
-            if (_WHEEL_FILE.fullmatch(item.filename) is None
-                    or _identity(item.filename) != (item.name, _normal_version(item.version))):
+            if _WHEEL_FILE.fullmatch(item.filename) is None or _identity(item.filename) != (
+                item.name,
+                _normal_version(item.version),
+            ):
                 return None
             present = os.path.lexists(self.wheelhouse / item.filename)
             if self._use_cached("wheelhouse", item.filename, target, item.sha256) is not None:
@@ -548,23 +592,30 @@ class WheelCache:
                     on_log(f"fetch: cached {item.filename}")
             else:
                 if present and on_log is not None:
-                    on_log(f"fetch: cached {item.filename} was altered (its sha256 is not the one recorded, or "
-                           "not the index's); removed it, fetching again")
+                    on_log(
+                        f"fetch: cached {item.filename} was altered (its sha256 is not the one recorded, or "
+                        "not the index's); removed it, fetching again"
+                    )
                 download.append(item)
             wheels.append(target)
-            locked.append(LockedDistribution(name=item.name, version=item.version, filename=item.filename,
-                                             sha256=item.sha256))
+            locked.append(LockedDistribution(name=item.name, version=item.version, filename=item.filename, sha256=item.sha256))
         if download and not self._download(download, work, context, plan, on_log, deadline):
             return None
         return FetchedWheels(wheels=sorted(wheels), tools=[], locked=locked)
 
     def _host_capable(self, plan: BuildPlan) -> bool:
         """Whether the fetch step can run on the host: nothing of a distribution would run."""
-        return (not self.settings.allow_sdist_builds and not plan.spec.pip_options and host_resolve is not None
-                and bool(plan.base.python_version) and self._glibc(plan) is not None)
+        return (
+            not self.settings.allow_sdist_builds
+            and not plan.spec.pip_options
+            and host_resolve is not None
+            and bool(plan.base.python_version)
+            and self._glibc(plan) is not None
+        )
 
-    def _host_lock(self, lock: list[tuple[str, str, set[str]]], context: Path, plan: BuildPlan, arch: str,
-                   on_log: LogSink | None) -> FetchedWheels | None:
+    def _host_lock(
+        self, lock: list[tuple[str, str, set[str]]], context: Path, plan: BuildPlan, arch: str, on_log: LogSink | None
+    ) -> FetchedWheels | None:
         """A complete lock from the cache alone (every file verified), or None."""
         by_name: dict[str, list[str]] = {}
         for path in _listing(self.wheelhouse):
@@ -588,8 +639,7 @@ class WheelCache:
                 break
         problem = None if len(found) == len(lock) else "a file the cache lacks"
         if problem is None:
-            problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "",
-                                                                                     arch))
+            problem = host_resolve.incomplete(found, host_resolve.marker_environment(plan.base.python_version or "", arch))
         if problem is not None:
             for _, path in found.values():
                 path.unlink()
@@ -608,8 +658,7 @@ class WheelCache:
 
     def _host_env(self, plan: BuildPlan, work: Path) -> dict[str, str]:
         """The resolver's environment: the CA bundle and index settings, nothing else of ours."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("UV_", "PIP_", "SSL_CERT", "REQUESTS_CA"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("UV_", "PIP_", "SSL_CERT", "REQUESTS_CA"))}
         if plan.options.ca_bundle:
             bundle = work / "host-ca.pem"
             if not bundle.exists():
@@ -621,23 +670,49 @@ class WheelCache:
             env["UV_INDEX_URL"] = plan.options.index_url
         if plan.options.extra_index_urls:
             env["UV_EXTRA_INDEX_URL"] = " ".join(plan.options.extra_index_urls)
-        env.update({"UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never", "UV_CACHE_DIR": str(work / "uv-cache"),
-                    # pip's rule across indexes (the best version of any), not uv's first-index rule.
-                    "UV_INDEX_STRATEGY": "unsafe-best-match"})
+        env.update(
+            {
+                "UV_NO_CONFIG": "1",
+                "UV_PYTHON_DOWNLOADS": "never",
+                "UV_CACHE_DIR": str(work / "uv-cache"),
+                # pip's rule across indexes (the best version of any), not uv's first-index rule.
+                "UV_INDEX_STRATEGY": "unsafe-best-match",
+            }
+        )
         return env
 
-    def _resolve(self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None,
-                 deadline: float) -> list[host_resolve.Pinned] | None:
+    def _resolve(
+        self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None, deadline: float
+    ) -> list[host_resolve.Pinned] | None:
         output = work / "pylock.toml"
         started = time.monotonic()
         try:
             result = subprocess.run(
-                [str(uv), "pip", "compile", "--quiet", "--no-build", "--generate-hashes", "--no-header",
-                 "--python-version", plan.base.python_version or "", "--python-platform",
-                 host_resolve.uv_platform(glibc, arch) or "", "--format", "pylock.toml", "--output-file", str(output),
-                 str(work / "config" / "requirements.txt")],
-                env=self._host_env(plan, work), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                timeout=max(1.0, min(300.0, deadline - time.monotonic())), check=False)
+                [
+                    str(uv),
+                    "pip",
+                    "compile",
+                    "--quiet",
+                    "--no-build",
+                    "--generate-hashes",
+                    "--no-header",
+                    "--python-version",
+                    plan.base.python_version or "",
+                    "--python-platform",
+                    host_resolve.uv_platform(glibc, arch) or "",
+                    "--format",
+                    "pylock.toml",
+                    "--output-file",
+                    str(output),
+                    str(work / "config" / "requirements.txt"),
+                ],
+                env=self._host_env(plan, work),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=max(1.0, min(300.0, deadline - time.monotonic())),
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             if on_log is not None:
                 on_log(f"fetch: resolving on the host failed ({type(exc).__name__}); using the fetch container")
@@ -645,22 +720,33 @@ class WheelCache:
         if result.returncode != 0:
             if on_log is not None:
                 said = [line for line in result.stdout.splitlines() if line.strip()][:1]
-                on_log("fetch: resolving on the host failed"
-                       + (f" ({_scrubber(plan)(said[0][:300])})" if said else "") + "; using the fetch container")
+                on_log(
+                    "fetch: resolving on the host failed"
+                    + (f" ({_scrubber(plan)(said[0][:300])})" if said else "")
+                    + "; using the fetch container"
+                )
             return None
-        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "",
-                                                                            glibc, arch))
+        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "", glibc, arch))
         if isinstance(pinned, str):
             if on_log is not None:
                 on_log(f"fetch: {pinned}; using the fetch container")
             return None
         if on_log is not None:
-            on_log(f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
-                   f"in {time.monotonic() - started:.1f} s")
+            on_log(
+                f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
+                f"in {time.monotonic() - started:.1f} s"
+            )
         return pinned
 
-    def _download(self, items: list[host_resolve.Pinned], work: Path, context: Path, plan: BuildPlan,
-                  on_log: LogSink | None, deadline: float) -> bool:
+    def _download(
+        self,
+        items: list[host_resolve.Pinned],
+        work: Path,
+        context: Path,
+        plan: BuildPlan,
+        on_log: LogSink | None,
+        deadline: float,
+    ) -> bool:
         """Download wheels in parallel, each verified against the resolver's sha256 before it is
         cached and linked for the build. False: any failure (the fetch container then runs)."""
         incoming = work / "in" / "wheels"
@@ -671,8 +757,7 @@ class WheelCache:
         for url in (plan.options.index_url, *plan.options.extra_index_urls):
             parts = urllib.parse.urlsplit(url or "")
             if parts.username is not None and parts.hostname:
-                credentials[parts.hostname] = (urllib.parse.unquote(parts.username),
-                                               urllib.parse.unquote(parts.password or ""))
+                credentials[parts.hostname] = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
         budget = [self.settings.fetch_max_bytes]
         budget_lock = threading.Lock()
 
@@ -696,8 +781,9 @@ class WheelCache:
                         digest.update(block)
                         out.write(block)
                         if time.monotonic() > deadline:
-                            raise BuildError(f"the build took longer than {self.settings.build_timeout} s "
-                                             "(build_timeout) while downloading")
+                            raise BuildError(
+                                f"the build took longer than {self.settings.build_timeout} s (build_timeout) while downloading"
+                            )
             return item, path, digest.hexdigest()
 
         try:
@@ -707,8 +793,7 @@ class WheelCache:
             raise
         except (OSError, ValueError, urllib.error.URLError) as exc:
             if on_log is not None:
-                on_log(f"fetch: downloading on the host failed ({_scrubber(plan)(str(exc))[:300]}); "
-                       "using the fetch container")
+                on_log(f"fetch: downloading on the host failed ({_scrubber(plan)(str(exc))[:300]}); using the fetch container")
             return False
         for item, path, digest in results:
             if digest != item.sha256:
@@ -775,8 +860,9 @@ class WheelCache:
         """Everything under the cache root counts: entries, records, stray files, work folders."""
         self.sweep()
         files = list(self._everything())
-        return CacheStats(directory=self.root, files=len(files), bytes=sum(size for _, size in files),
-                          max_bytes=self.settings.cache_max_bytes)
+        return CacheStats(
+            directory=self.root, files=len(files), bytes=sum(size for _, size in files), max_bytes=self.settings.cache_max_bytes
+        )
 
     def prune(self, max_bytes: int = 0) -> list[str]:
         """Remove stray files (anything that is not a recorded cache entry), then least recently

@@ -66,7 +66,7 @@ def log(message):
 
 
 def run(args, check=True):
-    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if check and result.returncode != 0:
         sys.stderr.write(result.stdout)
         sys.exit(result.returncode or 1)
@@ -109,8 +109,17 @@ def add(kind, path, source, name=None, version=None, digest=None, sdist=None):
     filename = os.path.basename(path)
     if name is None:
         name, version = wheel_identity(filename)
-    ENTRIES.append({"kind": kind, "filename": filename, "name": normalize(name), "version": version,
-                    "sha256": digest or sha256(path), "source": source, "sdist": sdist})
+    ENTRIES.append(
+        {
+            "kind": kind,
+            "filename": filename,
+            "name": normalize(name),
+            "version": version,
+            "sha256": digest or sha256(path),
+            "source": source,
+            "sdist": sdist,
+        }
+    )
     if source != "cache":
         FILES.append((kind, path))
 
@@ -148,8 +157,23 @@ def bootstrap_pip():
 def fetch_tools():
     for tool in TOOLS:
         folder = fresh(WORK + "/tool")
-        cached = run(PIP + ["download", "-q", "--no-index", "--find-links", TOOLS_CACHE, "--only-binary", ":all:",
-                            "--no-deps", "--dest", folder, tool], check=False)
+        cached = run(
+            PIP
+            + [
+                "download",
+                "-q",
+                "--no-index",
+                "--find-links",
+                TOOLS_CACHE,
+                "--only-binary",
+                ":all:",
+                "--no-deps",
+                "--dest",
+                folder,
+                tool,
+            ],
+            check=False,
+        )
         if cached.returncode == 0:
             for path in only_file(folder):
                 add("tools", path, "cache")
@@ -167,8 +191,23 @@ def fetch_tools():
 
 def offline_wheels():
     folder = fresh(WORK + "/offline")
-    result = run(PIP + ["wheel", "-q", "--no-index", "--only-binary", ":all:", "--find-links", CACHE,
-                        "--wheel-dir", folder, "-r", REQUIREMENTS], check=False)
+    result = run(
+        PIP
+        + [
+            "wheel",
+            "-q",
+            "--no-index",
+            "--only-binary",
+            ":all:",
+            "--find-links",
+            CACHE,
+            "--wheel-dir",
+            folder,
+            "-r",
+            REQUIREMENTS,
+        ],
+        check=False,
+    )
     if result.returncode != 0:
         sys.stderr.write(result.stdout)
         fail("the cache does not hold everything these requirements need, and the fetch is offline")
@@ -184,15 +223,16 @@ def build_sdist(path, name, version):
     built = only_file(folder)
     identities = [wheel_identity(os.path.basename(p)) for p in built]
     if len(built) != 1 or identities[0] != (normalize(name), version):
-        fail("the wheel built from %s is not the sdist's own (%s %s): %s"
-             % (os.path.basename(path), name, version, ", ".join(os.path.basename(p) for p in built) or "none"))
+        fail(
+            "the wheel built from %s is not the sdist's own (%s %s): %s"
+            % (os.path.basename(path), name, version, ", ".join(os.path.basename(p) for p in built) or "none")
+        )
     return built[0]
 
 
 def online_wheels():
     report_path = WORK + "/report.json"
-    run(PIP + ["install", "-q", "--dry-run", "--ignore-installed", *BINARY, "--report", report_path,
-               "-r", REQUIREMENTS])
+    run(PIP + ["install", "-q", "--dry-run", "--ignore-installed", *BINARY, "--report", report_path, "-r", REQUIREMENTS])
     with open(report_path) as handle:
         report = json.load(handle)
     for number, item in enumerate(report.get("install", [])):
@@ -249,8 +289,9 @@ def read_lock():
             match = LOCK_LINE.fullmatch(line)
             if match is None:
                 return None
-            lock.append((normalize(match.group(1)), match.group(2),
-                         set(re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3)))))
+            lock.append(
+                (normalize(match.group(1)), match.group(2), set(re.findall(r"--hash=sha256:([0-9a-f]{64})", match.group(3))))
+            )
     names = [name for name, _, _ in lock]
     return lock if lock and len(set(names)) == len(names) else None
 
@@ -310,7 +351,8 @@ def incomplete(found):
             except Exception:  # an unparsable line: let the resolver judge it
                 return "%s %s declares %r, which is not a requirement" % (name, version, text[:200])
             if requirement.marker is not None and not any(
-                    requirement.marker.evaluate({"extra": extra}) for extra in [""] + sorted(wanted[name])):
+                requirement.marker.evaluate({"extra": extra}) for extra in [""] + sorted(wanted[name])
+            ):
                 continue
             dependency = normalize(requirement.name)
             if dependency not in found:
@@ -344,8 +386,10 @@ def lock_wheels(lock):
         else:
             missing.append((name, version, hashes))
     if missing and OFFLINE:
-        fail("the lock pins files the cache does not hold, and the fetch is offline: "
-             + ", ".join("%s==%s" % (name, version) for name, version, _ in missing))
+        fail(
+            "the lock pins files the cache does not hold, and the fetch is offline: "
+            + ", ".join("%s==%s" % (name, version) for name, version, _ in missing)
+        )
     if missing:
         bootstrap_pip()
     for number, (name, version, hashes) in enumerate(missing):
@@ -354,8 +398,7 @@ def lock_wheels(lock):
         pinned = folder + ".txt"
         with open(pinned, "w") as handle:
             handle.write("%s==%s %s\n" % (name, version, " ".join("--hash=sha256:" + h for h in sorted(hashes))))
-        run(PIP + ["download", "-q", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-                   "--dest", folder, "-r", pinned])
+        run(PIP + ["download", "-q", "--no-deps", "--only-binary", ":all:", "--require-hashes", "--dest", folder, "-r", pinned])
         files = only_file(folder)
         if len(files) != 1 or sha256(files[0]) not in hashes:
             fail("pip did not download %s==%s with the locked sha256" % (name, version))

@@ -1,4 +1,5 @@
 """Print the distributions installed in this venv as JSON, sorted: the image's record of itself."""
+
 import json
 import sys
 from importlib import metadata

@@ -59,8 +59,20 @@ def as_builder():
     wheels = sorted(os.path.join(WHEELS, n) for n in os.listdir(WHEELS) if n.endswith(".whl"))
     steps = [[UV, "venv", "--quiet", "--python", sys.executable, VENV]]
     if wheels:
-        steps.append([UV, "pip", "install", "--offline", "--no-index", "--no-deps", "--compile-bytecode",
-                      "--python", VENV + "/bin/python", *wheels])
+        steps.append(
+            [
+                UV,
+                "pip",
+                "install",
+                "--offline",
+                "--no-index",
+                "--no-deps",
+                "--compile-bytecode",
+                "--python",
+                VENV + "/bin/python",
+                *wheels,
+            ]
+        )
     for args in steps:
         code = subprocess.call(args, env=env, stdout=sys.stderr)
         if code != 0:
@@ -75,8 +87,7 @@ def remove_strays():
     """Whatever the builder uid left outside the venv folder (a world-writable directory) goes."""
     root_dev = os.lstat("/").st_dev
     for top, dirs, files in os.walk("/", topdown=True):
-        dirs[:] = [d for d in dirs if not os.path.join(top, d).startswith(SKIP)
-                   and os.path.join(top, d) != ATTUNE]
+        dirs[:] = [d for d in dirs if not os.path.join(top, d).startswith(SKIP) and os.path.join(top, d) != ATTUNE]
         for name in dirs + files:
             path = os.path.join(top, name)
             try:

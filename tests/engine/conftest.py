@@ -17,7 +17,6 @@ from .hosts import (
 )
 
 
-
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/engine/" in str(item.fspath):
@@ -71,8 +70,9 @@ def secure_registry(tmp_path_factory):
     docker_config = root / "docker-config"
     docker_config.mkdir()
     registry = start_registry(root / "server", address, tls=(crt, key), htpasswd=htpasswd)
-    (docker_config / "config.json").write_text(json.dumps({"auths": {registry.address: {
-        "auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}))
+    (docker_config / "config.json").write_text(
+        json.dumps({"auths": {registry.address: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}})
+    )
     try:
         with trusted_by_engines(registry.address, ca):
             yield SecureRegistry(registry.address, user, password, password_file, ca, docker_config)

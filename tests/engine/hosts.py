@@ -73,8 +73,11 @@ class SecondEngine:
             self.process.kill()
             self.process.wait(timeout=30)
         # dockerd unmounts its layers on a clean stop; anything left mounted would make rmtree fail.
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                  if line.split()[1].startswith(str(self.root))]
+        mounts = [
+            line.split()[1]
+            for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(str(self.root))
+        ]
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -93,10 +96,25 @@ def start_second_engine() -> SecondEngine:
     subprocess.run(["ip", "addr", "add", "172.31.254.1/24", "dev", bridge], check=False, capture_output=True)
     subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
     process = subprocess.Popen(
-        ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{sock}",
-         f"--bridge={bridge}", "--iptables=false", "--ip6tables=false"],
-        stdin=subprocess.DEVNULL, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "dockerd",
+            "--data-root",
+            str(root / "data"),
+            "--exec-root",
+            str(root / "exec"),
+            "--pidfile",
+            str(root / "dockerd.pid"),
+            "--host",
+            f"unix://{sock}",
+            f"--bridge={bridge}",
+            "--iptables=false",
+            "--ip6tables=false",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"unix://{sock}"
     engine = Engine(base_url=url)
 
@@ -125,8 +143,13 @@ def copy_image(reference: str, source_url: str | None, target_url: str) -> None:
     if source_url:
         env_a["DOCKER_HOST"] = source_url
     save = subprocess.Popen(["docker", "save", reference], stdout=subprocess.PIPE, env=env_a)
-    load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, capture_output=True,
-                          env={**os.environ, "DOCKER_HOST": target_url}, timeout=600)
+    load = subprocess.run(
+        ["docker", "load", "-q"],
+        stdin=save.stdout,
+        capture_output=True,
+        env={**os.environ, "DOCKER_HOST": target_url},
+        timeout=600,
+    )
     save.stdout.close()
     if save.wait(timeout=600) != 0 or load.returncode != 0:
         raise RuntimeError(f"copying {reference} failed: {load.stderr.decode(errors='replace')}")
@@ -141,14 +164,52 @@ def make_ca(root: Path, address: str) -> tuple[Path, Path, Path]:
     ca_key, ca_crt = root / "ca.key", root / "ca.crt"
     key, csr, crt = root / "server.key", root / "server.csr", root / "server.crt"
     quiet = {"check": True, "capture_output": True}
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
-                    "-out", str(ca_crt), "-days", "2", "-subj", "/CN=attune-test-ca"], **quiet)
-    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-                    "-subj", f"/CN={address}"], **quiet)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(ca_key),
+            "-out",
+            str(ca_crt),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=attune-test-ca",
+        ],
+        **quiet,
+    )
+    subprocess.run(
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={address}"],
+        **quiet,
+    )
     ext = root / "san.cnf"
     ext.write_text(f"subjectAltName=IP:{address}\n")
-    subprocess.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
-                    "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(ext)], **quiet)
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(ca_crt),
+            "-CAkey",
+            str(ca_key),
+            "-CAcreateserial",
+            "-out",
+            str(crt),
+            "-days",
+            "2",
+            "-extfile",
+            str(ext),
+        ],
+        **quiet,
+    )
     return ca_crt, crt, key
 
 
@@ -156,8 +217,7 @@ def write_htpasswd(path: Path, user: str, password: str) -> None:
     """bcrypt (the only scheme the registry takes) via apache2-utils' htpasswd, the password on
     its standard input (never in an argument list, where ps shows it)."""
     if shutil.which("htpasswd") is not None:
-        subprocess.run(["htpasswd", "-i", "-B", "-c", str(path), user], input=password.encode(),
-                       check=True, capture_output=True)
+        subprocess.run(["htpasswd", "-i", "-B", "-c", str(path), user], input=password.encode(), check=True, capture_output=True)
         return
     import bcrypt  # fallback where apache2-utils is missing
 
@@ -178,8 +238,9 @@ class Registry:
             self.process.kill()
 
 
-def start_registry(root: Path, host: str, *, tls: tuple[Path, Path] | None = None,
-                   htpasswd: Path | None = None, data: Path | None = None) -> Registry:
+def start_registry(
+    root: Path, host: str, *, tls: tuple[Path, Path] | None = None, htpasswd: Path | None = None, data: Path | None = None
+) -> Registry:
     if shutil.which("docker-registry") is None:
         raise RuntimeError("docker-registry is not installed (make test installs it)")
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +249,8 @@ def start_registry(root: Path, host: str, *, tls: tuple[Path, Path] | None = Non
     if tls is not None:
         http["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     config: dict = {
-        "version": 0.1, "log": {"level": "warn"},
+        "version": 0.1,
+        "log": {"level": "warn"},
         "storage": {"filesystem": {"rootdirectory": str(data or root / "data")}, "delete": {"enabled": True}},
         "http": http,
     }
@@ -196,8 +258,9 @@ def start_registry(root: Path, host: str, *, tls: tuple[Path, Path] | None = Non
         config["auth"] = {"htpasswd": {"realm": "attune-test", "path": str(htpasswd)}}
     (root / "config.yml").write_text(yaml.safe_dump(config))
     log = root / "registry.log"
-    process = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL,
-                               stderr=open(log, "wb"))
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(root / "config.yml")], stdout=subprocess.DEVNULL, stderr=open(log, "wb")
+    )
 
     def listening() -> bool:
         if process.poll() is not None:

@@ -23,8 +23,13 @@ DEPENDENCIES = {"dependencies": ["requests==2.32.3"], "min_version": "3.11", "ma
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=900,
+    )
 
 
 def lock_label(engine, image: str) -> list[dict]:
@@ -38,8 +43,11 @@ def locked_pack(tmp_path_factory, engine, settings):
     tmp_path = tmp_path_factory.mktemp("locksrc")
     cache = tmp_path / "cache"
     pack_ref = unique_ref("locksrc")
-    env = {"ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX, "ATTUNE__CONTAINERS__STATE_DIR": str(tmp_path / "state"),
-           "ATTUNE__CONTAINERS__CACHE_DIR": str(cache)}
+    env = {
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(tmp_path / "state"),
+        "ATTUNE__CONTAINERS__CACHE_DIR": str(cache),
+    }
     built = cli("build", str(write_pack(tmp_path, pack_ref, DEPENDENCIES)), "--json", env=env)
     assert built.returncode == 0, built.stderr
     image = json.loads(built.stdout)["image"]
@@ -59,13 +67,11 @@ def fresh_prefix(engine):
             engine.remove_image(summary.id, force=True)
 
 
-def test_a_complete_lock_builds_from_the_cache_alone_with_no_resolution(locked_pack, fresh_prefix, tmp_path,
-                                                                         settings, engine):
+def test_a_complete_lock_builds_from_the_cache_alone_with_no_resolution(locked_pack, fresh_prefix, tmp_path, settings, engine):
     cache, image, lock = locked_pack
     pack_ref = unique_ref("locked")
     pack = load_pack(write_pack(tmp_path, pack_ref, {"min_version": "3.11", "max_version": "3.11"}, lock))
-    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix,
-                                                                      "cache_dir": cache}), engine)
+    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix, "cache_dir": cache}), engine)
     log: list[str] = []
     # Offline: the fetch step runs with networking off, so no index can have been asked anything.
     ensured = manager.ensure(pack_ref, pack.spec, on_log=log.append, offline=True, pull=False)
@@ -76,18 +82,17 @@ def test_a_complete_lock_builds_from_the_cache_alone_with_no_resolution(locked_p
     # The same distributions, file for file and hash for hash; the image is an ordinary pack image.
     assert lock_label(engine, ensured.info.image) == lock_label(engine, image)
     assert manager.lock_lines(ensured.info) == lock.splitlines()
-    code, output = engine.run_once(ensured.info.image, [ensured.info.executable_path, "-c",
-                                                        "import os, requests; print(requests.__version__, os.getuid())"])
+    code, output = engine.run_once(
+        ensured.info.image, [ensured.info.executable_path, "-c", "import os, requests; print(requests.__version__, os.getuid())"]
+    )
     assert (code, output.split()) == (0, ["2.32.3", "65532"])
 
 
 def test_an_incomplete_lock_is_resolved_not_trusted(locked_pack, fresh_prefix, tmp_path, settings, engine):
     cache, _, lock = locked_pack
     partial = "".join(line + "\n" for line in lock.splitlines() if not line.startswith("idna=="))
-    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix,
-                                                                      "cache_dir": cache}), engine)
-    pack = load_pack(write_pack(tmp_path, unique_ref("partial"), {"min_version": "3.11", "max_version": "3.11"},
-                                partial))
+    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix, "cache_dir": cache}), engine)
+    pack = load_pack(write_pack(tmp_path, unique_ref("partial"), {"min_version": "3.11", "max_version": "3.11"}, partial))
     log: list[str] = []
     # requests needs idna, which this lock leaves out: pip's hash-checking mode then refuses it.
     with pytest.raises(BuildError):
@@ -96,8 +101,7 @@ def test_an_incomplete_lock_is_resolved_not_trusted(locked_pack, fresh_prefix, t
     assert not any("lock complete, no resolution" in line for line in log)
 
 
-def test_a_lock_file_missing_from_the_cache_is_downloaded_by_its_name_and_hash(locked_pack, tmp_path, settings,
-                                                                               engine):
+def test_a_lock_file_missing_from_the_cache_is_downloaded_by_its_name_and_hash(locked_pack, tmp_path, settings, engine):
     cache, image, lock = locked_pack
     [idna] = [p for p in (cache / "wheelhouse").iterdir() if p.name.startswith("idna-")]
     idna.unlink()
@@ -111,7 +115,8 @@ def test_a_lock_file_missing_from_the_cache_is_downloaded_by_its_name_and_hash(l
     # (The fetch container downloads pip for itself when the cache has none: the builds that
     # filled this cache ran on the host and needed no pip. Of the lock, only idna is downloaded.)
     assert [line for line in log if line.startswith("fetch: downloaded") and line != "fetch: downloaded pip"] == [
-        f"fetch: downloaded {idna.name}"]
+        f"fetch: downloaded {idna.name}"
+    ]
     assert sum(line.startswith("fetch: cached ") for line in log) == 4
     assert idna.is_file()  # verified by the host and cached with its record, as any download
 
@@ -120,8 +125,7 @@ def test_a_lock_file_missing_from_the_cache_is_named_offline(locked_pack, fresh_
     cache, _, lock = locked_pack
     [idna] = [p for p in (cache / "wheelhouse").iterdir() if p.name.startswith("idna-")]
     idna.unlink()
-    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix,
-                                                                      "cache_dir": cache}), engine)
+    manager = ContainerDependencyManager(settings.model_copy(update={"image_prefix": fresh_prefix, "cache_dir": cache}), engine)
     pack = load_pack(write_pack(tmp_path, unique_ref("locked"), {"min_version": "3.11", "max_version": "3.11"}, lock))
     with pytest.raises(BuildError) as caught:
         manager.ensure(pack.pack_ref, pack.spec, offline=True, pull=False)

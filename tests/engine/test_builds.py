@@ -56,10 +56,12 @@ def test_build_only_settings_never_reach_the_final_image(settings, engine, tmp_p
     bundle = tmp_path / "ca.pem"
     bundle.write_text(f"# {marker}\n" + open(settings.ca_bundle).read())
     secret = "s3cr3t-token"
-    build_settings = settings.model_copy(update={
-        "ca_bundle": bundle,
-        "pip_index_url": f"https://attune:{secret}@pypi.org/simple/",
-    })
+    build_settings = settings.model_copy(
+        update={
+            "ca_bundle": bundle,
+            "pip_index_url": f"https://attune:{secret}@pypi.org/simple/",
+        }
+    )
     manager = ContainerDependencyManager(build_settings, engine)
     info = manager.ensure_environment(unique_ref("secrets"), DependencySpec(dependencies=["six==1.17.0"]))
     attrs = engine.api.inspect_image(info.id)  # the engine's whole document, not our record of it
@@ -89,7 +91,8 @@ def test_concurrent_threads_build_once(settings, engine):
         first_line = []
         try:
             info = ContainerDependencyManager(settings, engine).ensure_environment(
-                pack_ref, spec, on_log=lambda line: first_line or first_line.append(line))
+                pack_ref, spec, on_log=lambda line: first_line or first_line.append(line)
+            )
             results.append(info.id)
             if first_line:
                 builds.append(info.id)

@@ -22,15 +22,20 @@ def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
         full_env["ATTUNE__CONTAINERS__STATE_DIR"] = str(state_dir)
     return subprocess.run(
         [sys.executable, "-m", "attune_containers.cli", *args],
-        capture_output=True, text=True, env=full_env, input=stdin, timeout=600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=stdin,
+        timeout=600,
     )
 
 
 def write_pack(root: Path, pack_ref: str, python_dependencies, requirements_txt: str | None = None) -> Path:
     directory = root / pack_ref
     directory.mkdir(parents=True)
-    (directory / "pack.yaml").write_text(yaml.safe_dump({
-        "ref": pack_ref, "version": "1.0.0", "meta": {"python_dependencies": python_dependencies}}))
+    (directory / "pack.yaml").write_text(
+        yaml.safe_dump({"ref": pack_ref, "version": "1.0.0", "meta": {"python_dependencies": python_dependencies}})
+    )
     if requirements_txt is not None:
         (directory / "requirements.txt").write_text(requirements_txt)
     return directory
@@ -59,9 +64,11 @@ def test_build_then_rebuild_reuses(tmp_path, engine):
 def ours(engine) -> set[str]:
     """Every image of this test run, tagged or not (other sessions may share the engine); a
     refused pack must add none, not even an untagged build stage."""
-    return {i.id for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
-            if any(t.startswith(TEST_PREFIX + "/") for t in i.tags)} | {
-        i.id for i in engine.list_images(dangling=True)}
+    return {
+        i.id
+        for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
+        if any(t.startswith(TEST_PREFIX + "/") for t in i.tags)
+    } | {i.id for i in engine.list_images(dangling=True)}
 
 
 HOSTILE = {

@@ -42,10 +42,8 @@ def test_runs_interrupted_by_an_engine_restart_leave_nothing_behind(settings):
     results: dict[str, object] = {}
     try:
         runner.prewarm("probe", 2)
-        cold = threading.Thread(target=lambda: results.setdefault("cold", runner.run(
-            "probe.sleep", {"seconds": 60}, warm=False)))
-        warm = threading.Thread(target=lambda: results.setdefault("warm", runner.run(
-            "probe.sleep", {"seconds": 60}, warm=True)))
+        cold = threading.Thread(target=lambda: results.setdefault("cold", runner.run("probe.sleep", {"seconds": 60}, warm=False)))
+        warm = threading.Thread(target=lambda: results.setdefault("warm", runner.run("probe.sleep", {"seconds": 60}, warm=True)))
         cold.start()
         warm.start()
         deadline = time.monotonic() + 60

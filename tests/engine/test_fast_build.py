@@ -48,7 +48,8 @@ def test_render_dockerfile_built_by_plain_docker_build_gives_the_same_venv(setti
         # Same run configuration (the content identity's config part), one layer on the base.
         for key in ("Env", "User", "WorkingDir", "Cmd", "Entrypoint"):
             assert fast_attrs["Config"][key] == plain_attrs["Config"][key] or (
-                key == "Env" and sorted(fast_attrs["Config"][key]) == sorted(plain_attrs["Config"][key])), key
+                key == "Env" and sorted(fast_attrs["Config"][key]) == sorted(plain_attrs["Config"][key])
+            ), key
         base_layers = engine.api.inspect_image(plan.base.reference)["RootFS"]["Layers"]
         assert fast_attrs["RootFS"]["Layers"][:-1] == base_layers
         # As large as what the Dockerfile makes, give or take uv's own small files (RECORD lines,
@@ -56,8 +57,9 @@ def test_render_dockerfile_built_by_plain_docker_build_gives_the_same_venv(setti
         # setuptools, about 20 MB more, which neither has now.
         assert fast_attrs["Size"] <= plain_attrs["Size"] + (256 << 10), (fast_attrs["Size"], plain_attrs["Size"])
         assert not any(n in ("pip", "setuptools") for n, _ in fast)
-        code, output = engine.run_once(info.image, [info.executable_path, "-c",
-                                                    "import requests, os; print(requests.__version__, os.getuid())"])
+        code, output = engine.run_once(
+            info.image, [info.executable_path, "-c", "import requests, os; print(requests.__version__, os.getuid())"]
+        )
         assert (code, output.strip()) == (0, "2.32.3 65532")
     finally:
         engine.remove_image(by_dockerfile, force=True)
@@ -94,9 +96,15 @@ print(json.dumps({"id": info.id, "installed": info.installed_dependencies}))
 def test_two_processes_building_overlapping_packs_share_one_cache(settings, engine, tmp_path):
     own = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
     packs = {unique_ref("olap"): ["requests==2.32.3"], unique_ref("olap"): ["urllib3==2.2.3", "idna==3.10"]}
-    children = [subprocess.Popen([sys.executable, "-c", CHILD, own.model_dump_json(), ref, json.dumps(deps)],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for ref, deps in packs.items()]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, own.model_dump_json(), ref, json.dumps(deps)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for ref, deps in packs.items()
+    ]
     outputs = []
     for child in children:
         stdout, stderr = child.communicate(timeout=600)

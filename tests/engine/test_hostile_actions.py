@@ -37,8 +37,7 @@ def canary() -> str:
 
 
 @pytest.mark.parametrize("warm", [True, False], ids=["warm", "cold"])
-def test_an_action_reaches_neither_the_loop_nor_the_stream_and_the_next_caller_gets_its_own_answer(
-        runner, engine, warm):
+def test_an_action_reaches_neither_the_loop_nor_the_stream_and_the_next_caller_gets_its_own_answer(runner, engine, warm):
     runner.run("probe.echo", {"warm": "up"}, warm=warm)
     before = pool_containers(engine)
     attack = runner.run("probe.takeover", warm=warm)
@@ -71,8 +70,9 @@ def test_a_later_execution_finds_no_trace_of_an_earlier_request_in_its_memory(ru
     assert pool_containers(engine) == containers, "the scan must run in the same warm container"
     assert scan.result["own_found"] is True  # the scan does see what this execution holds
     assert scan.result["foreign"] == []
-    assert all(isinstance(v, str) for v in scan.result["other_processes"].values()), \
+    assert all(isinstance(v, str) for v in scan.result["other_processes"].values()), (
         "the loop's and init's memory must not be readable"
+    )
 
 
 def test_no_state_of_any_kind_survives_into_the_next_execution(runner, engine):
@@ -91,12 +91,29 @@ def test_no_state_of_any_kind_survives_into_the_next_execution(runner, engine):
 
 def test_the_deadline_holds_when_the_caller_is_killed(settings, engine, tmp_path):
     execution_id = "killed-" + uuid.uuid4().hex[:8]
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+    }
     cli = subprocess.Popen(
-        [str(Path(sys.executable).parent / "attune-containers"), "run", "--packs-dir", str(PACKS),
-         "probe.sleep", "--params", '{"seconds": 600}', "--timeout", "4", "--execution-id", execution_id],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            str(Path(sys.executable).parent / "attune-containers"),
+            "run",
+            "--packs-dir",
+            str(PACKS),
+            "probe.sleep",
+            "--params",
+            '{"seconds": 600}',
+            "--timeout",
+            "4",
+            "--execution-id",
+            execution_id,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         container = None
         deadline = time.monotonic() + 120
@@ -159,13 +176,16 @@ def test_a_library_that_fails_to_preload_fails_no_execution(settings, engine, tm
     (pack / "actions").mkdir(parents=True)
     (pack / "pack.yaml").write_text(
         "ref: badlib\nmeta:\n  python_dependencies:\n    min_version: '3.13'\n"
-        "  container_pool:\n    preload: [no_such_library_zz, json]\n")
+        "  container_pool:\n    preload: [no_such_library_zz, json]\n"
+    )
     (pack / "actions" / "uses.py").write_text("import no_such_library_zz\n\ndef run():\n    return 1\n")
     (pack / "actions" / "plain.py").write_text("import json\n\ndef run():\n    return json.dumps([1])\n")
     for name in ("uses", "plain"):
         (pack / "actions" / f"{name}.yaml").write_text(f"name: {name}\nrunner_type: python\nentry_point: {name}.py\n")
-    runner = ActionRunner(tmp_path / "packs", ContainerDependencyManager(settings.model_copy(update={
-        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine))
+    runner = ActionRunner(
+        tmp_path / "packs",
+        ContainerDependencyManager(settings.model_copy(update={"pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine),
+    )
     try:
         assert runner.run("badlib.plain").result == "[1]"
         warm = runner.run("badlib.uses")
@@ -179,24 +199,32 @@ def test_a_library_that_fails_to_preload_fails_no_execution(settings, engine, tm
         runner.close()
 
 
-def test_a_library_whose_import_starts_a_thread_is_imported_per_execution_instead(
-        hostile, index, engine, tmp_path):  # noqa: F811 - the fixtures imported above
+def test_a_library_whose_import_starts_a_thread_is_imported_per_execution_instead(hostile, index, engine, tmp_path):  # noqa: F811 - the fixtures imported above
     # A daemon thread in the zygote would make every fork unsafe: the loop must notice and fall back.
-    filename, data = make_wheel("threadlib", "1.0", {"threadlib.py": (
-        "import threading, time\n"
-        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
-        "VALUE = 42\n")})
+    filename, data = make_wheel(
+        "threadlib",
+        "1.0",
+        {
+            "threadlib.py": (
+                "import threading, time\nthreading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\nVALUE = 42\n"
+            )
+        },
+    )
     index.add("threadlib", filename, data)
     pack = tmp_path / "packs" / "threaded"
     (pack / "actions").mkdir(parents=True)
-    (pack / "pack.yaml").write_text("ref: threaded\nmeta:\n  python_dependencies:\n    dependencies: ['threadlib==1.0']\n"
-                                    "    min_version: '3.13'\n")
+    (pack / "pack.yaml").write_text(
+        "ref: threaded\nmeta:\n  python_dependencies:\n    dependencies: ['threadlib==1.0']\n    min_version: '3.13'\n"
+    )
     (pack / "actions" / "use.py").write_text(
         "import threading\nimport threadlib\n\ndef run():\n"
-        "    return {'value': threadlib.VALUE, 'threads': threading.active_count()}\n")
+        "    return {'value': threadlib.VALUE, 'threads': threading.active_count()}\n"
+    )
     (pack / "actions" / "use.yaml").write_text("name: use\nrunner_type: python\nentry_point: use.py\n")
-    runner = ActionRunner(tmp_path / "packs", ContainerDependencyManager(hostile.model_copy(update={
-        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine))
+    runner = ActionRunner(
+        tmp_path / "packs",
+        ContainerDependencyManager(hostile.model_copy(update={"pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}), engine),
+    )
     try:
         first, second = runner.run("threaded.use"), runner.run("threaded.use")
         assert first.status is ExecutionStatus.succeeded, first

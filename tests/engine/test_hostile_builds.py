@@ -73,13 +73,16 @@ class Index:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / filename).write_bytes(data)
         digest = hashlib.sha256(data).hexdigest()
-        links = "".join(f'<a href="{p.name}#sha256={hashlib.sha256(p.read_bytes()).hexdigest()}">{p.name}</a>\n'
-                        for p in sorted(folder.iterdir()) if p.name != "index.html")
+        links = "".join(
+            f'<a href="{p.name}#sha256={hashlib.sha256(p.read_bytes()).hexdigest()}">{p.name}</a>\n'
+            for p in sorted(folder.iterdir())
+            if p.name != "index.html"
+        )
         (folder / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
         return digest
 
     def pings(self, prefix: str = "") -> list[str]:
-        return [h[len("/ping/"):] for h in self.hits if h.startswith("/ping/" + prefix)]
+        return [h[len("/ping/") :] for h in self.hits if h.startswith("/ping/" + prefix)]
 
 
 @pytest.fixture(scope="module")
@@ -211,14 +214,16 @@ def build_wheel(directory, config_settings=None, metadata_directory=None):
 '''
 
 
-def make_sdist(index: Index, name: str, version: str, attack: str, wheel_name: str | None = None,
-               target: str = "/etc/shadow") -> str:
+def make_sdist(
+    index: Index, name: str, version: str, attack: str, wheel_name: str | None = None, target: str = "/etc/shadow"
+) -> str:
     dist = name.replace("-", "_")
     root = f"{dist}-{version}"
     files = {
         f"{root}/pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
-        f"{root}/backend.py": BACKEND.format(name=name, version=version, index=index.url, attack=attack,
-                                             wheel_name=wheel_name or name, target=target),
+        f"{root}/backend.py": BACKEND.format(
+            name=name, version=version, index=index.url, attack=attack, wheel_name=wheel_name or name, target=target
+        ),
         f"{root}/PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
     }
     buffer = io.BytesIO()
@@ -236,11 +241,13 @@ def make_sdist(index: Index, name: str, version: str, attack: str, wheel_name: s
 @pytest.fixture
 def hostile(settings, index, tmp_path):
     """Settings with this test's own cache and the test index first (PyPI for pip itself)."""
-    return settings.model_copy(update={
-        "cache_dir": tmp_path / "cache",
-        "pip_index_url": index.url + "/simple/",
-        "pip_extra_index_urls": [PYPI],
-    })
+    return settings.model_copy(
+        update={
+            "cache_dir": tmp_path / "cache",
+            "pip_index_url": index.url + "/simple/",
+            "pip_extra_index_urls": [PYPI],
+        }
+    )
 
 
 def cache_files(cache_dir: Path) -> dict[str, str]:
@@ -257,8 +264,9 @@ def cache_files(cache_dir: Path) -> dict[str, str]:
 
 
 def module_text(engine, image: str, module: str) -> str:
-    code, output = engine.run_once(image, ["/opt/attune/venv/bin/python", "-c",
-                                           f"import {module}, inspect; print(inspect.getsource({module}))"])
+    code, output = engine.run_once(
+        image, ["/opt/attune/venv/bin/python", "-c", f"import {module}, inspect; print(inspect.getsource({module}))"]
+    )
     assert code == 0, output
     return output
 
@@ -287,8 +295,9 @@ def test_a_tampered_cached_wheel_is_never_installed(hostile, engine, index):
 
     # Online: the file is not used; it is fetched again and the cache repaired.
     log: list[str] = []
-    info = manager.ensure_environment(unique_ref("vb"), DependencySpec(dependencies=[f"{name}==1.0"], min_version="3.13"),
-                                      on_log=log.append)
+    info = manager.ensure_environment(
+        unique_ref("vb"), DependencySpec(dependencies=[f"{name}==1.0"], min_version="3.13"), on_log=log.append
+    )
     assert "GENUINE = True" in module_text(engine, info.image, name.replace("-", "_"))
     assert any(line == f"fetch: downloaded {filename}" for line in log), log
     assert cached.read_bytes() == genuine
@@ -300,8 +309,7 @@ def test_a_tampered_cached_wheel_is_never_installed(hostile, engine, index):
     pack_ref = unique_ref("vc")
     log.clear()
     with pytest.raises(BuildError, match="offline"):
-        offline.ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.9"),
-                                   on_log=log.append)
+        offline.ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.9"), on_log=log.append)
     assert any("altered" in line and filename in line for line in log), log
     assert images_of(engine, pack_ref) == []
     assert not cached.exists()
@@ -342,12 +350,13 @@ def test_sdist_build_code_cannot_touch_the_cache_the_host_or_the_disk(hostile, e
     target.chmod(0o600)
     make_sdist(index, name, "1.0", "poison", target=str(target))
     allowed = ContainerDependencyManager(hostile.model_copy(update={"allow_sdist_builds": True}), engine)
-    info = allowed.ensure_environment(unique_ref("sdp"), DependencySpec(
-        dependencies=[f"{name}==1.0", f"{victim_name}==1.0"], max_version="3.11"))
+    info = allowed.ensure_environment(
+        unique_ref("sdp"), DependencySpec(dependencies=[f"{name}==1.0", f"{victim_name}==1.0"], max_version="3.11")
+    )
 
     # The backend did run, and found nothing it could write: the cache and our config are
     # read-only, there is no output folder to plant links in.
-    reports = [json.loads(p[len("poison:"):]) for p in index.pings("poison:")]
+    reports = [json.loads(p[len("poison:") :]) for p in index.pings("poison:")]
     assert reports, index.hits
     for report in reports:
         assert "written" not in {v for k, v in report.items() if k != "cache_fill_mib"}, report
@@ -358,16 +367,17 @@ def test_sdist_build_code_cannot_touch_the_cache_the_host_or_the_disk(hostile, e
     # Nothing built by pack code entered the cache for the next pack...
     assert not any(name.replace("-", "_") in path for path in cache_files(hostile.cache_dir))
     # ...and the victim's next build installs the genuine wheel.
-    again = manager.ensure_environment(unique_ref("ve"), DependencySpec(
-        dependencies=[f"{victim_name}==1.0"], min_version="3.13"))
+    again = manager.ensure_environment(unique_ref("ve"), DependencySpec(dependencies=[f"{victim_name}==1.0"], min_version="3.13"))
     assert "GENUINE = True" in module_text(engine, again.image, victim_name.replace("-", "_"))
     # The hostile image holds its own wheel, and no host file came through a link.
     try:
         exported = export(engine, info.id)
         assert marker.encode() not in exported
         assert b"_link-1.0" not in exported
-        assert all(marker.encode() not in (p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
-                   for p in hostile.cache_dir.rglob("*"))
+        assert all(
+            marker.encode() not in (p.read_bytes() if p.is_file() and not p.is_symlink() else b"")
+            for p in hostile.cache_dir.rglob("*")
+        )
     finally:
         target.unlink()
 
@@ -411,13 +421,17 @@ def test_a_killed_build_leaves_no_credentials_and_no_fetch_container(hostile, en
     secret = "s3cr3t-" + unique_ref("tok")
     name = unique_ref("attune-hostile-k")
     make_sdist(index, name, "1.0", "sleep")
-    with_secret = hostile.model_copy(update={
-        "allow_sdist_builds": True,
-        "pip_index_url": index.url.replace("http://", f"http://attune:{secret}@") + "/simple/",
-    })
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, with_secret.model_dump_json(),
-                              unique_ref("killed"), f"{name}==1.0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with_secret = hostile.model_copy(
+        update={
+            "allow_sdist_builds": True,
+            "pip_index_url": index.url.replace("http://", f"http://attune:{secret}@") + "/simple/",
+        }
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, with_secret.model_dump_json(), unique_ref("killed"), f"{name}==1.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 180
         while not index.pings("sleeping") and time.monotonic() < deadline:
@@ -461,12 +475,12 @@ def test_build_timeout_is_a_wall_clock_limit_of_the_fetch_step(hostile, engine, 
     pack_ref = unique_ref("spin")
     started = time.monotonic()
     with pytest.raises(BuildError, match="longer than 25 s"):
-        ContainerDependencyManager(limited, engine).ensure_environment(
-            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"]))
+        ContainerDependencyManager(limited, engine).ensure_environment(pack_ref, DependencySpec(dependencies=[f"{name}==1.0"]))
     assert time.monotonic() - started < 45
     assert images_of(engine, pack_ref) == []
-    assert [c for c in engine.list_containers({L.HELPER: "fetch"})
-            if c.labels.get(L.CACHE) == WheelCache(limited, engine).cache_id] == []
+    assert [
+        c for c in engine.list_containers({L.HELPER: "fetch"}) if c.labels.get(L.CACHE) == WheelCache(limited, engine).cache_id
+    ] == []
 
 
 def test_what_the_fetch_step_hands_back_is_bounded(hostile, engine, index):
@@ -495,15 +509,15 @@ def pth_wheel(index: Index, name: str, code: str) -> None:
 def test_build_timeout_is_a_wall_clock_limit_of_the_image_build(hostile, engine, index):
     name = unique_ref("attune-slow")
     # Prints a line every second, forever (stderr: stdout is installed.json), when freeze.py runs.
-    pth_wheel(index, name, "import sys, time\nwhile True:\n    print('busy', file=sys.stderr, flush=True)\n"
-              "    time.sleep(1)\n")
+    pth_wheel(index, name, "import sys, time\nwhile True:\n    print('busy', file=sys.stderr, flush=True)\n    time.sleep(1)\n")
     limited = hostile.model_copy(update={"build_timeout": 40})
     pack_ref = unique_ref("slow")
     log: list[str] = []
     started = time.monotonic()
     with pytest.raises(BuildError, match="longer than 40 s") as caught:
         ContainerDependencyManager(limited, engine).ensure_environment(
-            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append)
+            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append
+        )
     assert time.monotonic() - started < 60
     assert "urllib3" not in str(caught.value) and "Traceback" not in str(caught.value)
     assert images_of(engine, pack_ref) == []
@@ -520,15 +534,20 @@ def test_the_install_step_has_no_network_and_keeps_nothing_written_outside_the_v
     # or record): it reaches no network, and what it writes outside the venv folder is not in the
     # image (world-writable places of the base included).
     name = unique_ref("attune-install-probe")
-    pth_wheel(index, name, "import sys, urllib.request\n"
-              "open('/opt/attune/venv/probe-ran', 'w').write('yes')\n"
-              "for place in ('/run/lock/probe-stray', '/var/lock/probe-stray', '/opt/attune/../probe-stray'):\n"
-              "    try:\n        open(place, 'w').write('x')\n    except OSError:\n        pass\n"
-              f"try:\n    urllib.request.urlopen({index.url + '/ping/install-step'!r}, timeout=3).read()\n"
-              "except Exception:\n    pass\n")
+    pth_wheel(
+        index,
+        name,
+        "import sys, urllib.request\n"
+        "open('/opt/attune/venv/probe-ran', 'w').write('yes')\n"
+        "for place in ('/run/lock/probe-stray', '/var/lock/probe-stray', '/opt/attune/../probe-stray'):\n"
+        "    try:\n        open(place, 'w').write('x')\n    except OSError:\n        pass\n"
+        f"try:\n    urllib.request.urlopen({index.url + '/ping/install-step'!r}, timeout=3).read()\n"
+        "except Exception:\n    pass\n",
+    )
     log: list[str] = []
     info = ContainerDependencyManager(hostile, engine).ensure_environment(
-        unique_ref("probe"), DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append)
+        unique_ref("probe"), DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"), on_log=log.append
+    )
     assert any("on the host" in line for line in log), log  # the fast path built it
     assert engine.read_file(info.id, "/opt/attune/venv/probe-ran") == b"yes"  # the code did run
     assert index.pings("install-step") == []
@@ -549,12 +568,16 @@ RECORD_ATTACKS = {
 @pytest.mark.parametrize(("kind", "message"), [("shape", "record of its distributions"), ("size", "larger than")])
 def test_the_installed_record_is_bounded_and_validated(hostile, engine, index, kind, message):
     name = unique_ref(f"attune-record-{kind}")
-    pth_wheel(index, name, "import atexit, sys\ndef _w():\n    sys.stdout.flush()\n    "
-              + RECORD_ATTACKS[kind] + "\natexit.register(_w)\n")
+    pth_wheel(
+        index,
+        name,
+        "import atexit, sys\ndef _w():\n    sys.stdout.flush()\n    " + RECORD_ATTACKS[kind] + "\natexit.register(_w)\n",
+    )
     pack_ref = unique_ref("record")
     with pytest.raises(BuildError, match=message):
         ContainerDependencyManager(hostile, engine).ensure_environment(
-            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11"))
+            pack_ref, DependencySpec(dependencies=[f"{name}==1.0"], max_version="3.11")
+        )
     assert images_of(engine, pack_ref) == []
 
 

@@ -22,7 +22,8 @@ def hostile_tree(root: Path) -> tuple[Path, str]:
     good = unique_ref("good")
     (tree / good).mkdir()
     (tree / good / "pack.yaml").write_text(
-        f"ref: {good}\nmeta:\n  python_dependencies:\n    dependencies: []\n    min_version: '3.13'\n")
+        f"ref: {good}\nmeta:\n  python_dependencies:\n    dependencies: []\n    min_version: '3.13'\n"
+    )
     return tree, good
 
 
@@ -43,8 +44,19 @@ def test_ls_and_prune_over_a_tree_with_a_deep_pack_do_not_crash(tmp_path, engine
     tree, good = hostile_tree(tmp_path)
     listed = cli("ls", "--packs-dir", str(tree), "--pack", good, "--json", state_dir=tmp_path / "state")
     assert listed.returncode == 0 and "RecursionError" not in listed.stderr, listed.stderr
-    pruned = cli("prune", "--dry-run", "--keep", "1", "--no-leftovers", "--pack", good, "--packs-dir", str(tree),
-                 "--json", state_dir=tmp_path / "state")
+    pruned = cli(
+        "prune",
+        "--dry-run",
+        "--keep",
+        "1",
+        "--no-leftovers",
+        "--pack",
+        good,
+        "--packs-dir",
+        str(tree),
+        "--json",
+        state_dir=tmp_path / "state",
+    )
     assert pruned.returncode == 0 and "RecursionError" not in pruned.stderr, pruned.stderr
 
 
@@ -73,20 +85,27 @@ def test_an_actions_folder_linked_out_of_the_pack_is_refused_without_echo(tmp_pa
 def test_a_pack_that_raises_its_own_limits_is_refused_before_anything_runs(tmp_path, engine):
     """Issue 9: meta.container_limits asked for 64 GiB, a million pids and any named network."""
     tree = tmp_path / "packs"
-    for name, limits in (("greedy_mem", "memory: 64g"), ("greedy_pids", "pids: 1000000"),
-                         ("greedy_net", "network: some_lan")):
+    for name, limits in (("greedy_mem", "memory: 64g"), ("greedy_pids", "pids: 1000000"), ("greedy_net", "network: some_lan")):
         d = tree / name
         (d / "actions").mkdir(parents=True)
         (d / "pack.yaml").write_text(f"ref: {name}\nmeta:\n  container_limits:\n    {limits}\n")
         (d / "actions" / "x.yaml").write_text("entry_point: x.py\n")
         (d / "actions" / "x.py").write_text("def run():\n    return 1\n")
-    for name, needle in (("greedy_mem", "'64g' is above the operator's cap of '2g'"),
-                         ("greedy_pids", "1000000 is above the operator's cap of 1024"),
-                         ("greedy_net", "allowed_networks")):
+    for name, needle in (
+        ("greedy_mem", "'64g' is above the operator's cap of '2g'"),
+        ("greedy_pids", "1000000 is above the operator's cap of 1024"),
+        ("greedy_net", "allowed_networks"),
+    ):
         result = cli("run", f"{name}.x", "--packs-dir", str(tree), state_dir=tmp_path / "state")
         assert result.returncode == 2 and needle in result.stderr, (name, result.stderr)
         assert "meta.container_limits" in result.stderr
     # The operator may raise the caps (and allow networks): then the same packs are within them.
-    raised = cli("run", "greedy_pids.x", "--packs-dir", str(tree), state_dir=tmp_path / "state",
-                 env={"ATTUNE__CONTAINERS__MAX_LIMITS": '{"pids": 1000000}'})
+    raised = cli(
+        "run",
+        "greedy_pids.x",
+        "--packs-dir",
+        str(tree),
+        state_dir=tmp_path / "state",
+        env={"ATTUNE__CONTAINERS__MAX_LIMITS": '{"pids": 1000000}'},
+    )
     assert raised.returncode == 0, raised.stderr

@@ -31,7 +31,7 @@ from ..support import TEST_PREFIX, unique_ref
 from .conftest import FLEET_BASE
 from .hosts import free_port, start_registry
 
-ACTION = '''import importlib.metadata
+ACTION = """import importlib.metadata
 import platform
 
 
@@ -41,54 +41,71 @@ def run(name="six"):
     except importlib.metadata.PackageNotFoundError:
         version = None
     return {"python": platform.python_version(), name: version}
-'''
+"""
 
 
 def write_pack(tree: Path, pack_ref: str, dependencies: list[str]) -> Path:
     folder = tree / pack_ref
     (folder / "actions").mkdir(parents=True, exist_ok=True)
-    (folder / "pack.yaml").write_text(yaml.safe_dump(
-        {"ref": pack_ref, "meta": {"python_dependencies": {"dependencies": dependencies, "min_version": "3.13"}}}))
-    (folder / "actions" / "probe.yaml").write_text(yaml.safe_dump(
-        {"name": "probe", "runner_type": "python", "entry_point": "probe.py", "timeout": 60}))
+    (folder / "pack.yaml").write_text(
+        yaml.safe_dump({"ref": pack_ref, "meta": {"python_dependencies": {"dependencies": dependencies, "min_version": "3.13"}}})
+    )
+    (folder / "actions" / "probe.yaml").write_text(
+        yaml.safe_dump({"name": "probe", "runner_type": "python", "entry_point": "probe.py", "timeout": 60})
+    )
     (folder / "actions" / "probe.py").write_text(ACTION)
     return folder
 
 
 def cli(*args: str, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def base_env(tmp_path: Path, name: str) -> dict[str, str]:
     # The test run's configuration file stays (the base images); every other setting is the host's own.
-    env = {k: v for k, v in os.environ.items()
-           if k == "ATTUNE__CONTAINERS__CONFIG" or not k.startswith(("ATTUNE__CONTAINERS__", "DOCKER_"))}
-    env.update({"ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-                "ATTUNE__CONTAINERS__STATE_DIR": str(tmp_path / name / "state"),
-                "ATTUNE__CONTAINERS__CACHE_DIR": str(tmp_path / name / "cache")})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k == "ATTUNE__CONTAINERS__CONFIG" or not k.startswith(("ATTUNE__CONTAINERS__", "DOCKER_"))
+    }
+    env.update(
+        {
+            "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+            "ATTUNE__CONTAINERS__STATE_DIR": str(tmp_path / name / "state"),
+            "ATTUNE__CONTAINERS__CACHE_DIR": str(tmp_path / name / "cache"),
+        }
+    )
     return env
 
 
 def ci_env(tmp_path: Path, registry) -> dict[str, str]:
     """CI on engine A: credentials from the settings (a user and a password file)."""
-    return {**base_env(tmp_path, "ci"), "ATTUNE__CONTAINERS__REGISTRY": registry.address,
-            "ATTUNE__CONTAINERS__REGISTRY_USERNAME": registry.user,
-            "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(registry.password_file)}
+    return {
+        **base_env(tmp_path, "ci"),
+        "ATTUNE__CONTAINERS__REGISTRY": registry.address,
+        "ATTUNE__CONTAINERS__REGISTRY_USERNAME": registry.user,
+        "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(registry.password_file),
+    }
 
 
 def worker_env(tmp_path: Path, registry, second_engine, *, address: str | None = None) -> dict[str, str]:
     """A worker on engine B: credentials from its engine's `docker login` (DOCKER_CONFIG), may not build."""
-    return {**base_env(tmp_path, "worker"), "DOCKER_HOST": second_engine.url,
-            "DOCKER_CONFIG": str(registry.docker_config),
-            "ATTUNE__CONTAINERS__REGISTRY": address or registry.address,
-            "ATTUNE__CONTAINERS__ALLOW_BUILD": "false"}
+    return {
+        **base_env(tmp_path, "worker"),
+        "DOCKER_HOST": second_engine.url,
+        "DOCKER_CONFIG": str(registry.docker_config),
+        "ATTUNE__CONTAINERS__REGISTRY": address or registry.address,
+        "ATTUNE__CONTAINERS__ALLOW_BUILD": "false",
+    }
 
 
 def pulls(engine: Engine, since: float) -> list[str]:
     """The images engine pulled since ``since`` (the engine's own event log: nothing can hide one)."""
-    events = engine.api.events(since=int(since), until=int(time.time()) + 1, decode=True,
-                               filters={"type": "image", "event": "pull"})
+    events = engine.api.events(
+        since=int(since), until=int(time.time()) + 1, decode=True, filters={"type": "image", "event": "pull"}
+    )
     return [e.get("id") or e.get("Actor", {}).get("ID", "") for e in events]
 
 
@@ -102,7 +119,8 @@ def test_the_second_engine_is_another_host(engine, second_engine):
 
 
 def test_credentials_from_settings_or_docker_login_and_the_password_is_nowhere(
-        settings, engine, second_engine, secure_registry, tmp_path, monkeypatch, caplog):
+    settings, engine, second_engine, secure_registry, tmp_path, monkeypatch, caplog
+):
     caplog.set_level(logging.DEBUG)
     pack_ref = unique_ref("auth")
     tree = tmp_path / "packs"
@@ -115,9 +133,16 @@ def test_credentials_from_settings_or_docker_login_and_the_password_is_nowhere(
     assert refused.outcome == "failed" and "refused the credentials" in refused.error, refused
 
     # CI: a user and a password file in the settings.
-    ci = ContainerDependencyManager(settings.model_copy(update={
-        "registry": registry, "registry_username": secure_registry.user,
-        "registry_password_file": secure_registry.password_file}), engine)
+    ci = ContainerDependencyManager(
+        settings.model_copy(
+            update={
+                "registry": registry,
+                "registry_username": secure_registry.user,
+                "registry_password_file": secure_registry.password_file,
+            }
+        ),
+        engine,
+    )
     manifest_path = tmp_path / "trusted.json"
     (entry,) = build_all(ci, tree, push=True, manifest=manifest_path).packs
     assert entry.outcome in ("built", "reused") and entry.digest, entry
@@ -127,9 +152,17 @@ def test_credentials_from_settings_or_docker_login_and_the_password_is_nowhere(
     # The worker on B: its engine's `docker login` (DOCKER_CONFIG), read when its client is made.
     monkeypatch.setenv("DOCKER_CONFIG", str(secure_registry.docker_config))
     b = Engine(base_url=second_engine.url)
-    worker = ContainerDependencyManager(settings.model_copy(update={
-        "registry": registry, "allow_build": False, "trusted_manifest": manifest_path,
-        "state_dir": tmp_path / "worker"}), b)
+    worker = ContainerDependencyManager(
+        settings.model_copy(
+            update={
+                "registry": registry,
+                "allow_build": False,
+                "trusted_manifest": manifest_path,
+                "state_dir": tmp_path / "worker",
+            }
+        ),
+        b,
+    )
     ensured = worker.ensure(pack_ref, DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"))
     assert ensured.outcome == "pulled" and ensured.info.id == entry.image_id
 
@@ -137,8 +170,9 @@ def test_credentials_from_settings_or_docker_login_and_the_password_is_nowhere(
     monkeypatch.delenv("DOCKER_CONFIG")
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.docker/config.json either
     b.remove_image(ensured.info.image, force=True)
-    stranger = ContainerDependencyManager(worker.settings.model_copy(update={"state_dir": tmp_path / "w2"}),
-                                          Engine(base_url=second_engine.url))
+    stranger = ContainerDependencyManager(
+        worker.settings.model_copy(update={"state_dir": tmp_path / "w2"}), Engine(base_url=second_engine.url)
+    )
     with pytest.raises(RegistryAuthError, match="refused the credentials") as raised:
         stranger.ensure(pack_ref, DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"))
     assert raised.value.exit_code == 4
@@ -156,28 +190,54 @@ def test_credentials_from_settings_or_docker_login_and_the_password_is_nowhere(
 
 
 def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit_code(
-        engine, second_engine, secure_registry, tmp_path):
+    engine, second_engine, secure_registry, tmp_path
+):
     pack_ref = unique_ref("fail")
     tree = tmp_path / "packs"
     write_pack(tree, pack_ref, [])
     manifest = tmp_path / "trusted.json"
-    result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--manifest", str(manifest), "--json",
-                 env=ci_env(tmp_path, secure_registry))
+    result = cli(
+        "build",
+        "--all",
+        "--packs-dir",
+        str(tree),
+        "--push",
+        "--manifest",
+        str(manifest),
+        "--json",
+        env=ci_env(tmp_path, secure_registry),
+    )
     assert result.returncode == 0, result.stderr + result.stdout
 
     # CI with a wrong password in its settings: refused before any build, exit 4.
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password-" + pack_ref)
-    result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--json",
-                 env={**ci_env(tmp_path, secure_registry), "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)})
+    result = cli(
+        "build",
+        "--all",
+        "--packs-dir",
+        str(tree),
+        "--push",
+        "--json",
+        env={**ci_env(tmp_path, secure_registry), "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)},
+    )
     assert result.returncode == 4, result.stderr + result.stdout
     assert json.loads(result.stdout)["exit_code"] == 4 and "refused the credentials" in result.stderr
     assert wrong.read_text() not in result.stdout + result.stderr
     # A wrong `docker login` instead: each push is refused alike, and the exit code still says so.
     login = tmp_path / "wrong-login"
     login.mkdir()
-    (login / "config.json").write_text(json.dumps({"auths": {secure_registry.address: {
-        "auth": base64.b64encode(f"{secure_registry.user}:{wrong.read_text()}".encode()).decode()}}}))
+    (login / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    secure_registry.address: {
+                        "auth": base64.b64encode(f"{secure_registry.user}:{wrong.read_text()}".encode()).decode()
+                    }
+                }
+            }
+        )
+    )
     env = {k: v for k, v in ci_env(tmp_path, secure_registry).items() if "REGISTRY_" not in k}
     result = cli("build", "--all", "--packs-dir", str(tree), "--push", "--json", env={**env, "DOCKER_CONFIG": str(login)})
     assert result.returncode == 4, result.stderr + result.stdout
@@ -189,9 +249,11 @@ def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit
         return cli("run", f"{pack_ref}.probe", "--packs-dir", str(tree), "--manifest", str(manifest_file), env=env)
 
     # A wrong password (settings), on a worker that may not build: exit 4, never a build.
-    env = {**worker_env(tmp_path, secure_registry, second_engine),
-           "ATTUNE__CONTAINERS__REGISTRY_USERNAME": secure_registry.user,
-           "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong)}
+    env = {
+        **worker_env(tmp_path, secure_registry, second_engine),
+        "ATTUNE__CONTAINERS__REGISTRY_USERNAME": secure_registry.user,
+        "ATTUNE__CONTAINERS__REGISTRY_PASSWORD_FILE": str(wrong),
+    }
     result = worker_run(env, manifest)
     assert result.returncode == 4, result.stderr
     assert "refused the credentials" in result.stderr and wrong.read_text() not in result.stderr + result.stdout
@@ -222,19 +284,24 @@ def test_wrong_password_unknown_ca_and_unreachable_registry_each_have_their_exit
 
 
 def test_ci_builds_once_workers_on_another_engine_pull_by_digest_and_never_build(
-        engine, second_engine, secure_registry, tmp_path):
+    engine, second_engine, secure_registry, tmp_path
+):
     """The issue's scenario: A builds and pushes; B (allow_build=false) runs every pack, pulling each
     image once; a changed pack is rebuilt on A and pushed, B takes the new image on its next run,
     and the old one is then prunable on B."""
     tree = tmp_path / "packs"
-    packs = {unique_ref("fleet.a"): [], unique_ref("fleet.b"): ["six==1.16.0"],
-             unique_ref("fleet.c"): ["six==1.16.0", "idna==3.7"]}
+    packs = {
+        unique_ref("fleet.a"): [],
+        unique_ref("fleet.b"): ["six==1.16.0"],
+        unique_ref("fleet.c"): ["six==1.16.0", "idna==3.7"],
+    }
     for pack_ref, dependencies in packs.items():
         write_pack(tree, pack_ref, dependencies)
     manifest = tmp_path / "trusted.json"
     ci = ci_env(tmp_path, secure_registry)
-    result = cli("build", "--all", "--packs-dir", str(tree), "--jobs", "2", "--push", "--manifest", str(manifest),
-                 "--json", env=ci)
+    result = cli(
+        "build", "--all", "--packs-dir", str(tree), "--jobs", "2", "--push", "--manifest", str(manifest), "--json", env=ci
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads(result.stdout)
     assert {p["pack_ref"]: p["outcome"] for p in report["packs"]} == dict.fromkeys(packs, "built")
@@ -252,8 +319,7 @@ def test_ci_builds_once_workers_on_another_engine_pull_by_digest_and_never_build
     def run_all(which) -> dict[str, dict]:
         results = {}
         for pack_ref in which:
-            done = cli("run", f"{pack_ref}.probe", "--packs-dir", str(tree), "--manifest", str(manifest), "--json",
-                       env=worker)
+            done = cli("run", f"{pack_ref}.probe", "--packs-dir", str(tree), "--manifest", str(manifest), "--json", env=worker)
             assert done.returncode == 0, done.stderr + done.stdout
             results[pack_ref] = json.loads(done.stdout)
         return results
@@ -300,23 +366,40 @@ def test_ci_builds_once_workers_on_another_engine_pull_by_digest_and_never_build
 
 
 def test_a_pulled_image_whose_runtime_version_is_not_the_manifests_is_refused(
-        settings, engine, second_engine, secure_registry, tmp_path):
+    settings, engine, second_engine, secure_registry, tmp_path
+):
     pack_ref = unique_ref("rtv")
     tree = tmp_path / "packs"
     write_pack(tree, pack_ref, [])
-    ci = ContainerDependencyManager(settings.model_copy(update={
-        "registry": secure_registry.address, "registry_username": secure_registry.user,
-        "registry_password_file": secure_registry.password_file}), engine)
+    ci = ContainerDependencyManager(
+        settings.model_copy(
+            update={
+                "registry": secure_registry.address,
+                "registry_username": secure_registry.user,
+                "registry_password_file": secure_registry.password_file,
+            }
+        ),
+        engine,
+    )
     manifest_path = tmp_path / "trusted.json"
     (entry,) = build_all(ci, tree, push=True, manifest=manifest_path).packs
     document = json.loads(manifest_path.read_text())
     assert document["packs"][pack_ref]["runtime_version"] == entry.python
     document["packs"][pack_ref]["runtime_version"] = "3.13.0"  # not what the image holds
     manifest_path.write_text(json.dumps(document))
-    worker = ContainerDependencyManager(settings.model_copy(update={
-        "registry": secure_registry.address, "registry_username": secure_registry.user,
-        "registry_password_file": secure_registry.password_file, "allow_build": False,
-        "trusted_manifest": manifest_path, "state_dir": tmp_path / "worker"}), second_engine.engine)
+    worker = ContainerDependencyManager(
+        settings.model_copy(
+            update={
+                "registry": secure_registry.address,
+                "registry_username": secure_registry.user,
+                "registry_password_file": secure_registry.password_file,
+                "allow_build": False,
+                "trusted_manifest": manifest_path,
+                "state_dir": tmp_path / "worker",
+            }
+        ),
+        second_engine.engine,
+    )
     with pytest.raises(UntrustedImageError, match=f"its runtime is python {entry.python}, the manifest says python 3.13.0"):
         worker.ensure(pack_ref, DependencySpec(dependencies=[], min_version="3.13"))
     assert second_engine.engine.list_images({L.PACK_REF: pack_ref}) == []  # nothing of it stays on B

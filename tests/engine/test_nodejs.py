@@ -43,8 +43,9 @@ def test_two_packs_with_conflicting_pins_each_get_their_own_version(tree, manage
 
 
 def test_the_lock_label_pins_every_package_with_its_integrity(tree, manager):
-    info = manager.ensure_environment("old_lodash", DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.20"],
-                                                                   max_version="18"))
+    info = manager.ensure_environment(
+        "old_lodash", DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.20"], max_version="18")
+    )
     assert info.runtime == "nodejs" and info.runtime_version.startswith("18.")
     assert info.installed_dependencies == ["lodash@4.17.20"]
     [line] = manager.lock_lines(info)
@@ -52,11 +53,16 @@ def test_the_lock_label_pins_every_package_with_its_integrity(tree, manager):
 
 
 def test_the_final_image_is_non_root_with_only_node_modules_and_no_npm_cache(manager):
-    info = manager.ensure_environment(unique_ref("nodeshape"), DependencySpec(runtime="nodejs",
-                                                                              dependencies=["lodash@4.17.21"]))
-    code, output = manager.engine.run_once(info.image, ["/bin/sh", "-c",
-                                           "id -u; echo --; ls -A /opt/attune; echo --; ls -A /opt/attune/node_modules; "
-                                           "echo --; ls -d /tmp/.npm /attune-build 2>&1 | grep -c 'No such'"])
+    info = manager.ensure_environment(unique_ref("nodeshape"), DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.21"]))
+    code, output = manager.engine.run_once(
+        info.image,
+        [
+            "/bin/sh",
+            "-c",
+            "id -u; echo --; ls -A /opt/attune; echo --; ls -A /opt/attune/node_modules; "
+            "echo --; ls -d /tmp/.npm /attune-build 2>&1 | grep -c 'No such'",
+        ],
+    )
     assert code == 0, output
     uid, attune, modules, missing = (part.split() for part in output.split("--"))
     assert uid == ["65532"]
@@ -82,11 +88,15 @@ def test_offline_without_the_packages_cached_fails_naming_why(manager):
 
 
 LOCK_4_17_20 = {
-    "name": "locked", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
+    "name": "locked",
+    "version": "1.0.0",
+    "lockfileVersion": 3,
+    "requires": True,
     "packages": {
         "": {"name": "locked", "version": "1.0.0", "dependencies": {"lodash": "^4.17.0"}},
         "node_modules/lodash": {
-            "version": "4.17.20", "resolved": "https://registry.npmjs.org/lodash/-/lodash-4.17.20.tgz",
+            "version": "4.17.20",
+            "resolved": "https://registry.npmjs.org/lodash/-/lodash-4.17.20.tgz",
             "integrity": "sha512-PlhdFcillOINfeV7Ni6oF1TAEayyZBoZ8bcshTHqOYJYlrqzRK5hagpagky5o4HfCzzd1TRkXPMFq6cKk9rGmA==",
         },
     },
@@ -102,8 +112,9 @@ def test_a_packs_own_package_json_and_lock_decide_what_is_installed(tmp_path, ma
     (pack / "pack.yaml").write_text(f"ref: {ref}\nversion: 1.0.0\n")
     # The range admits 4.17.21; the lock says 4.17.20. Its scripts never run (npm ci --ignore-scripts,
     # and the build writes its own package.json).
-    (pack / "package.json").write_text(json.dumps({"name": "locked", "scripts": {"postinstall": "exit 1"},
-                                                   "dependencies": {"lodash": "^4.17.0"}}))
+    (pack / "package.json").write_text(
+        json.dumps({"name": "locked", "scripts": {"postinstall": "exit 1"}, "dependencies": {"lodash": "^4.17.0"}})
+    )
     (pack / "package-lock.json").write_text(json.dumps(LOCK_4_17_20))
     (pack / "actions" / "v.yaml").write_text("name: v\nrunner_type: nodejs\nentry_point: v.js\n")
     (pack / "actions" / "v.js").write_text('exports.run = () => require("lodash").VERSION;\n')
@@ -135,7 +146,8 @@ def test_a_node_base_without_python_fails_the_build_saying_why(settings, engine)
     engine.build(context.getvalue(), tag=base, network_mode="none")
     try:
         manager = ContainerDependencyManager(
-            settings.model_copy(update={"runtime_base_images": {"nodejs": {"18": base}}}), engine)
+            settings.model_copy(update={"runtime_base_images": {"nodejs": {"18": base}}}), engine
+        )
         with pytest.raises(BuildError) as exc:
             manager.ensure_environment(unique_ref("nopython"), DependencySpec(runtime="nodejs"))
         assert "no /usr/bin/python3" in str(exc.value) + "\n".join(exc.value.log_tail or [])

@@ -74,10 +74,19 @@ class Worker:
     """Another worker on this host: its own process, the same state directory."""
 
     def __init__(self, settings, packs_dir: Path, prefix: tuple[str, ...] = ()) -> None:
-        env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
-               "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
-        self.process = subprocess.Popen([*prefix, sys.executable, "-c", WORKER, str(packs_dir)], env=env, cwd=ROOT,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {
+            **os.environ,
+            "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
+            "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+        }
+        self.process = subprocess.Popen(
+            [*prefix, sys.executable, "-c", WORKER, str(packs_dir)],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lease = self._answer()["lease"]
 
     def _answer(self) -> dict:
@@ -145,10 +154,13 @@ def dead_pid() -> int:
 
 def lease_of_a_killed_process(settings) -> str:
     env = {**os.environ, "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
-    code = ("import sys; from attune_containers.services import ownership; "
-            "ownership.acquire(sys.argv[1]); print(ownership.process_id(), flush=True); sys.stdin.read()")
-    process = subprocess.Popen([sys.executable, "-c", code, str(settings.state_dir)], env=env,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; from attune_containers.services import ownership; "
+        "ownership.acquire(sys.argv[1]); print(ownership.process_id(), flush=True); sys.stdin.read()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(settings.state_dir)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     lease = process.stdout.readline().strip()
     process.kill()
     process.wait(timeout=30)
@@ -261,12 +273,12 @@ def test_ownership_is_the_lease_never_the_host_and_pid(settings, engine, made):
     host = socket.gethostname()
     other_namespace = Worker(settings, PACKS)  # alive; its container claims a pid dead here
     try:
-        alive_elsewhere = labelled_container(engine, settings, {
-            L.OWNER: f"{host}:{dead_pid()}", L.LEASE: other_namespace.lease})
+        alive_elsewhere = labelled_container(engine, settings, {L.OWNER: f"{host}:{dead_pid()}", L.LEASE: other_namespace.lease})
         made.append(alive_elsewhere)
         # Dead owner, but the host:pid label names a live local process (this one).
-        dead_here = labelled_container(engine, settings, {
-            L.OWNER: f"{host}:{os.getpid()}", L.LEASE: lease_of_a_killed_process(settings)})
+        dead_here = labelled_container(
+            engine, settings, {L.OWNER: f"{host}:{os.getpid()}", L.LEASE: lease_of_a_killed_process(settings)}
+        )
         made.append(dead_here)
         # Left by an older version (host:pid only, the pid dead here): nothing proves its owner dead.
         legacy = labelled_container(engine, settings, {L.OWNER: f"{host}:{dead_pid()}"})
@@ -291,16 +303,22 @@ def test_ownership_is_the_lease_never_the_host_and_pid(settings, engine, made):
 def test_many_concurrent_cli_runs_all_succeed(settings, engine):
     """Every `run` sweeps as it starts; none may remove another's container (it is `created`
     between create and start, and running after)."""
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+    }
     command = [str(CLI), "run", "probe.sleep", "--packs-dir", str(PACKS), "--json"]
-    first = subprocess.run([*command, "--params", '{"seconds": 0}'], env=env, capture_output=True, text=True,
-                           timeout=300)
+    first = subprocess.run([*command, "--params", '{"seconds": 0}'], env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr  # the image exists before the crowd arrives
     failures = []
     for round_ in range(3):
-        processes = [subprocess.Popen([*command, "--params", '{"seconds": 1}'], env=env, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(8)]
+        processes = [
+            subprocess.Popen(
+                [*command, "--params", '{"seconds": 1}'], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(8)
+        ]
         for n, process in enumerate(processes):
             out, err = process.communicate(timeout=180)
             status = json.loads(out)["status"] if out.strip().startswith("{") else None
@@ -308,8 +326,7 @@ def test_many_concurrent_cli_runs_all_succeed(settings, engine):
                 failures.append(f"round {round_} run {n}: exit {process.returncode}, {status}: {out[-500:]} {err[-500:]}")
     assert failures == []
     # Each exited cleanly: no lease of theirs is left behind, nor any container.
-    leases = [p for p in ownership.owners_dir(settings.state_dir).glob("*.lock")
-              if p.stem != ownership.process_id()]
+    leases = [p for p in ownership.owners_dir(settings.state_dir).glob("*.lock") if p.stem != ownership.process_id()]
     assert all(not containers_of_lease(engine, p.stem) for p in leases)
 
 
@@ -320,9 +337,15 @@ def pack_tree(root: Path, pack_ref: str, python: str) -> Path:
     """A packs tree with ``pack_ref`` pinned to one Python: the same ref, another spec."""
     folder = root / pack_ref
     (folder / "actions").mkdir(parents=True)
-    (folder / "pack.yaml").write_text(yaml.safe_dump({
-        "ref": pack_ref, "version": "1.0.0",
-        "meta": {"python_dependencies": {"dependencies": [], "min_version": python, "max_version": python}}}))
+    (folder / "pack.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "ref": pack_ref,
+                "version": "1.0.0",
+                "meta": {"python_dependencies": {"dependencies": [], "min_version": python, "max_version": python}},
+            }
+        )
+    )
     for name in ("echo.py", "echo.yaml"):
         shutil.copy(PACKS / "probe" / "actions" / name, folder / "actions" / name)
     return root

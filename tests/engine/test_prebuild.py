@@ -37,14 +37,19 @@ def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     port = free_port()
     config = root / "config.yml"
-    config.write_text(yaml.safe_dump({
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-    }))
-    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=open(root / "registry.log", "wb"))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "version": 0.1,
+                "log": {"level": "warn"},
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}, "delete": {"enabled": True}},
+                "http": {"addr": f"127.0.0.1:{port}"},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=open(root / "registry.log", "wb")
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -94,8 +99,7 @@ def test_build_all_builds_each_once_reports_failures_and_reuses(own_cache, engin
         assert len(images_of(engine, ref)) == 1
 
     second = build_all(ContainerDependencyManager(own_cache, engine), tree, jobs=2)
-    assert {p.pack_ref: p.outcome for p in second.packs if p.pack_ref in (good_a, good_b)} == {
-        good_a: "reused", good_b: "reused"}
+    assert {p.pack_ref: p.outcome for p in second.packs if p.pack_ref in (good_a, good_b)} == {good_a: "reused", good_b: "reused"}
     for ref in (good_a, good_b):
         assert len(images_of(engine, ref)) == 1
 
@@ -104,16 +108,29 @@ def test_cli_build_all_json_and_exit_code(tmp_path, settings):
     tree = tmp_path / "packs"
     ok_ref = unique_ref("cli.ok")
     write_pack(tree, ok_ref, {"dependencies": [], "min_version": "3.13"})
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
-    result = subprocess.run([sys.executable, "-m", "attune_containers.cli", "build", "--all", str(tree), "--json"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", "build", "--all", str(tree), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [(p["pack_ref"], p["outcome"]) for p in report["packs"]] == [(ok_ref, "built")]
     write_pack(tree, unique_ref("cli.bad"), {"min_version": "3.99"})
-    result = subprocess.run([sys.executable, "-m", "attune_containers.cli", "build", "--all", str(tree), "--json"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", "build", "--all", str(tree), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 1
     outcomes = sorted(p["outcome"] for p in json.loads(result.stdout)["packs"])
     assert outcomes == ["invalid", "reused"]
@@ -123,11 +140,13 @@ def test_overlapping_packs_share_downloads(own_cache, engine):
     manager = ContainerDependencyManager(own_cache, engine)
     logs_a: list[str] = []
     logs_b: list[str] = []
-    manager.ensure_environment(unique_ref("share.a"), DependencySpec(dependencies=["six==1.16.0", "idna==3.7"]),
-                               on_log=logs_a.append)
+    manager.ensure_environment(
+        unique_ref("share.a"), DependencySpec(dependencies=["six==1.16.0", "idna==3.7"]), on_log=logs_a.append
+    )
     assert any(line.startswith("fetch: downloaded six-1.16.0") for line in logs_a), logs_a
-    manager.ensure_environment(unique_ref("share.b"), DependencySpec(dependencies=["six==1.16.0", "attrs==23.2.0"]),
-                               on_log=logs_b.append)
+    manager.ensure_environment(
+        unique_ref("share.b"), DependencySpec(dependencies=["six==1.16.0", "attrs==23.2.0"]), on_log=logs_b.append
+    )
     assert any(line.startswith("fetch: cached six-1.16.0") for line in logs_b), logs_b
     assert not any(line.startswith("fetch: downloaded six") for line in logs_b), logs_b
     assert any(line.startswith("fetch: downloaded attrs-23.2.0") for line in logs_b), logs_b
@@ -170,8 +189,9 @@ def test_lock_records_exact_distributions_and_rebuilds_the_same_content(own_cach
     assert {"requests", "urllib3", "idna", "certifi", "charset-normalizer"} <= set(by_name)
     assert all(len(d["sha256"]) == 64 for d in lock)
     lines = manager.lock_lines(info)
-    rebuilt = manager.ensure_environment(unique_ref("relock"), DependencySpec(
-        requirements_file_content="\n".join(lines), max_version="3.11"))
+    rebuilt = manager.ensure_environment(
+        unique_ref("relock"), DependencySpec(requirements_file_content="\n".join(lines), max_version="3.11")
+    )
     strip = lambda deps: sorted(d for d in deps if not d.startswith(("pip==", "setuptools==")))  # noqa: E731
     assert strip(rebuilt.installed_dependencies) == strip(info.installed_dependencies)
 
@@ -187,7 +207,6 @@ def test_uv_installer_builds_an_equivalent_image(own_cache, engine):
     assert not any(d.startswith("pip==") for d in by_uv.installed_dependencies)
     code, output = engine.run_once(by_uv.image, [by_uv.executable_path, "-c", "import six, idna; print(six.__version__)"])
     assert (code, output.strip()) == (0, "1.17.0")
-
 
 
 def test_pushed_images_are_pulled_not_built(own_cache, engine, registry, tmp_path):
@@ -206,10 +225,10 @@ def test_pushed_images_are_pulled_not_built(own_cache, engine, registry, tmp_pat
         engine.remove_image(summary.id, force=True)
     builds: list[str] = []
     # The worker trusts what CI's manifest names (by digest), not the tag.
-    worker = ContainerDependencyManager(with_registry.model_copy(update={"allow_build": False,
-                                                                         "trusted_manifest": manifest}), engine)
-    ensured = worker.ensure(pack_ref, DependencySpec(dependencies=["six==1.16.0"], max_version="3.11"),
-                            on_log=builds.append)
+    worker = ContainerDependencyManager(
+        with_registry.model_copy(update={"allow_build": False, "trusted_manifest": manifest}), engine
+    )
+    ensured = worker.ensure(pack_ref, DependencySpec(dependencies=["six==1.16.0"], max_version="3.11"), on_log=builds.append)
     assert ensured.outcome == "pulled" and builds == []
     assert ensured.info.image == entry.image
     assert engine.inspect_image(entry.image).labels[L.PACK_REF] == pack_ref

@@ -34,24 +34,26 @@ from .test_prune import bases, builder_stage_of, quick, together  # noqa: F401 -
 
 def config(bases, tmp_path, name: str) -> Settings:  # noqa: F811
     prefix = f"{TEST_PREFIX}/scope-{name}-{uuid.uuid4().hex[:6]}"
-    return Settings(image_prefix=prefix, state_dir=tmp_path / f"state-{name}").model_copy(
-        update={"base_images": bases})
+    return Settings(image_prefix=prefix, state_dir=tmp_path / f"state-{name}").model_copy(update={"base_images": bases})
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
-           "ATTUNE__CONTAINERS__BASE_IMAGES": json.dumps(settings.base_images)}
-    return subprocess.run([sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": settings.image_prefix,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+        "ATTUNE__CONTAINERS__BASE_IMAGES": json.dumps(settings.base_images),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "attune_containers.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # noqa: F811
     a_settings, b_settings = config(bases, tmp_path, "a"), config(bases, tmp_path, "b")
     a, b = ContainerDependencyManager(a_settings, engine), ContainerDependencyManager(b_settings, engine)
     pack = unique_ref("shared")
-    mine, theirs = together(lambda: a.ensure_environment(pack, quick(1)),
-                            lambda: b.ensure_environment(pack, quick(1)))
+    mine, theirs = together(lambda: a.ensure_environment(pack, quick(1)), lambda: b.ensure_environment(pack, quick(1)))
     # A build only B made (its own wheels, so its own build stage): B's leftover, never A's.
     log: list[str] = []
     # (Only the Dockerfile path leaves a builder stage: the build takes it where uv cannot be had,
@@ -62,11 +64,10 @@ def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # 
         (b_cache / folder).mkdir(parents=True)
         for path in (b_settings.cache_dir / folder).glob("six-1.16.0-*.whl"):
             shutil.copyfile(path, b_cache / folder / path.name)
-    b_dockerfile = ContainerDependencyManager(b_settings.model_copy(update={"offline": True, "cache_dir": b_cache}),
-                                              engine)
-    b_only = b_dockerfile.ensure_environment(unique_ref("bonly"), DependencySpec(dependencies=["six==1.16.0"],
-                                                                                 min_version="3.13"),
-                                             on_log=log.append)
+    b_dockerfile = ContainerDependencyManager(b_settings.model_copy(update={"offline": True, "cache_dir": b_cache}), engine)
+    b_only = b_dockerfile.ensure_environment(
+        unique_ref("bonly"), DependencySpec(dependencies=["six==1.16.0"], min_version="3.13"), on_log=log.append
+    )
     b_stage = engine.inspect_image(builder_stage_of(log)).id
     assert mine.image.startswith(a_settings.image_prefix + "/") and theirs.image.startswith(b_settings.image_prefix + "/")
 
@@ -82,8 +83,7 @@ def test_two_configurations_never_touch_each_other(bases, engine, tmp_path):  # 
     assert cli(a_settings, "inspect", b_only.pack_ref).returncode == 1  # B's pack is nothing to A
 
     # Prune everything A may prune, leftovers at once: nothing of B's is even counted.
-    report = Pruner(a).prune(PrunePolicy(keep=0, include_current=True, leftovers=True,
-                                         leftover_grace=timedelta(0)))
+    report = Pruner(a).prune(PrunePolicy(keep=0, include_current=True, leftovers=True, leftover_grace=timedelta(0)))
     seen = {i.id for i in report.removed + report.kept + report.skipped}
     assert mine.id in {i.id for i in report.removed}
     assert not seen & {theirs.id, b_only.id, b_stage}, report
@@ -165,12 +165,12 @@ def test_images_built_from_ours_are_never_ours(bases, engine, tmp_path):  # noqa
     pack = unique_ref("derived")
     info = manager.ensure_environment(pack, quick(5))
     # The user is restored: only the layer differs from ours.
-    dashboard = ("USER root\nRUN mkdir -p /opt/attunement-dashboard && echo hi > /opt/attunement-dashboard/index.html\n"
-                 "USER 65532:65532\n")
+    dashboard = (
+        "USER root\nRUN mkdir -p /opt/attunement-dashboard && echo hi > /opt/attunement-dashboard/index.html\nUSER 65532:65532\n"
+    )
 
     def build(dockerfile: str, tag: str | None = None) -> str:
-        return engine.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True,
-                                          pull=False)[0].id
+        return engine.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)[0].id
 
     # Built FROM our pack image: every label inherited, tagged under our prefix, and one dangling.
     derived_tag = f"{settings.image_prefix}/{image_name_for(pack)}:dashboard"
@@ -184,8 +184,7 @@ def test_images_built_from_ours_are_never_ours(bases, engine, tmp_path):  # noqa
         assert [e.id for e in Pruner(manager).images()] == [info.id]
         assert manager.get_environment(pack).id == info.id
 
-        report = Pruner(manager).prune(PrunePolicy(keep=0, include_current=True, leftovers=True,
-                                                   leftover_grace=timedelta(0)))
+        report = Pruner(manager).prune(PrunePolicy(keep=0, include_current=True, leftovers=True, leftover_grace=timedelta(0)))
         removed = {i.id for i in report.removed}
         assert info.id in removed
         assert not removed & {derived, dangling, stranger}, report

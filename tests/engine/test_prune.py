@@ -197,7 +197,8 @@ def test_orphans_broken_packs_and_current_images_by_the_packs_tree(env, tmp_path
     (tree / broken).mkdir()
     (tree / broken / "pack.yaml").write_text("ref: [this does not parse\n")
     by_tree, by_record, broken_image, gone_image = ensure_together(
-        manager, (here, quick(1)), (here, quick(2)), (broken, quick(3)), (gone, quick(4)))
+        manager, (here, quick(1)), (here, quick(2)), (broken, quick(3)), (gone, quick(4))
+    )
     manager.ensure_environment(here, quick(2))  # the host's record says quick(2); pack.yaml says quick(1)
 
     report = env.prune(orphans=True, packs_dir=tree)
@@ -219,8 +220,7 @@ def test_orphans_broken_packs_and_current_images_by_the_packs_tree(env, tmp_path
 def test_older_than_counts_the_runners_last_use_alone_and_combined(env):
     manager = env.manager()
     a, b = unique_ref("a"), unique_ref("b")
-    a1, a2, a3, b1, b2 = ensure_together(
-        manager, (a, quick(1)), (a, quick(2)), (a, quick(3)), (b, quick(1)), (b, quick(2)))
+    a1, a2, a3, b1, b2 = ensure_together(manager, (a, quick(1)), (a, quick(2)), (a, quick(3)), (b, quick(1)), (b, quick(2)))
     ensure_together(manager, (a, quick(3)), (b, quick(2)))  # a3 and b2 are current
     time.sleep(2)
     UsageLog(env.settings.state_dir).touch(a1.id)  # as the runner does on every run
@@ -247,7 +247,8 @@ def test_containers_and_locks_protect_an_image(env):
     old = manager.ensure_environment(unique_ref("inuse"), quick(1))
     # A user's container: it inherits the image's labels but has none of its own.
     container = env.engine.client.containers.run(
-        old.image, [INTERPRETER, "-c", "import time; time.sleep(60)"], detach=True, network_mode="none")
+        old.image, [INTERPRETER, "-c", "import time; time.sleep(60)"], detach=True, network_mode="none"
+    )
     try:
         policy = dict(keep=0, include_current=True, leftovers=True, leftover_grace=timedelta(0))
         report = env.prune(**policy)
@@ -279,8 +280,9 @@ def test_images_of_other_prefixes_and_foreign_images_stay(env, bases, engine):
     pack = unique_ref("mine")
     other = Env(env.settings.model_copy(update={"image_prefix": env.settings.image_prefix + "-other"}), engine)
     # The same pack under another configuration's prefix.
-    mine, theirs = together(lambda: env.manager().ensure_environment(pack, quick(1)),
-                            lambda: other.manager().ensure_environment(pack, quick(1)))
+    mine, theirs = together(
+        lambda: env.manager().ensure_environment(pack, quick(1)), lambda: other.manager().ensure_environment(pack, quick(1))
+    )
     base_id = engine.inspect_image(bases["3.13"]).id
     impostor = f"{env.settings.image_prefix}/impostor"
     engine.tag(base_id, impostor, "1")  # under our prefix, but not built by us: no labels
@@ -314,16 +316,18 @@ def builder_stage_of(log: list[str]) -> str:
 def test_leftovers_of_ours_go_after_their_grace(env, engine, tmp_path):
     # Only the Dockerfile path leaves a builder stage (the one-container build leaves nothing): the
     # build falls back to it where uv cannot be had, as offline with an empty cache.
-    manager = ContainerDependencyManager(env.settings.model_copy(update={"offline": True,
-                                                                         "cache_dir": tmp_path / "cache"}), engine)
+    manager = ContainerDependencyManager(
+        env.settings.model_copy(update={"offline": True, "cache_dir": tmp_path / "cache"}), engine
+    )
     log: list[str] = []
     info = manager.ensure_environment(unique_ref("leftover"), quick(1), on_log=log.append)
     stage = engine.inspect_image(builder_stage_of(log)).id
     assert stage in {s.id for s in engine.list_images(dangling=True)}
     # What a crash leaves: a helper container never started, a runner container that exited.
     helper = engine.client.containers.create(info.image, ["/nonexistent"], labels={L.HELPER: "read-file"})
-    action = engine.client.containers.run(info.image, [INTERPRETER, "-c", "pass"], detach=True,
-                                          network_mode="none", labels={L.EXECUTION_ID: uuid.uuid4().hex})
+    action = engine.client.containers.run(
+        info.image, [INTERPRETER, "-c", "pass"], detach=True, network_mode="none", labels={L.EXECUTION_ID: uuid.uuid4().hex}
+    )
     action.wait(timeout=30)
     try:
         young = env.prune(leftovers=True)  # the default grace period: an hour
@@ -413,10 +417,19 @@ def cli(env, monkeypatch, capsys):
     """The real command (``cli.main``) in this process, configured for ``env`` by a file of its own:
     environment variables would be merged with ./attune-containers.toml."""
     config = env.settings.state_dir.parent / "config.toml"
-    config.write_text("".join(f'{k} = "{v}"\n' for k, v in (
-        ("image_prefix", env.settings.image_prefix), ("state_dir", env.settings.state_dir),
-        ("ca_bundle", env.settings.ca_bundle or "")) if v)
-        + "[base_images]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in env.settings.base_images.items()))
+    config.write_text(
+        "".join(
+            f'{k} = "{v}"\n'
+            for k, v in (
+                ("image_prefix", env.settings.image_prefix),
+                ("state_dir", env.settings.state_dir),
+                ("ca_bundle", env.settings.ca_bundle or ""),
+            )
+            if v
+        )
+        + "[base_images]\n"
+        + "".join(f'"{k}" = "{v}"\n' for k, v in env.settings.base_images.items())
+    )
     for name in [n for n in os.environ if n.startswith("ATTUNE__CONTAINERS__")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ATTUNE__CONTAINERS__CONFIG", str(config))
@@ -442,7 +455,9 @@ def test_cli_ls_and_prune(env, cli, engine):
     assert code == 0, err
     entries = {e["image"]: e for e in json.loads(out)}
     assert {i: (e["current"], e["last_used"] is not None) for i, e in entries.items()} == {
-        new.image: (True, False), old.image: (False, True)}
+        new.image: (True, False),
+        old.image: (False, True),
+    }
     assert entries[old.image]["size_bytes"] > 0 and entries[old.image]["dependency_hash"] == old.dependency_hash
     code, out, err = cli("ls", "--pack", pack)
     assert code == 0 and "last used" in out and old.image in out

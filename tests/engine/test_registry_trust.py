@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -38,16 +39,17 @@ def forge(engine, manager: ContainerDependencyManager, pack_ref: str, remote: st
     Pushed under ``remote``; returns its ID."""
     plan = manager.plan(pack_ref, spec())
     client = engine.client
-    dockerfile = (f"FROM {plan.base.reference}\nUSER root\nRUN mkdir -p /opt/attune/venv/bin && "
-                  "printf '#!/bin/sh\\necho pwned\\n' > /opt/attune/venv/bin/python && chmod +x /opt/attune/venv/bin/python\n")
+    dockerfile = (
+        f"FROM {plan.base.reference}\nUSER root\nRUN mkdir -p /opt/attune/venv/bin && "
+        "printf '#!/bin/sh\\necho pwned\\n' > /opt/attune/venv/bin/python && chmod +x /opt/attune/venv/bin/python\n"
+    )
     bare = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), rm=True, pull=False)[0]
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    labels = plan.labels(["evil==1.0"], datetime.now(timezone.utc).replace(microsecond=0))
+    labels = plan.labels(["evil==1.0"], datetime.now(UTC).replace(microsecond=0))
     labels[L.REPOSITORY] = plan.repository
     labels[L.CONTENT] = L.content_identity(engine.inspect_image(bare.id))
-    labelled = client.images.build(fileobj=io.BytesIO(f"FROM {bare.id}\n".encode()), labels=labels,
-                                   rm=True, pull=False)[0]
+    labelled = client.images.build(fileobj=io.BytesIO(f"FROM {bare.id}\n".encode()), labels=labels, rm=True, pull=False)[0]
     assert L.is_built_by_us(engine.inspect_image(labelled.id))  # nothing local can tell it apart
     FORGED.extend([labelled.id, bare.id])
     repository, tag = remote.rsplit(":", 1)
@@ -82,8 +84,7 @@ def test_forged_image_under_the_expected_tag_is_refused_and_ci_builds_its_own(se
     tree = tmp_path / "packs"
     write_pack(tree, pack_ref, SPEC)
     ci_settings = settings.model_copy(update={"registry": registry, "state_dir": tmp_path / "ci"})
-    worker_settings = settings.model_copy(update={"registry": registry, "allow_build": False,
-                                                  "state_dir": tmp_path / "worker"})
+    worker_settings = settings.model_copy(update={"registry": registry, "allow_build": False, "state_dir": tmp_path / "worker"})
     plan = ContainerDependencyManager(ci_settings, engine).plan(pack_ref, spec())
     remote = f"{registry}/{plan.image}"
     forged = forge(engine, ContainerDependencyManager(ci_settings, engine), pack_ref, remote)
@@ -122,11 +123,13 @@ def test_forged_image_under_the_expected_tag_is_refused_and_ci_builds_its_own(se
     # The forged image put locally under our tag (say an unsafe worker pulled it by tag): a worker
     # with the manifest does not use it, it pulls the trusted digest over it.
     fresh_host(engine, plan.image)
-    unsafe = ContainerDependencyManager(worker_settings.model_copy(update={"trust_registry_tags": True,
-                                                                            "state_dir": tmp_path / "unsafe"}), engine)
+    unsafe = ContainerDependencyManager(
+        worker_settings.model_copy(update={"trust_registry_tags": True, "state_dir": tmp_path / "unsafe"}), engine
+    )
     assert unsafe.ensure(pack_ref, spec()).info.id != entry.image_id  # the documented danger of the opt-in
-    again = ContainerDependencyManager(worker_settings.model_copy(update={"trusted_manifest": manifest_path,
-                                                                          "state_dir": tmp_path / "w2"}), engine)
+    again = ContainerDependencyManager(
+        worker_settings.model_copy(update={"trusted_manifest": manifest_path, "state_dir": tmp_path / "w2"}), engine
+    )
     ensured = again.ensure(pack_ref, spec())
     assert ensured.outcome == "pulled" and ensured.info.id == entry.image_id
     assert engine.inspect_image(plan.image).id == entry.image_id
@@ -144,9 +147,17 @@ def test_a_trusted_digest_missing_from_the_registry_is_never_replaced_by_the_tag
     document["packs"][pack_ref]["reference"] = document["packs"][pack_ref]["reference"].rsplit(":", 1)[0] + ":" + "0" * 64
     Path(manifest_path).write_text(json.dumps(document))
     fresh_host(engine, entry.image)
-    worker = ContainerDependencyManager(settings.model_copy(update={
-        "registry": registry, "allow_build": False, "trusted_manifest": manifest_path,
-        "state_dir": tmp_path / "worker"}), engine)
+    worker = ContainerDependencyManager(
+        settings.model_copy(
+            update={
+                "registry": registry,
+                "allow_build": False,
+                "trusted_manifest": manifest_path,
+                "state_dir": tmp_path / "worker",
+            }
+        ),
+        engine,
+    )
     with pytest.raises(UntrustedImageError, match="nothing else is taken"):
         worker.ensure_environment(pack_ref, spec())
     assert engine.inspect_image(entry.image) is None

@@ -63,7 +63,7 @@ def _no_container_left(engine):
 
 
 TRICKY = {
-    "quotes": "it's \"quoted\" and `backticked` $(not run) ${NOR_THIS}",
+    "quotes": 'it\'s "quoted" and `backticked` $(not run) ${NOR_THIS}',
     "backslashes": "C:\\path\\to\\file \\n not a newline \\\\",
     "newlines": "line one\nline two\r\nline three\n",
     "unicode": "héllo wörld ✓ 日本語 🎉 \u0000 nul",
@@ -191,15 +191,17 @@ def test_the_workers_environment_does_not_leak(runner, monkeypatch):
     assert env["ATTUNE_ACTION_REF"] == "probe.env" and env["ATTUNE_PACK_REF"] == "probe"
     assert env["EXTRA"] == "given"
     assert env["PATH"].startswith("/opt/attune/venv/bin")
-    assert not [k for k in env if k.startswith("ATTUNE_") and k not in
-                ("ATTUNE_EXECUTION_ID", "ATTUNE_ACTION_REF", "ATTUNE_PACK_REF")]
+    assert not [
+        k for k in env if k.startswith("ATTUNE_") and k not in ("ATTUNE_EXECUTION_ID", "ATTUNE_ACTION_REF", "ATTUNE_PACK_REF")
+    ]
 
 
 def test_secrets_reach_the_helper_but_never_docker_inspect(runner, engine):
     secret = "s3cr3t-\u00e9\"'\\n"
     outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.setdefault(
-        "result", runner.run("probe.secret", {"hold": 3}, {"token": secret})))
+    thread = threading.Thread(
+        target=lambda: outcome.setdefault("result", runner.run("probe.secret", {"hold": 3}, {"token": secret}))
+    )
     thread.start()
     inspected = []
     deadline = time.monotonic() + 30
@@ -217,8 +219,9 @@ def test_secrets_reach_the_helper_but_never_docker_inspect(runner, engine):
 
 def test_output_floods_are_capped_and_the_worker_stays_small(runner):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = runner.run("probe.flood", {"megabytes": 64},
-                        limits=ResourceLimits(stdout_limit=1024 * 1024, stderr_limit=512 * 1024))
+    result = runner.run(
+        "probe.flood", {"megabytes": 64}, limits=ResourceLimits(stdout_limit=1024 * 1024, stderr_limit=512 * 1024)
+    )
     growth_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert result.status is ExecutionStatus.succeeded, result.error
     assert result.result == {"wrote_megabytes": 64}
@@ -261,8 +264,10 @@ def test_bad_action_refs_are_invalid_input(runner, action_ref):
 def run_side_by_side(runner, count: int, action_ref: str = "probe.sleep", parameters=None) -> list:
     """``count`` runs from as many threads at once; their results."""
     results = []
-    threads = [threading.Thread(target=lambda: results.append(runner.run(action_ref, parameters or {"seconds": 1})))
-               for _ in range(count)]
+    threads = [
+        threading.Thread(target=lambda: results.append(runner.run(action_ref, parameters or {"seconds": 1})))
+        for _ in range(count)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -293,8 +298,14 @@ def cli_run(*args: str, state_dir=None, **kw) -> subprocess.Popen:
     env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX}
     if state_dir is not None:  # a sweeper proves an owner dead by its lease in the shared state dir
         env["ATTUNE__CONTAINERS__STATE_DIR"] = str(state_dir)
-    return subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "run", *args, "--packs-dir", str(PACKS)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "attune_containers.cli", "run", *args, "--packs-dir", str(PACKS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
 
 
 def owned_by(process: subprocess.Popen) -> dict[str, str]:
@@ -362,8 +373,11 @@ def test_cli_exit_codes(engine):
     assert invalid.returncode == 2 and "JSON object" in err
     unreachable = subprocess.run(
         [sys.executable, "-m", "attune_containers.cli", "run", "probe.echo", "--packs-dir", str(PACKS)],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"})
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"},
+    )
     assert unreachable.returncode == 3, unreachable.stderr
 
 

@@ -73,9 +73,14 @@ def test_the_result_stays_apart_from_the_actions_output(runner, warm):
     assert "to stderr" not in result.stdout
 
 
-@pytest.mark.parametrize(("action_ref", "parameters"), [
-    ("contract.echo", TRICKY), ("contract.chatty", {}), ("contract.fail", {"message": "same either way"}),
-])
+@pytest.mark.parametrize(
+    ("action_ref", "parameters"),
+    [
+        ("contract.echo", TRICKY),
+        ("contract.chatty", {}),
+        ("contract.fail", {"message": "same either way"}),
+    ],
+)
 def test_warm_results_equal_cold_results(runner, action_ref, parameters):
     cold = runner.run(action_ref, parameters, warm=False)
     warm = runner.run(action_ref, parameters, warm=True)
@@ -111,8 +116,9 @@ def test_a_fork_bomb_is_held_by_the_pids_limit(runner):
 
 
 def test_output_is_capped_and_the_result_still_arrives(runner):
-    result = runner.run("contract.flood", {"megabytes": 8},
-                        limits=ResourceLimits(stdout_limit=1024 * 1024, stderr_limit=512 * 1024))
+    result = runner.run(
+        "contract.flood", {"megabytes": 8}, limits=ResourceLimits(stdout_limit=1024 * 1024, stderr_limit=512 * 1024)
+    )
     assert result.status is ExecutionStatus.succeeded, result.error
     assert result.result == {"wrote_megabytes": 8}
     assert result.stdout_truncated and result.stderr_truncated

@@ -20,14 +20,21 @@ PACKS = Path(__file__).resolve().parent.parent / "packs"
 
 
 def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+    }
     # Its log goes to a file beside the socket: a pipe nobody reads would fill up (a build logs
     # every line) and stall the service.
     with open(socket.with_suffix(".log"), "a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket",
-             str(socket)], env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+            [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket", str(socket)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=120)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -42,8 +49,7 @@ def start(socket: Path, settings) -> tuple[subprocess.Popen, httpx.Client]:
 
 
 def containers_of(engine, pid: int) -> list[str]:
-    return [c.id for c in engine.list_containers({L.RUN: "true"})
-            if c.labels.get(L.OWNER, "").endswith(f":{pid}")]
+    return [c.id for c in engine.list_containers({L.RUN: "true"}) if c.labels.get(L.OWNER, "").endswith(f":{pid}")]
 
 
 @pytest.fixture
@@ -57,8 +63,8 @@ def service(tmp_path, settings):
 
 def test_executions_over_the_socket(service, engine):
     process, client = service
-    first = client.post("/v1/executions", json={"action_ref": "probe.echo", "parameters": {"q": "it's \"ok\"\n"}})
-    assert first.status_code == 200 and first.json()["result"] == {"q": "it's \"ok\"\n"}
+    first = client.post("/v1/executions", json={"action_ref": "probe.echo", "parameters": {"q": 'it\'s "ok"\n'}})
+    assert first.status_code == 200 and first.json()["result"] == {"q": 'it\'s "ok"\n'}
     secret = client.post("/v1/executions", json={"action_ref": "probe.secret", "secrets": {"token": "s3cr3t-é\"'\\n"}})
     assert secret.json()["result"]["token_matches"] is True
     assert client.get("/v1/pools").json()[0]["created"] >= 1
@@ -74,8 +80,18 @@ def test_the_openapi_schema_describes_the_api(service):
     schema = client.get("/openapi.json").json()
     assert {"/v1/executions", "/v1/environments", "/v1/pools", "/v1/health"} <= set(schema["paths"])
     result = schema["components"]["schemas"]["ExecutionResult"]["properties"]
-    assert {"status", "exit_code", "duration_ms", "result", "stdout", "stderr", "stdout_truncated",
-            "stderr_truncated", "error", "image"} <= set(result)
+    assert {
+        "status",
+        "exit_code",
+        "duration_ms",
+        "result",
+        "stdout",
+        "stderr",
+        "stdout_truncated",
+        "stderr_truncated",
+        "error",
+        "image",
+    } <= set(result)
 
 
 def test_graceful_stop_removes_every_container(service, engine):
@@ -106,5 +122,8 @@ def test_a_restart_after_a_crash_removes_the_leftovers(tmp_path, settings, engin
         again.send_signal(signal.SIGTERM)
         again.communicate(timeout=60)
     assert containers_of(engine, again.pid) == []
-    assert not [c for c in engine.list_containers({L.POOL: "true"})
-                if c.labels.get(L.OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))]
+    assert not [
+        c
+        for c in engine.list_containers({L.POOL: "true"})
+        if c.labels.get(L.OWNER, "").endswith((f":{process.pid}", f":{again.pid}"))
+    ]

@@ -79,15 +79,13 @@ def test_every_error_is_one_problem_document(client):
     assert_problem(client.post("/v1/pools/nopack/prewarm"), 404, "pack_ref")
     assert_problem(client.post("/v1/environments/nopack"), 404, "pack_ref")
     assert_problem(client.post("/v1/executions", json={"action_ref": "../../etc.passwd"}), 422, "action_ref")
-    assert_problem(client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"cpus": -1}}),
-                   422, "limits.cpus")
-    assert_problem(client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"memory": "64g"}}),
-                   422, "limits.memory")
+    assert_problem(client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"cpus": -1}}), 422, "limits.cpus")
+    assert_problem(
+        client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"memory": "64g"}}), 422, "limits.memory"
+    )
     assert_problem(client.post("/v1/executions", json={"parameters": {}}), 422, "action_ref")
-    assert_problem(client.post("/v1/executions", content=b"{not json", headers={"content-type": "application/json"}),
-                   422)
-    assert_problem(client.post("/v1/executions", json={"action_ref": "probe.echo", "execution_id": "../x"}),
-                   422, "execution_id")
+    assert_problem(client.post("/v1/executions", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    assert_problem(client.post("/v1/executions", json={"action_ref": "probe.echo", "execution_id": "../x"}), 422, "execution_id")
     assert_problem(client.post("/v1/executions?wait=-1", json={"action_ref": "probe.echo"}), 422, "wait")
     assert_problem(client.get("/v1/executions/never-was"), 404, "execution_id")
     assert_problem(client.get("/v1/nothing-here"), 404)
@@ -95,13 +93,20 @@ def test_every_error_is_one_problem_document(client):
 
 
 def test_an_unreachable_engine_is_503_with_retry_after_never_plain_text(tmp_path, settings):
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
-           "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+        "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
+    }
     socket = tmp_path / "attune.sock"
-    process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS),
-                                "--socket", str(socket)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket", str(socket)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=60)
     try:
         deadline = time.monotonic() + 60
@@ -113,9 +118,12 @@ def test_an_unreachable_engine_is_503_with_retry_after_never_plain_text(tmp_path
             except httpx.TransportError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        for response in (client.get("/v1/environments"), client.get("/readyz"),
-                         client.post("/v1/executions", json={"action_ref": "probe.echo"}),
-                         client.post("/v1/environments/probe")):
+        for response in (
+            client.get("/v1/environments"),
+            client.get("/readyz"),
+            client.post("/v1/executions", json={"action_ref": "probe.echo"}),
+            client.post("/v1/environments/probe"),
+        ):
             assert_problem(response, 503)
             assert int(response.headers["retry-after"]) > 0
     finally:
@@ -155,9 +163,11 @@ def test_an_execution_is_a_resource_and_its_id_names_one_request(client, engine)
 @pytest.mark.parametrize("warm", [False, True])
 def test_delete_cancels_a_running_execution_and_removes_its_container(client, engine, warm):
     execution_id = new_id()
-    accepted = client.post("/v1/executions", params={"async": "true"},
-                           json={"action_ref": "probe.sleep", "parameters": {"seconds": 120},
-                                 "execution_id": execution_id, "warm": warm})
+    accepted = client.post(
+        "/v1/executions",
+        params={"async": "true"},
+        json={"action_ref": "probe.sleep", "parameters": {"seconds": 120}, "execution_id": execution_id, "warm": warm},
+    )
     assert accepted.status_code == 202 and accepted.headers["location"] == f"/v1/executions/{execution_id}"
     assert accepted.json()["state"] in ("queued", "running")
     deadline = time.monotonic() + 60
@@ -182,8 +192,11 @@ def test_delete_cancels_a_running_execution_and_removes_its_container(client, en
 def test_a_client_that_disconnects_cancels_its_execution(client, engine):
     execution_id = new_id()
     with pytest.raises(httpx.ReadTimeout):
-        client.post("/v1/executions", timeout=3, json={"action_ref": "probe.sleep", "parameters": {"seconds": 120},
-                                                       "execution_id": execution_id, "warm": False})
+        client.post(
+            "/v1/executions",
+            timeout=3,
+            json={"action_ref": "probe.sleep", "parameters": {"seconds": 120}, "execution_id": execution_id, "warm": False},
+        )
     execution = finished(client, execution_id, timeout=30)
     assert execution["status"] == "cancelled"
     assert labelled(engine, execution_id) == []
@@ -203,17 +216,31 @@ def test_a_bounded_wait_turns_into_async_and_the_execution_goes_on(client):
 
 def test_the_openapi_schema_documents_the_contract(client):
     schema = client.get("/openapi.json").json()
-    operations = {op["operationId"]: (path, method, op) for path, item in schema["paths"].items()
-                  for method, op in item.items()}
-    assert {"runExecution", "getExecution", "cancelExecution", "listEnvironments", "ensureEnvironment",
-            "removeEnvironment", "prewarmPool", "listPools", "health", "livez", "readyz"} <= set(operations)
+    operations = {op["operationId"]: (path, method, op) for path, item in schema["paths"].items() for method, op in item.items()}
+    assert {
+        "runExecution",
+        "getExecution",
+        "cancelExecution",
+        "listEnvironments",
+        "ensureEnvironment",
+        "removeEnvironment",
+        "prewarmPool",
+        "listPools",
+        "health",
+        "livez",
+        "readyz",
+    } <= set(operations)
     _, _, run = operations["runExecution"]
     assert {"200", "202", "404", "409", "422", "503"} <= set(run["responses"])
     example = run["responses"]["422"]["content"][PROBLEM]["example"]
     assert set(example) == MEMBERS and example["status"] == 422
     assert "Retry-After" in run["responses"]["503"]["headers"]
-    undocumented = [f"{name}.{field}" for name, component in schema["components"]["schemas"].items()
-                    for field, spec in component.get("properties", {}).items() if not spec.get("description")]
+    undocumented = [
+        f"{name}.{field}"
+        for name, component in schema["components"]["schemas"].items()
+        for field, spec in component.get("properties", {}).items()
+        if not spec.get("description")
+    ]
     assert undocumented == []
     # Every error response of every operation is documented as what it is: a problem document.
     for operation_id, (_, _, op) in operations.items():
@@ -231,14 +258,25 @@ TOKEN = "metrics-" + "y" * 24
 def launch_logged(tmp_path, settings, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, httpx.Client, Path]:
     """The service with its stderr (the JSON log) in a file."""
     socket, log = tmp_path / "logged.sock", tmp_path / "service.log"
-    full_env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-                "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir), **(env or {})}
+    full_env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+        **(env or {}),
+    }
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS),
-                                    "--socket", str(socket), *args], env=full_env, stdout=subprocess.DEVNULL,
-                                   stderr=sink)
-    client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=120,
-                          headers={"Authorization": f"Bearer {TOKEN}"})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), "--socket", str(socket), *args],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    client = httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(socket)),
+        base_url="http://attune",
+        timeout=120,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
     deadline = time.monotonic() + 60
     while True:
         assert process.poll() is None, log.read_text()
@@ -251,13 +289,15 @@ def launch_logged(tmp_path, settings, *args: str, env: dict | None = None) -> tu
 
 
 def samples(text: str) -> dict[str, float]:
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-            if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line and not line.startswith("#")
+    }
 
 
 def test_metrics_and_the_json_access_log(tmp_path, settings):
-    process, client, log = launch_logged(tmp_path, settings, "--log-level", "info",
-                                         env={"ATTUNE__CONTAINERS__SERVICE_TOKEN": TOKEN})
+    process, client, log = launch_logged(
+        tmp_path, settings, "--log-level", "info", env={"ATTUNE__CONTAINERS__SERVICE_TOKEN": TOKEN}
+    )
     try:
         refused = client.get("/metrics", headers={"Authorization": ""})
         assert_problem(refused, 401)  # behind the same token as everything else
@@ -282,8 +322,7 @@ def test_metrics_and_the_json_access_log(tmp_path, settings):
     posted = [r for r in access if r["path"] == "/v1/executions" and r.get("execution_id") == execution_id]
     assert len(posted) == 1 and posted[0]["status_code"] == 200 and posted[0]["method"] == "POST"
     assert any(r["path"] == "/metrics" and r["status_code"] == 401 for r in access), "refusals are logged too"
-    finished_lines = [r for r in records if r.get("message") == "execution finished"
-                      and r.get("execution_id") == execution_id]
+    finished_lines = [r for r in records if r.get("message") == "execution finished" and r.get("execution_id") == execution_id]
     assert finished_lines and finished_lines[0]["status"] == "succeeded" and finished_lines[0]["warm"] is True
     assert TOKEN not in log.read_text()
 

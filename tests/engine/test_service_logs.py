@@ -37,8 +37,9 @@ def service(tmp_path, settings):
 
 def submit(client: httpx.Client, action_ref: str, **fields) -> str:
     execution_id = new_id()
-    accepted = client.post("/v1/executions", params={"async": "true"},
-                           json={"action_ref": action_ref, "execution_id": execution_id, **fields})
+    accepted = client.post(
+        "/v1/executions", params={"async": "true"}, json={"action_ref": action_ref, "execution_id": execution_id, **fields}
+    )
     assert accepted.status_code == 202, accepted.text
     return execution_id
 
@@ -68,8 +69,7 @@ def test_logs_follow_a_running_execution_live_as_ndjson(service):
     assert text_of(events, "stdout") == "".join(f"tick {i}\n" for i in range(6))
     assert text_of(events, "stderr") == "".join(f"tock {i}\n" for i in range(6))
     assert all(set(e) == {"stream", "data", "ts"} for e in events[:-1])
-    assert events[-1] == {"event": "end", "status": "succeeded", "stdout_truncated": False,
-                          "stderr_truncated": False}
+    assert events[-1] == {"event": "end", "status": "succeeded", "stdout_truncated": False, "stderr_truncated": False}
     # Finished: the same output, from its result, then the end.
     again = ndjson(client.get(f"/v1/executions/{execution_id}/logs"))
     assert text_of(again, "stdout") == text_of(events, "stdout") and again[-1] == events[-1]
@@ -78,8 +78,7 @@ def test_logs_follow_a_running_execution_live_as_ndjson(service):
 def test_logs_as_server_sent_events(service):
     client, _ = service
     execution_id = submit(client, "probe.ticker", parameters={"ticks": 3, "every": 0.3}, warm=True)
-    with client.stream("GET", f"/v1/executions/{execution_id}/logs",
-                       headers={"Accept": "text/event-stream"}) as response:
+    with client.stream("GET", f"/v1/executions/{execution_id}/logs", headers={"Accept": "text/event-stream"}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
         raw = response.read().decode()
@@ -92,8 +91,9 @@ def test_logs_as_server_sent_events(service):
 
 def test_output_larger_than_the_limit_stops_at_the_limit_in_the_log_too(service):
     client, _ = service
-    execution_id = submit(client, "probe.flood", parameters={"megabytes": 16}, warm=False,
-                          limits={"stdout_limit": MiB, "stderr_limit": MiB})
+    execution_id = submit(
+        client, "probe.flood", parameters={"megabytes": 16}, warm=False, limits={"stdout_limit": MiB, "stderr_limit": MiB}
+    )
     events = ndjson(client.get(f"/v1/executions/{execution_id}/logs"))
     end = events[-1]
     assert end["event"] == "end" and end["status"] == "succeeded"
@@ -107,8 +107,13 @@ def test_output_larger_than_the_limit_stops_at_the_limit_in_the_log_too(service)
 def test_a_reader_that_never_reads_never_holds_the_execution_up(service):
     client, socket = service
     execution_id = submit(client, "probe.sleep", parameters={"seconds": 1}, warm=False)
-    flood_id = submit(client, "probe.flood", parameters={"megabytes": 24}, warm=False,
-                      limits={"stdout_limit": 24 * MiB, "stderr_limit": 24 * MiB})
+    flood_id = submit(
+        client,
+        "probe.flood",
+        parameters={"megabytes": 24},
+        warm=False,
+        limits={"stdout_limit": 24 * MiB, "stderr_limit": 24 * MiB},
+    )
     stalled = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
     stalled.connect(str(socket))
     stalled.setsockopt(socketlib.SOL_SOCKET, socketlib.SO_RCVBUF, 4096)
@@ -144,14 +149,17 @@ def test_closing_a_log_stream_cancels_nothing(service):
 def test_a_build_streams_its_lines_and_the_service_logs_them(tmp_path, settings):
     # A prefix of its own: the probe image is built here, not found from an earlier test.
     prefix = f"{TEST_PREFIX}/live{uuid.uuid4().hex[:8]}"
-    process, client, log = launch_logged(tmp_path, settings, "--log-level", "info",
-                                         env={"ATTUNE__CONTAINERS__SERVICE_TOKEN": TOKEN,
-                                              "ATTUNE__CONTAINERS__IMAGE_PREFIX": prefix})
+    process, client, log = launch_logged(
+        tmp_path,
+        settings,
+        "--log-level",
+        "info",
+        env={"ATTUNE__CONTAINERS__SERVICE_TOKEN": TOKEN, "ATTUNE__CONTAINERS__IMAGE_PREFIX": prefix},
+    )
     try:
         # Behind the token like everything else: no token, no logs (and no build).
         assert_problem(client.get("/v1/executions/x/logs", headers={"Authorization": ""}), 401)
-        assert_problem(client.post("/v1/environments/probe", params={"stream": "true"},
-                                   headers={"Authorization": ""}), 401)
+        assert_problem(client.post("/v1/environments/probe", params={"stream": "true"}, headers={"Authorization": ""}), 401)
         assert_problem(client.post("/v1/environments/nopack", params={"stream": "true"}), 404, "pack_ref")
         with client.stream("POST", "/v1/environments/probe", headers={"Accept": "application/x-ndjson"}) as response:
             assert response.status_code == 200
@@ -198,17 +206,33 @@ def test_the_openapi_schema_documents_both_streams(service):
 def test_a_failed_build_ends_its_stream_with_a_problem_and_lazy_builds_are_logged_too(tmp_path, settings):
     pack = tmp_path / "packs" / "broken"
     (pack / "actions").mkdir(parents=True)
-    (pack / "pack.yaml").write_text("ref: broken\nversion: 1.0.0\nmeta:\n  python_dependencies:\n"
-                                    "    - definitely-not-a-package-zz==1.0\n")
+    (pack / "pack.yaml").write_text(
+        "ref: broken\nversion: 1.0.0\nmeta:\n  python_dependencies:\n    - definitely-not-a-package-zz==1.0\n"
+    )
     (pack / "actions" / "act.yaml").write_text("name: act\nrunner_type: python\nentry_point: act.py\n")
     (pack / "actions" / "act.py").write_text("def run():\n    return 1\n")
     socket, log = tmp_path / "broken.sock", tmp_path / "broken.log"
-    env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-           "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir)}
+    env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+    }
     with open(log, "w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir",
-                                    str(tmp_path / "packs"), "--socket", str(socket)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=sink)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "attune_containers.cli",
+                "serve",
+                "--packs-dir",
+                str(tmp_path / "packs"),
+                "--socket",
+                str(socket),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://attune", timeout=300)
     try:
         deadline = time.monotonic() + 60

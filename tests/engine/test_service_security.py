@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import statistics
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,10 +33,19 @@ TOKEN = "t0k3n-" + "x" * 26 + "-never-printed"
 
 
 def launch(settings, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
-                "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), *args],
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    full_env = {
+        **os.environ,
+        "ATTUNE__CONTAINERS__IMAGE_PREFIX": TEST_PREFIX,
+        "ATTUNE__CONTAINERS__STATE_DIR": str(settings.state_dir),
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "attune_containers.cli", "serve", "--packs-dir", str(PACKS), *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def ready(process: subprocess.Popen, client: httpx.Client, headers: dict | None = None) -> None:
@@ -148,11 +157,14 @@ def test_an_existing_file_at_the_socket_path_is_left_alone(settings, tmp_path):
     assert path.read_text() == "precious"
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--host", "0.0.0.0"], "--allow-remote"),
-    (["--host", "192.0.2.1"], "not a loopback address"),
-    (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--host", "0.0.0.0"], "--allow-remote"),
+        (["--host", "192.0.2.1"], "not a loopback address"),
+        (["--host", "0.0.0.0", "--allow-remote"], "needs a token"),
+    ],
+)
 def test_tcp_is_loopback_only_unless_remote_is_allowed_with_a_token(settings, args, needle):
     process = launch(settings, "--port", str(free_port()), *args)
     _, err = process.communicate(timeout=60)
@@ -174,17 +186,32 @@ def test_with_a_token_every_request_needs_it(settings, tmp_path):
     token_file.chmod(0o600)
     port = free_port()
     # --allow-remote with a token: accepted, and the token guards it.
-    process = launch(settings, "--port", str(port), "--host", "0.0.0.0", "--allow-remote",
-                     env={"ATTUNE__CONTAINERS__SERVICE_TOKEN_FILE": str(token_file)})
+    process = launch(
+        settings,
+        "--port",
+        str(port),
+        "--host",
+        "0.0.0.0",
+        "--allow-remote",
+        env={"ATTUNE__CONTAINERS__SERVICE_TOKEN_FILE": str(token_file)},
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     good = {"Authorization": f"Bearer {TOKEN}"}
     try:
         ready(process, client, good)
         execution = {"action_ref": "probe.echo", "parameters": {"a": 1}}
-        for headers in ({}, {"Authorization": "Bearer " + TOKEN[:-1] + "X"}, {"Authorization": TOKEN},
-                        {"Authorization": f"Basic {TOKEN}"}):
-            for method, url, body in (("POST", "/v1/executions", execution), ("GET", "/v1/health", None),
-                                      ("GET", "/openapi.json", None), ("GET", "/v1/pools", None)):
+        for headers in (
+            {},
+            {"Authorization": "Bearer " + TOKEN[:-1] + "X"},
+            {"Authorization": TOKEN},
+            {"Authorization": f"Basic {TOKEN}"},
+        ):
+            for method, url, body in (
+                ("POST", "/v1/executions", execution),
+                ("GET", "/v1/health", None),
+                ("GET", "/openapi.json", None),
+                ("GET", "/v1/pools", None),
+            ):
                 answer = client.request(method, url, json=body, headers=headers)
                 assert answer.status_code == 401, (headers, url, answer.status_code)
                 assert answer.headers["www-authenticate"] == "Bearer"
@@ -210,7 +237,7 @@ def raw_request(path: Path, head: bytes, body_parts, timeout: float = 20) -> byt
         try:
             while chunk := s.recv(65536):
                 answer += chunk
-        except (ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionResetError):
             pass
         return answer
 
@@ -227,8 +254,10 @@ def service(settings, tmp_path):
 
 def test_a_huge_body_is_refused_without_being_read(service):
     path, client = service
-    head = (b"POST /v1/executions HTTP/1.1\r\nHost: attune\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 314572800\r\n\r\n")  # 300 MB announced, 64 kB sent
+    head = (
+        b"POST /v1/executions HTTP/1.1\r\nHost: attune\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 314572800\r\n\r\n"
+    )  # 300 MB announced, 64 kB sent
     started = time.monotonic()
     answer = raw_request(path, head, [b"{" + b" " * 65535])
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -238,8 +267,7 @@ def test_a_huge_body_is_refused_without_being_read(service):
 
 def test_a_chunked_body_is_cut_at_the_limit(service):
     path, _ = service
-    head = (b"POST /v1/executions HTTP/1.1\r\nHost: attune\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
+    head = b"POST /v1/executions HTTP/1.1\r\nHost: attune\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     mib = b" " * (1024 * 1024)
     chunks = [b"100000\r\n" + mib + b"\r\n" for _ in range(12)] + [b"0\r\n\r\n"]  # 12 MiB > 8 MiB
     assert raw_request(path, head, chunks).startswith(b"HTTP/1.1 413")
@@ -251,8 +279,7 @@ def test_a_body_within_the_limit_and_the_caps_is_served(service):
     done = client.post("/v1/executions", json={"action_ref": "probe.echo", "parameters": {"big": big}})
     assert done.status_code == 200 and len(done.json()["result"]["big"]) == len(big)
     # Issue 9's request: a caller may not widen its own box beyond the operator's caps.
-    refused = client.post("/v1/executions", json={"action_ref": "probe.echo",
-                                                  "limits": {"network": "bridge", "memory": "2g"}})
+    refused = client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"network": "bridge", "memory": "2g"}})
     assert refused.status_code == 422 and refused.json()["field"] == "limits.network"
     refused = client.post("/v1/executions", json={"action_ref": "probe.echo", "limits": {"memory": "64g"}})
     assert refused.status_code == 422 and refused.json()["field"] == "limits.memory"
@@ -262,16 +289,21 @@ def test_health_answers_at_once_while_every_slot_is_busy(settings, tmp_path):
     """2 slots running sleeping actions, 40 more queued and 3 turned away: health (and the other
     endpoints) still answer. Before, 40 queued requests took every thread and health waited."""
     path = tmp_path / "ac.sock"
-    process = launch(settings, "--socket", str(path), env={
-        "ATTUNE__CONTAINERS__MAX_CONCURRENT_RUNS": "2", "ATTUNE__CONTAINERS__SERVICE_MAX_QUEUED": "40"})
+    process = launch(
+        settings,
+        "--socket",
+        str(path),
+        env={"ATTUNE__CONTAINERS__MAX_CONCURRENT_RUNS": "2", "ATTUNE__CONTAINERS__SERVICE_MAX_QUEUED": "40"},
+    )
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://attune", timeout=300)
     statuses: list[int] = []
 
     def sleeper() -> None:
         with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://attune", timeout=300) as c:
             try:
-                statuses.append(c.post("/v1/executions", json={"action_ref": "probe.sleep",
-                                                               "parameters": {"seconds": 20}}).status_code)
+                statuses.append(
+                    c.post("/v1/executions", json={"action_ref": "probe.sleep", "parameters": {"seconds": 20}}).status_code
+                )
             except httpx.TransportError:
                 statuses.append(-1)  # the service stopped under it: the end of the test
 

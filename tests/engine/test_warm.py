@@ -44,10 +44,17 @@ def comparable(result) -> dict:
     return result.model_dump(exclude={"execution_id", "duration_ms", "started_at", "finished_at", "queued_ms", "warm"})
 
 
-@pytest.mark.parametrize(("action_ref", "parameters"), [
-    ("probe.echo", TRICKY), ("probe.chatty", {"lines": 3}), ("probe.script", {"n": 4}),
-    ("probe.fail", {"message": "same"}), ("probe.named", {"name": "w"}), ("probe.exit137", {}),
-])
+@pytest.mark.parametrize(
+    ("action_ref", "parameters"),
+    [
+        ("probe.echo", TRICKY),
+        ("probe.chatty", {"lines": 3}),
+        ("probe.script", {"n": 4}),
+        ("probe.fail", {"message": "same"}),
+        ("probe.named", {"name": "w"}),
+        ("probe.exit137", {}),
+    ],
+)
 def test_warm_results_equal_cold_results(runner, action_ref, parameters):
     cold = runner.run(action_ref, parameters, warm=False)
     warm = runner.run(action_ref, parameters, warm=True)
@@ -160,8 +167,11 @@ def test_reuse_can_be_switched_off_per_pack(settings, engine, tmp_path):
     tree = tmp_path / "packs"
     pack = tree / "nowarm"
     (pack / "actions").mkdir(parents=True)
-    (pack / "pack.yaml").write_text(yaml.safe_dump({"ref": "nowarm", "meta": {
-        "python_dependencies": {"min_version": "3.13"}, "container_pool": {"reuse": False}}}))
+    (pack / "pack.yaml").write_text(
+        yaml.safe_dump(
+            {"ref": "nowarm", "meta": {"python_dependencies": {"min_version": "3.13"}, "container_pool": {"reuse": False}}}
+        )
+    )
     (pack / "actions" / "echo.yaml").write_text("name: echo\nrunner_type: python\nentry_point: echo.py\n")
     (pack / "actions" / "echo.py").write_text("def run(**kw):\n    return kw\n")
     pool = DEFAULT_POOL.merged(PoolSettings(reuse=True))
@@ -175,9 +185,15 @@ def test_reuse_can_be_switched_off_per_pack(settings, engine, tmp_path):
 
 def test_warm_containers_stay_within_the_runners_budget_least_recently_used_go_first(settings, engine):
     # Callers varying their limits make one pool each; the budget caps them all together.
-    runner = ActionRunner(PACKS, ContainerDependencyManager(settings.model_copy(update={
-        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True)), "max_warm_containers": 2,
-        "max_warm_memory": "1g"}), engine))
+    runner = ActionRunner(
+        PACKS,
+        ContainerDependencyManager(
+            settings.model_copy(
+                update={"pool": DEFAULT_POOL.merged(PoolSettings(reuse=True)), "max_warm_containers": 2, "max_warm_memory": "1g"}
+            ),
+            engine,
+        ),
+    )
     try:
         for memory in ("100m", "110m", "120m", "130m", "140m"):
             result = runner.run("probe.echo", {"m": memory}, limits=ResourceLimits(memory=memory))
@@ -194,9 +210,19 @@ def test_warm_containers_stay_within_the_runners_budget_least_recently_used_go_f
 
 
 def test_memory_budget_runs_executions_cold_when_the_warm_ones_are_busy(settings, engine):
-    runner = ActionRunner(PACKS, ContainerDependencyManager(settings.model_copy(update={
-        "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True, max_size=4)), "max_warm_containers": 4,
-        "max_warm_memory": "300m"}), engine))
+    runner = ActionRunner(
+        PACKS,
+        ContainerDependencyManager(
+            settings.model_copy(
+                update={
+                    "pool": DEFAULT_POOL.merged(PoolSettings(reuse=True, max_size=4)),
+                    "max_warm_containers": 4,
+                    "max_warm_memory": "300m",
+                }
+            ),
+            engine,
+        ),
+    )
     try:
         results = run_side_by_side(runner, 3)  # three sleeping executions at once, 256m each
         assert all(r.status is ExecutionStatus.succeeded for r in results)

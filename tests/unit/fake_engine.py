@@ -71,9 +71,16 @@ def probe(control: dict[str, Any], request: dict[str, Any]) -> Reply:
         frames.append((OUTPUT, str(p["stdout"]).encode()))
     if "stderr" in p:
         frames.append((ERRORS, str(p["stderr"]).encode()))
-    done: dict[str, Any] = {"exit_code": int(p.get("exit", 0)), "signal": None, "timed_out": False,
-                            "leftover_processes": 0, "result_bytes": 0, "elapsed": 0.001, "clean": True,
-                            "residue": []}
+    done: dict[str, Any] = {
+        "exit_code": int(p.get("exit", 0)),
+        "signal": None,
+        "timed_out": False,
+        "leftover_processes": 0,
+        "result_bytes": 0,
+        "elapsed": 0.001,
+        "clean": True,
+        "residue": [],
+    }
     reply = Reply(frames=frames, done=done, delay=float(p.get("sleep", 0)))
     if p.get("hang"):
         return Reply(frames=frames, done=None)
@@ -98,9 +105,16 @@ def probe(control: dict[str, Any], request: dict[str, Any]) -> Reply:
         outcome = {"status": "script"} if p.get("script") else {"status": "success", "result": p.get("result", p)}
         encoded = json.dumps(outcome).encode()
         if len(encoded) > limit:  # as the child's send_result: refused before it leaves the child
-            encoded = json.dumps({"status": "error", "error": {
-                "type": "ResultTooLarge", "message": f"the result is {len(encoded)} bytes; the limit is {limit}",
-                "traceback": ""}}).encode()
+            encoded = json.dumps(
+                {
+                    "status": "error",
+                    "error": {
+                        "type": "ResultTooLarge",
+                        "message": f"the result is {len(encoded)} bytes; the limit is {limit}",
+                        "traceback": "",
+                    },
+                }
+            ).encode()
         frames.append((RESULT, encoded))
     if "result_bytes" in p:
         done["result_bytes"] = int(p["result_bytes"])
@@ -201,7 +215,7 @@ class FakeContainer:
         size = self.engine.chunk or len(data) or 1
         with self._cond:
             for i in range(0, len(data), size):
-                self._output.append((stream, data[i:i + size]))
+                self._output.append((stream, data[i : i + size]))
             self._cond.notify_all()
 
     # -- the engine's side ---------------------------------------------------------------------
@@ -245,10 +259,10 @@ def _two_frames(data: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes] | N
     for _ in range(2):
         if len(data) < offset + 4:
             return None
-        (size,) = struct.unpack(">I", data[offset:offset + 4])
+        (size,) = struct.unpack(">I", data[offset : offset + 4])
         if len(data) < offset + 4 + size:
             return None
-        documents.append(json.loads(data[offset + 4:offset + 4 + size]))
+        documents.append(json.loads(data[offset + 4 : offset + 4 + size]))
         offset += 4 + size
     return documents[0], documents[1], data[offset:]
 
@@ -340,8 +354,9 @@ class FakeEngine:
             container = self.containers.get(container_id)
         return container.exit_code if container is not None and container.ended else None
 
-    def run_attached(self, container_id: str, stdin: bytes, timeout: float,
-                     on_frame: Callable[[int, bytes], None]) -> tuple[int | None, bool, float]:
+    def run_attached(
+        self, container_id: str, stdin: bytes, timeout: float, on_frame: Callable[[int, bytes], None]
+    ) -> tuple[int | None, bool, float]:
         streams = self.attach(container_id)
         timed_out = False
         self.start(container_id)
@@ -370,8 +385,12 @@ class FakeEngine:
             container = self._get(container_id)
         except EngineError:
             return None
-        return ContainerState(status=container.status, running=container.status == "running",
-                              exit_code=container.exit_code, oom_killed=container.oom_killed)
+        return ContainerState(
+            status=container.status,
+            running=container.status == "running",
+            exit_code=container.exit_code,
+            oom_killed=container.oom_killed,
+        )
 
     def saw_oom(self, container_id: str, since: float) -> bool:
         self._call("saw_oom", container_id)
@@ -380,10 +399,11 @@ class FakeEngine:
     def list_containers(self, labels: dict[str, str] | list[str], *, all: bool = True) -> list[ContainerRecord]:
         self._call("list_containers")
         wanted = labels.items() if isinstance(labels, dict) else [(name, None) for name in labels]
-        return [ContainerRecord(id=c.id, name=c.id[:12], image_id=self.image_id, labels=dict(c.run.labels),
-                                status=c.status) for c in self.existing()
-                if (all or not c.ended)
-                and all_match(c.run.labels, wanted)]
+        return [
+            ContainerRecord(id=c.id, name=c.id[:12], image_id=self.image_id, labels=dict(c.run.labels), status=c.status)
+            for c in self.existing()
+            if (all or not c.ended) and all_match(c.run.labels, wanted)
+        ]
 
     def remove_container(self, container_id: str, *, attempts: int = 1, delay: float = 0.5) -> bool:
         self._call("remove_container", container_id)

@@ -23,12 +23,15 @@ def make_pack(root: Path, ref: str, actions: dict[str, str] | None = None) -> Pa
     return directory
 
 
-@pytest.mark.parametrize(("action_ref", "expected"), [
-    ("aws.s3.upload", ("aws.s3", "upload")),
-    ("aws.ec2", ("aws", "ec2")),
-    ("aws.s3.x-y_z", ("aws.s3", "x-y_z")),
-    ("a.aws", ("a", "aws")),
-])
+@pytest.mark.parametrize(
+    ("action_ref", "expected"),
+    [
+        ("aws.s3.upload", ("aws.s3", "upload")),
+        ("aws.ec2", ("aws", "ec2")),
+        ("aws.s3.x-y_z", ("aws.s3", "x-y_z")),
+        ("a.aws", ("a", "aws")),
+    ],
+)
 def test_the_longest_known_pack_ref_wins(action_ref, expected):
     assert split_action_ref(action_ref, {"aws", "aws.s3", "a"}) == expected
 
@@ -41,8 +44,24 @@ def test_a_pack_ref_that_is_only_a_string_prefix_does_not_match():
         split_action_ref("aws.s3_extra.go", {"aws", "aws.s3"})  # aws's "s3_extra.go", never aws.s3's
 
 
-@pytest.mark.parametrize("action_ref", ["", "p", "p.", "nopack.echo", "p.a/b", "p.../etc", "p.a.b", "p.-x",
-                                        "p." + "a" * 129, "p." + "a" * 300, "p.a b", "p.a\x00", "p.é"])
+@pytest.mark.parametrize(
+    "action_ref",
+    [
+        "",
+        "p",
+        "p.",
+        "nopack.echo",
+        "p.a/b",
+        "p.../etc",
+        "p.a.b",
+        "p.-x",
+        "p." + "a" * 129,
+        "p." + "a" * 300,
+        "p.a b",
+        "p.a\x00",
+        "p.é",
+    ],
+)
 def test_bad_action_refs_are_invalid_input(action_ref):
     with pytest.raises(InvalidSpecError) as exc:
         split_action_ref(action_ref, {"p"})
@@ -59,8 +78,13 @@ def test_load_action_resolves_dotted_pack_refs_in_a_tree(tmp_path):
     make_pack(tmp_path, "aws", {"s3": "entry_point: s3.py\n"})
     make_pack(tmp_path, "aws.s3", {"upload": "entry_point: upload.py:send\ntimeout: 12\n"})
     upload = load_action(tmp_path, "aws.s3.upload")
-    assert (upload.pack_ref, upload.name, upload.entry_point, upload.function, upload.timeout) == \
-        ("aws.s3", "upload", "upload.py", "send", 12.0)
+    assert (upload.pack_ref, upload.name, upload.entry_point, upload.function, upload.timeout) == (
+        "aws.s3",
+        "upload",
+        "upload.py",
+        "send",
+        12.0,
+    )
     assert upload.pack_dir == tmp_path / "aws.s3"
     s3 = load_action(tmp_path, "aws.s3")  # the action s3 of pack aws: no pack is named like the whole ref
     assert (s3.pack_ref, s3.name) == ("aws", "s3")
@@ -91,16 +115,19 @@ def test_discovery_skips_folders_that_cannot_be_packs(tmp_path):
         discover_packs(tmp_path / "a_file")
 
 
-@pytest.mark.parametrize(("entry_point", "field"), [
-    ("/etc/passwd", "entry_point"),
-    ("../pack.yaml", "entry_point"),
-    ("sub/../../x.py", "entry_point"),
-    ("run.py:not-a-name", "entry_point"),
-    ("run.py:1x", "entry_point"),
-    ("missing.py", "entry_point"),
-    ("", "entry_point"),
-    ("[1]", "entry_point"),
-])
+@pytest.mark.parametrize(
+    ("entry_point", "field"),
+    [
+        ("/etc/passwd", "entry_point"),
+        ("../pack.yaml", "entry_point"),
+        ("sub/../../x.py", "entry_point"),
+        ("run.py:not-a-name", "entry_point"),
+        ("run.py:1x", "entry_point"),
+        ("missing.py", "entry_point"),
+        ("", "entry_point"),
+        ("[1]", "entry_point"),
+    ],
+)
 def test_hostile_entry_points_are_refused(tmp_path, entry_point, field):
     d = make_pack(tmp_path, "p")
     (d / "actions" / "run.py").write_text("def run():\n    return 1\n")
@@ -126,10 +153,16 @@ def test_a_runner_that_is_not_python_is_refused(tmp_path):
 
 
 def test_secret_parameters_are_the_ones_marked_secret(tmp_path):
-    make_pack(tmp_path, "p", {"s": "entry_point: s.py\nparameters:\n  properties:\n"
-                                   "    token: {type: string, secret: true}\n"
-                                   "    name: {type: string}\n"
-                                   "    other: {secret: 'yes'}\n"})
+    make_pack(
+        tmp_path,
+        "p",
+        {
+            "s": "entry_point: s.py\nparameters:\n  properties:\n"
+            "    token: {type: string, secret: true}\n"
+            "    name: {type: string}\n"
+            "    other: {secret: 'yes'}\n"
+        },
+    )
     assert load_action(tmp_path, "p.s").secret_parameters == ("token",)
 
 

@@ -14,8 +14,14 @@ from attune_containers.services.wheels import INSTALLED_RECORD_LIMIT, _Manifest,
 
 def test_the_installed_record_is_validated_like_pack_input():
     assert [d.name for d in read_installed_record(b'[{"name": "six", "version": "1.17.0"}]')] == ["six"]
-    for bad in (b'{"a": [1]}', b"[1]", b"[{\"name\": 1, \"version\": \"1\"}]", b"not json",
-                b'[{"name": "six", "version": "1", "extra": "x"}]', b'[{"name": "a b", "version": "1"}]'):
+    for bad in (
+        b'{"a": [1]}',
+        b"[1]",
+        b'[{"name": 1, "version": "1"}]',
+        b"not json",
+        b'[{"name": "six", "version": "1", "extra": "x"}]',
+        b'[{"name": "a b", "version": "1"}]',
+    ):
         with pytest.raises(ValueError, match="installed.json"):
             read_installed_record(bad)
     with pytest.raises(ValueError, match="larger than"):
@@ -23,11 +29,23 @@ def test_the_installed_record_is_validated_like_pack_input():
 
 
 def test_the_fetch_manifest_takes_only_wheel_names_and_hashes():
-    good = {"kind": "wheels", "filename": "six-1.17.0-py2.py3-none-any.whl", "name": "six", "version": "1.17.0",
-            "sha256": "a" * 64, "source": "download"}
+    good = {
+        "kind": "wheels",
+        "filename": "six-1.17.0-py2.py3-none-any.whl",
+        "name": "six",
+        "version": "1.17.0",
+        "sha256": "a" * 64,
+        "source": "download",
+    }
     assert _Manifest.model_validate({"entries": [good]}).entries[0].filename == good["filename"]
-    for field, value in [("filename", "../../etc/passwd"), ("filename", "x/y.whl"), ("filename", ".hidden.whl"),
-                         ("sha256", "A" * 64), ("kind", "cache"), ("source", "elsewhere")]:
+    for field, value in [
+        ("filename", "../../etc/passwd"),
+        ("filename", "x/y.whl"),
+        ("filename", ".hidden.whl"),
+        ("sha256", "A" * 64),
+        ("kind", "cache"),
+        ("source", "elsewhere"),
+    ]:
         with pytest.raises(ValueError):
             _Manifest.model_validate({"entries": [{**good, field: value}]})
 

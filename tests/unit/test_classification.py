@@ -51,15 +51,37 @@ class Probe:
         return self.answer
 
 
-def run(collector: ExecutionCollector, *, timed_out: bool = False, elapsed: float = 0.25, oom=False,
-        container_exit: int | None = None, limits: ResourceLimits = DEFAULT_LIMITS):
-    return classify(collector, limits, timed_out, elapsed, execution_id="e1", action_ref="p.act", image="img:1",
-                    container_exit=container_exit, oom=oom)
+def run(
+    collector: ExecutionCollector,
+    *,
+    timed_out: bool = False,
+    elapsed: float = 0.25,
+    oom=False,
+    container_exit: int | None = None,
+    limits: ResourceLimits = DEFAULT_LIMITS,
+):
+    return classify(
+        collector,
+        limits,
+        timed_out,
+        elapsed,
+        execution_id="e1",
+        action_ref="p.act",
+        image="img:1",
+        container_exit=container_exit,
+        oom=oom,
+    )
 
 
 def test_a_returned_value_succeeds_apart_from_the_output():
-    r = run(collect(frame(OUTPUT, b"printed\n"), frame(ERRORS, b"warned\n"),
-                    result({"status": "success", "result": {"a": [1, 2]}}), done()))
+    r = run(
+        collect(
+            frame(OUTPUT, b"printed\n"),
+            frame(ERRORS, b"warned\n"),
+            result({"status": "success", "result": {"a": [1, 2]}}),
+            done(),
+        )
+    )
     assert r.status is ExecutionStatus.succeeded and r.result == {"a": [1, 2]} and r.error is None
     assert (r.stdout, r.stderr, r.exit_code) == ("printed\n", "warned\n", 0)
     assert (r.execution_id, r.action_ref, r.image, r.duration_ms) == ("e1", "p.act", "img:1", 250)
@@ -71,12 +93,15 @@ def test_a_raised_exception_fails_with_its_type_message_and_traceback():
     assert r.status is ExecutionStatus.failed and r.error.model_dump() == error and r.exit_code == 1
 
 
-@pytest.mark.parametrize(("stdout", "expected"), [
-    (b'{"whole": "stdout"}\n', {"whole": "stdout"}),
-    (b"some log line\n[1, 2, 3]\n", [1, 2, 3]),
-    (b"only text\n", None),
-    (b"", None),
-])
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [
+        (b'{"whole": "stdout"}\n', {"whole": "stdout"}),
+        (b"some log line\n[1, 2, 3]\n", [1, 2, 3]),
+        (b"only text\n", None),
+        (b"", None),
+    ],
+)
 def test_a_script_s_result_is_its_stdout_as_json_else_its_last_line(stdout, expected):
     r = run(collect(frame(OUTPUT, stdout), result({"status": "script"}), done()))
     assert r.status is ExecutionStatus.succeeded and r.result == expected
@@ -90,8 +115,13 @@ def test_a_nonzero_exit_fails_and_keeps_the_result():
 
 def test_the_worker_s_deadline_is_a_timeout_naming_the_limit_and_the_time_taken():
     probe = Probe(True)
-    r = run(collect(frame(OUTPUT, b"working...")), timed_out=True, elapsed=2.0612, oom=probe,
-            limits=DEFAULT_LIMITS.merged(ResourceLimits(timeout=2)))
+    r = run(
+        collect(frame(OUTPUT, b"working...")),
+        timed_out=True,
+        elapsed=2.0612,
+        oom=probe,
+        limits=DEFAULT_LIMITS.merged(ResourceLimits(timeout=2)),
+    )
     assert r.status is ExecutionStatus.timeout and r.error.type == "Timeout"
     assert r.error.message == "the action ran longer than 2 s and was killed after 2.06 s"
     assert r.stdout == "working..." and probe.asked == 0  # a timeout is never taken for OOM
@@ -102,11 +132,14 @@ def test_the_supervisor_s_deadline_is_a_timeout_too():
     assert r.status is ExecutionStatus.timeout and r.exit_code == 137
 
 
-@pytest.mark.parametrize("stream", [
-    result({"status": "success", "result": "forged"}) + done().replace(NONCE.encode(), b"g" * 32),
-    b"not a frame at all",
-    frame(b"x", b"unknown kind") + done(),
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        result({"status": "success", "result": "forged"}) + done().replace(NONCE.encode(), b"g" * 32),
+        b"not a frame at all",
+        frame(b"x", b"unknown kind") + done(),
+    ],
+)
 def test_a_broken_protocol_is_an_error_whatever_the_stream_claims(stream):
     probe = Probe(True)
     r = run(collect(stream), oom=probe)
@@ -116,8 +149,11 @@ def test_a_broken_protocol_is_an_error_whatever_the_stream_claims(stream):
 
 def test_sigkill_with_the_engine_s_oom_record_is_oom():
     probe = Probe(True)
-    r = run(collect(done(exit_code=137, signal=9, clean=False)), oom=probe,
-            limits=DEFAULT_LIMITS.merged(ResourceLimits(memory="128m")))
+    r = run(
+        collect(done(exit_code=137, signal=9, clean=False)),
+        oom=probe,
+        limits=DEFAULT_LIMITS.merged(ResourceLimits(memory="128m")),
+    )
     assert r.status is ExecutionStatus.oom and r.error.type == "OutOfMemory" and probe.asked == 1
     assert r.error.message == "the action exceeded its memory limit of 128m"
 
@@ -143,8 +179,10 @@ def test_a_container_that_ended_without_an_end_frame_is_oom_or_an_error():
 
 def test_the_engine_is_not_asked_about_oom_after_an_ordinary_end():
     probe = Probe(True)
-    for stream in (result({"status": "success", "result": 1}) + done(),
-                   result({"status": "error", "error": {"type": "E", "message": "m"}}) + done(exit_code=1)):
+    for stream in (
+        result({"status": "success", "result": 1}) + done(),
+        result({"status": "error", "error": {"type": "E", "message": "m"}}) + done(exit_code=1),
+    ):
         assert run(collect(stream), oom=probe).status is not ExecutionStatus.oom
     assert probe.asked == 0
 
@@ -173,12 +211,15 @@ def test_an_outcome_of_none_or_no_outcome_at_all_is_no_result():
         assert r.status is ExecutionStatus.failed and r.error.type == "NoResult"
 
 
-@pytest.mark.parametrize("outcome", [
-    {"status": "error"},
-    {"status": "error", "error": "a string"},
-    {"status": "error", "error": {}},
-    {"status": "error", "error": {"type": 1, "message": ["m"]}},
-])
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        {"status": "error"},
+        {"status": "error", "error": "a string"},
+        {"status": "error", "error": {}},
+        {"status": "error", "error": {"type": 1, "message": ["m"]}},
+    ],
+)
 def test_a_malformed_error_document_is_no_result_never_an_exception(outcome):
     """The action's process can write its own result pipe: what it writes is classified, never raised."""
     r = run(collect(result(outcome), done(exit_code=1)))
@@ -186,8 +227,7 @@ def test_a_malformed_error_document_is_no_result_never_an_exception(outcome):
 
 
 def test_truncated_output_is_flagged_and_marked():
-    r = run(collect(frame(OUTPUT, b"0123456789"), result({"status": "success", "result": None}), done(),
-                    stdout_limit=4))
+    r = run(collect(frame(OUTPUT, b"0123456789"), result({"status": "success", "result": None}), done(), stdout_limit=4))
     assert r.stdout_truncated and not r.stderr_truncated and r.succeeded
     assert r.stdout.startswith("0123\n[OUTPUT TRUNCATED: 6 of 10 bytes dropped; limit 4 bytes]")
 
@@ -197,30 +237,57 @@ def test_truncated_output_is_flagged_and_marked():
 
 def engine_with_container() -> tuple[FakeEngine, str]:
     engine = FakeEngine()
-    run_spec = ContainerRun(image="img", command=[], limits=DEFAULT_LIMITS, environment={}, labels={}, mounts=[],
-                            user="0:0")
+    run_spec = ContainerRun(image="img", command=[], limits=DEFAULT_LIMITS, environment={}, labels={}, mounts=[], user="0:0")
     return engine, engine.create_container(run_spec)
 
 
 def test_finish_asks_the_engine_only_when_the_end_looks_like_a_kill():
     engine, container_id = engine_with_container()
     engine.calls.clear()
-    r = finish(engine, container_id, collect(result({"status": "success", "result": 1}), done()), DEFAULT_LIMITS,
-               False, 0.1, execution_id="e1", action_ref="p.act", image="img")
+    r = finish(
+        engine,
+        container_id,
+        collect(result({"status": "success", "result": 1}), done()),
+        DEFAULT_LIMITS,
+        False,
+        0.1,
+        execution_id="e1",
+        action_ref="p.act",
+        image="img",
+    )
     assert r.succeeded and engine.calls == []
 
 
 def test_finish_takes_oom_from_the_engine_s_event_log():
     engine, container_id = engine_with_container()
     engine.oom_events.add(container_id)
-    r = finish(engine, container_id, collect(done(exit_code=137, signal=9, clean=False)), DEFAULT_LIMITS,
-               False, 0.1, execution_id="e1", action_ref="p.act", image="img")
+    r = finish(
+        engine,
+        container_id,
+        collect(done(exit_code=137, signal=9, clean=False)),
+        DEFAULT_LIMITS,
+        False,
+        0.1,
+        execution_id="e1",
+        action_ref="p.act",
+        image="img",
+    )
     assert r.status is ExecutionStatus.oom and ("saw_oom", container_id) in engine.calls
 
 
 def test_finish_takes_oom_from_the_container_s_state():
     engine, container_id = engine_with_container()
     engine.containers[container_id].end(137, oom=True)
-    r = finish(engine, container_id, collect(), DEFAULT_LIMITS, False, 0.1, execution_id="e1",
-               action_ref="p.act", image="img", container_exit=137)
+    r = finish(
+        engine,
+        container_id,
+        collect(),
+        DEFAULT_LIMITS,
+        False,
+        0.1,
+        execution_id="e1",
+        action_ref="p.act",
+        image="img",
+        container_exit=137,
+    )
     assert r.status is ExecutionStatus.oom

@@ -7,7 +7,7 @@ import argparse
 import json
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -18,11 +18,19 @@ from attune_containers.errors import InvalidSpecError
 from attune_containers.services.pruner import ImageEntry
 from attune_containers.settings import Settings, parse_bytes
 
-NOW = datetime(2026, 11, 27, 7, 0, tzinfo=timezone.utc)
-INFO = EnvironmentInfo(id="sha256:" + "ab" * 32, pack_ref="hello", image="attune-packs/hello:0123456789abcdef",
-                       runtime_version="3.11.2", dependency_hash="0123456789abcdef" * 4,
-                       installed_dependencies=["six==1.17.0"], executable_path="/opt/attune/venv/bin/python",
-                       created_at=NOW, updated_at=NOW, size_bytes=129_000_000)
+NOW = datetime(2026, 11, 27, 7, 0, tzinfo=UTC)
+INFO = EnvironmentInfo(
+    id="sha256:" + "ab" * 32,
+    pack_ref="hello",
+    image="attune-packs/hello:0123456789abcdef",
+    runtime_version="3.11.2",
+    dependency_hash="0123456789abcdef" * 4,
+    installed_dependencies=["six==1.17.0"],
+    executable_path="/opt/attune/venv/bin/python",
+    created_at=NOW,
+    updated_at=NOW,
+    size_bytes=129_000_000,
+)
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -39,8 +47,22 @@ ALL = dict(commands(cli.build_parser()))
 
 
 def test_the_command_list_is_complete():
-    assert {" ".join(p) for p in ALL} >= {"render", "validate", "build", "ls", "prune", "inspect", "rm", "run", "serve",
-                                         "cache ls", "cache prune", "base ls", "base bootstrap", "completion"}
+    assert {" ".join(p) for p in ALL} >= {
+        "render",
+        "validate",
+        "build",
+        "ls",
+        "prune",
+        "inspect",
+        "rm",
+        "run",
+        "serve",
+        "cache ls",
+        "cache prune",
+        "base ls",
+        "base bootstrap",
+        "completion",
+    }
 
 
 @pytest.mark.parametrize("path", [p for p in ALL if p != ("completion",)], ids=" ".join)
@@ -88,15 +110,18 @@ def test_format_fields_json_and_escapes():
     assert render("{pack_ref} {0.__class__}") == "{pack_ref} {0.__class__}"  # not str.format: text
 
 
-@pytest.mark.parametrize("template", [
-    "{{.__class__}}",                # not a field: object internals are out of reach
-    "{{.pack_ref.__class__}}",       # no attribute access
-    "{{index .requirements 0}}",     # no functions
-    "{{.requirements[0]}}",          # no indexing
-    "{{printf \"%s\" .image}}",
-    "{{.image}",                     # unbalanced
-    "}}{{.image}}",
-])
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{.__class__}}",  # not a field: object internals are out of reach
+        "{{.pack_ref.__class__}}",  # no attribute access
+        "{{index .requirements 0}}",  # no functions
+        "{{.requirements[0]}}",  # no indexing
+        '{{printf "%s" .image}}',
+        "{{.image}",  # unbalanced
+        "}}{{.image}}",
+    ],
+)
 def test_format_refuses_everything_else(template):
     with pytest.raises(InvalidSpecError) as refused:
         render(template)
@@ -110,8 +135,15 @@ def test_quiet_prints_short_ids_like_docker(capsys):
     assert not cli._print_items(argparse.Namespace(quiet=False, format=None), [INFO], EnvironmentInfo)
 
 
-@pytest.mark.parametrize("argv", [["ls", "-q", "--json"], ["ls", "--format", "json", "-q"], ["inspect", "p", "-q", "--lock"],
-                                  ["inspect", "p", "--json", "--format", "json"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ls", "-q", "--json"],
+        ["ls", "--format", "json", "-q"],
+        ["inspect", "p", "-q", "--lock"],
+        ["inspect", "p", "--json", "--format", "json"],
+    ],
+)
 def test_ways_of_showing_exclude_each_other(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.build_parser().parse_args(argv)
@@ -124,8 +156,7 @@ def test_ways_of_showing_exclude_each_other(argv, capsys):
 def test_off_a_terminal_a_table_is_tab_separated_with_its_header(capsys):
     assert not cli.out.is_terminal  # pytest captures stdout
     cli._print_table(("pack", "error"), [("p", "two\nlines\tand a tab"), ("q", "[red]not markup[/red]")])
-    assert capsys.readouterr().out.splitlines() == [
-        "pack\terror", "p\ttwo lines and a tab", "q\t[red]not markup[/red]"]
+    assert capsys.readouterr().out.splitlines() == ["pack\terror", "p\ttwo lines and a tab", "q\t[red]not markup[/red]"]
 
 
 def test_sizes_print_as_docker_does():
@@ -133,9 +164,20 @@ def test_sizes_print_as_docker_does():
     assert cli._human_size(None) == "?"
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1g", 1024**3), ("512m", 512 * 1024**2), ("2k", 2048), ("100", 100), ("1GB", 1024**3), (4096, 4096),
-    ("1GiB", 1024**3), ("256Mi", 256 * 1024**2), ("1.5g", 1536 * 1024**2)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1g", 1024**3),
+        ("512m", 512 * 1024**2),
+        ("2k", 2048),
+        ("100", 100),
+        ("1GB", 1024**3),
+        (4096, 4096),
+        ("1GiB", 1024**3),
+        ("256Mi", 256 * 1024**2),
+        ("1.5g", 1536 * 1024**2),
+    ],
+)
 def test_sizes_are_taken_as_docker_run_takes_them(text, expected):
     assert parse_bytes(text) == expected
     if isinstance(text, str):  # the run limits (the pure core's parser) read every such size alike

@@ -115,12 +115,15 @@ def one_json_document(text: str) -> dict:
     return json.loads(line)
 
 
-@pytest.mark.parametrize(("argv", "code", "status", "field"), [
-    (["inspect", "a/b", "--json"], 2, 422, "pack_ref"),
-    (["ls", "--json"], 3, 503, None),
-    (["build", "--all", "--packs-dir", ".", "--json"], 3, 503, None),
-    (["rm", "x", "--image", "abc", "--json"], 3, 503, None),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "status", "field"),
+    [
+        (["inspect", "a/b", "--json"], 2, 422, "pack_ref"),
+        (["ls", "--json"], 3, 503, None),
+        (["build", "--all", "--packs-dir", ".", "--json"], 3, 503, None),
+        (["rm", "x", "--image", "abc", "--json"], 3, 503, None),
+    ],
+)
 def test_under_json_an_error_is_a_problem_document_on_stdout(no_engine, capsys, argv, code, status, field):
     assert cli.main(argv) == code
     captured = capsys.readouterr()
@@ -152,12 +155,15 @@ def test_under_json_a_usage_error_is_json_too(no_engine, capsys):
     assert doc["exit_code"] == 2 and "pack_ref" in doc["detail"] and "usage:" in captured.err
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["run", "p.a", "--packs-dir", ".", "--memory", "1q"], "'1q' is not a size"),
-    (["cache", "prune", "--max-bytes=-1g"], "'-1g' is not a size"),
-    (["serve", "--packs-dir", ".", "--port", "70000"], "70000 is not a TCP port"),
-    (["serve", "--packs-dir", ".", "--port", "http"], "'http' is not a port number"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "p.a", "--packs-dir", ".", "--memory", "1q"], "'1q' is not a size"),
+        (["cache", "prune", "--max-bytes=-1g"], "'-1g' is not a size"),
+        (["serve", "--packs-dir", ".", "--port", "70000"], "70000 is not a TCP port"),
+        (["serve", "--packs-dir", ".", "--port", "http"], "'http' is not a port number"),
+    ],
+)
 def test_bad_sizes_and_ports_are_one_clear_line_and_exit_2(no_engine, capsys, argv, needle):
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)
@@ -174,21 +180,24 @@ def test_a_limit_pydantic_refuses_keeps_pydantics_words_on_one_line(no_engine, c
     assert "below the 4 MiB minimum" in err and "pydantic.dev" not in err and "memory" in err
 
 
-@pytest.mark.parametrize(("status", "error_type", "code"), [
-    (ExecutionStatus.succeeded, None, 0),
-    (ExecutionStatus.error, "InvalidSpecError", 2),  # the pack's spec, found when its image is ensured
-    (ExecutionStatus.error, "PythonVersionUnavailableError", 2),
-    (ExecutionStatus.error, "EngineUnavailable", 3),
-    (ExecutionStatus.error, "BuildError", 1),
-    (ExecutionStatus.error, "EnvironmentNotFoundError", 1),
-    (ExecutionStatus.failed, "InvalidSpecError", 1),  # the action's own exception of that name
-    (ExecutionStatus.timeout, "Timeout", 1),
-    (ExecutionStatus.oom, "OOM", 1),
-    (ExecutionStatus.error, "ValueError", 1),
-    (ExecutionStatus.error, "RegistryAuthError", 4),
-    (ExecutionStatus.error, "RegistryTLSError", 5),
-    (ExecutionStatus.error, "RegistryUnavailableError", 6),
-])
+@pytest.mark.parametrize(
+    ("status", "error_type", "code"),
+    [
+        (ExecutionStatus.succeeded, None, 0),
+        (ExecutionStatus.error, "InvalidSpecError", 2),  # the pack's spec, found when its image is ensured
+        (ExecutionStatus.error, "PythonVersionUnavailableError", 2),
+        (ExecutionStatus.error, "EngineUnavailable", 3),
+        (ExecutionStatus.error, "BuildError", 1),
+        (ExecutionStatus.error, "EnvironmentNotFoundError", 1),
+        (ExecutionStatus.failed, "InvalidSpecError", 1),  # the action's own exception of that name
+        (ExecutionStatus.timeout, "Timeout", 1),
+        (ExecutionStatus.oom, "OOM", 1),
+        (ExecutionStatus.error, "ValueError", 1),
+        (ExecutionStatus.error, "RegistryAuthError", 4),
+        (ExecutionStatus.error, "RegistryTLSError", 5),
+        (ExecutionStatus.error, "RegistryUnavailableError", 6),
+    ],
+)
 def test_run_exit_codes_follow_the_error_class(status, error_type, code):
     assert cli._run_exit_code(status, error_type) == code
 

@@ -29,11 +29,16 @@ def test_core_imports_no_docker():
     """Run in a fresh interpreter so nothing imported by other tests (or conftest) can hide it."""
     result = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, check=True, timeout=60)
     found = json.loads(result.stdout)
-    expected = {f"attune_containers.core.{m}" for m in (
-        "classify", "labels", "pack_ref", "packs", "plan", "protocol", "render", "spec", "versions")}
+    expected = {
+        f"attune_containers.core.{m}"
+        for m in ("classify", "labels", "pack_ref", "packs", "plan", "protocol", "render", "spec", "versions")
+    }
     assert expected <= set(found["modules"])
-    assert {"attune_containers.runtimes.base", "attune_containers.runtimes.python.runtime",
-            "attune_containers.runtimes.python.preload"} <= set(found["modules"])
+    assert {
+        "attune_containers.runtimes.base",
+        "attune_containers.runtimes.python.runtime",
+        "attune_containers.runtimes.python.preload",
+    } <= set(found["modules"])
     assert found["docker"] == []
     assert found["engine"] is False
     assert found["services"] == []

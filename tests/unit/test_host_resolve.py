@@ -29,8 +29,18 @@ def test_the_wheel_pip_would_pick_for_the_base():
     assert H.best_wheel(files, CP311) == "charset_normalizer-3.5.3-cp311-cp311-manylinux_2_28_x86_64.whl"
     assert H.best_wheel(files[:2], CP311) == files[1]  # abi3 beats pure Python
     # A wheel for a newer glibc, for musl, or for another interpreter does not fit at all.
-    assert H.best_wheel(["x-1-cp311-cp311-manylinux_2_39_x86_64.whl", "x-1-cp311-cp311-musllinux_1_2_x86_64.whl",
-                         "x-1-cp312-cp312-manylinux_2_17_x86_64.whl", "not a wheel"], CP311) is None
+    assert (
+        H.best_wheel(
+            [
+                "x-1-cp311-cp311-manylinux_2_39_x86_64.whl",
+                "x-1-cp311-cp311-musllinux_1_2_x86_64.whl",
+                "x-1-cp312-cp312-manylinux_2_17_x86_64.whl",
+                "not a wheel",
+            ],
+            CP311,
+        )
+        is None
+    )
 
 
 def test_read_pylock_takes_one_fitting_wheel_per_package(tmp_path):
@@ -40,7 +50,7 @@ def test_read_pylock_takes_one_fitting_wheel_per_package(tmp_path):
 name = "Charset_Normalizer"
 version = "3.5.3"
 wheels = [
-  {{ url = "https://f.example/charset_normalizer-3.5.3-py3-none-any.whl", hashes = {{ sha256 = "{'b' * 64}" }} }},
+  {{ url = "https://f.example/charset_normalizer-3.5.3-py3-none-any.whl", hashes = {{ sha256 = "{"b" * 64}" }} }},
   {{ url = "https://f.example/charset_normalizer-3.5.3-cp311-cp311-manylinux_2_28_x86_64.whl", hashes = {{ sha256 = "{SHA}" }} }},
 ]
 ''')
@@ -62,8 +72,11 @@ def wheel(tmp_path, name: str, version: str, requires: list[str]):
     path = tmp_path / f"{name}-{version}-py3-none-any.whl"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(f"{name}-{version}.dist-info/METADATA", "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s"
-                         % (name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)))
+        archive.writestr(
+            f"{name}-{version}.dist-info/METADATA",
+            "Metadata-Version: 2.1\nName: %s\nVersion: %s\n%s"
+            % (name, version, "".join(f"Requires-Dist: {r}\n" for r in requires)),
+        )
     path.write_bytes(buffer.getvalue())
     return version, path
 
@@ -71,8 +84,12 @@ def wheel(tmp_path, name: str, version: str, requires: list[str]):
 def test_a_lock_is_complete_only_when_every_dependency_for_that_python_is_pinned(tmp_path):
     env = H.marker_environment("3.11.2", "x86_64")
     found = {
-        "app": wheel(tmp_path, "app", "1.0", ["dep>=2", "old ; python_version < '3.8'", "win ; sys_platform == 'win32'",
-                                              "extra-only ; extra == 'x'"]),
+        "app": wheel(
+            tmp_path,
+            "app",
+            "1.0",
+            ["dep>=2", "old ; python_version < '3.8'", "win ; sys_platform == 'win32'", "extra-only ; extra == 'x'"],
+        ),
         "dep": wheel(tmp_path, "dep", "2.1", []),
     }
     assert H.incomplete(found, env) is None

@@ -47,8 +47,11 @@ ON_HOSTS = {
 
 
 def _vocabulary() -> dict[str, str]:
-    return {name: value for name, value in vars(L).items()
-            if name.isupper() and name != "PREFIX" and isinstance(value, str) and value.startswith(L.PREFIX)}
+    return {
+        name: value
+        for name, value in vars(L).items()
+        if name.isupper() and name != "PREFIX" and isinstance(value, str) and value.startswith(L.PREFIX)
+    }
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -66,9 +69,11 @@ def _spellings(path: Path, root: Path = ROOT) -> list[str]:
     """``file:line: value`` of each string in the code (f-string parts included) with a key."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     prose = _docstrings(tree)
-    return [f"{path.relative_to(root)}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose
-            and L.PREFIX in node.value]
+    return [
+        f"{path.relative_to(root)}:{node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose and L.PREFIX in node.value
+    ]
 
 
 def test_label_values_are_the_ones_hosts_carry():
@@ -79,16 +84,22 @@ def test_label_values_are_the_ones_hosts_carry():
 def test_no_module_outside_core_labels_spells_a_label_key():
     # Code imports the constants; a key spelled anywhere else is a second vocabulary that only
     # works while the two spellings happen to match.
-    modules = [p for folder in ("attune_containers", "benchmarks", "examples") for p in (ROOT / folder).rglob("*.py")
-               if p != LABELS_MODULE]
+    modules = [
+        p
+        for folder in ("attune_containers", "benchmarks", "examples")
+        for p in (ROOT / folder).rglob("*.py")
+        if p != LABELS_MODULE
+    ]
     assert len(modules) > 20
     assert [s for p in sorted(modules) for s in _spellings(p)] == []
 
 
 def test_the_scan_finds_keys_in_code_but_not_in_docstrings(tmp_path):
     module = tmp_path / "x.py"
-    module.write_text('"""Docstrings may name io.attune.containers.run for people."""\n'
-                      'KEY = "io.attune.containers.run"\nOTHER = f"io.attune.containers.{1}"\n')
+    module.write_text(
+        '"""Docstrings may name io.attune.containers.run for people."""\n'
+        'KEY = "io.attune.containers.run"\nOTHER = f"io.attune.containers.{1}"\n'
+    )
     assert [s.split(":")[1] for s in _spellings(module, tmp_path)] == ["2", "3"]
 
 

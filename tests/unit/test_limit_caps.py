@@ -26,12 +26,15 @@ def hostile_pack(tmp_path, limits: str):
     return load_pack(d)
 
 
-@pytest.mark.parametrize("limits, field, asked, cap", [
-    ("    memory: 64g\n", "memory", "64g", "2g"),
-    ("    pids: 1000000\n", "pids", "1000000", "1024"),
-    ("    timeout: 86400\n", "timeout", "86400", "3600"),
-    ("    stdout_limit: 1073741824\n", "stdout_limit", "1073741824", "67108864"),
-])
+@pytest.mark.parametrize(
+    "limits, field, asked, cap",
+    [
+        ("    memory: 64g\n", "memory", "64g", "2g"),
+        ("    pids: 1000000\n", "pids", "1000000", "1024"),
+        ("    timeout: 86400\n", "timeout", "86400", "3600"),
+        ("    stdout_limit: 1073741824\n", "stdout_limit", "1073741824", "67108864"),
+    ],
+)
 def test_a_pack_cannot_raise_its_own_limits_above_the_cap(settings, tmp_path, limits, field, asked, cap):
     pack = hostile_pack(tmp_path, limits)
     with pytest.raises(InvalidSpecError) as exc:
@@ -77,13 +80,16 @@ def test_caps_are_settings_merged_field_by_field(monkeypatch, tmp_path):
     assert settings.run_limits(request=ResourceLimits(memory="8g")).memory == "8g"
 
 
-@pytest.mark.parametrize("values", [
-    {"limits": ResourceLimits(memory="4g")},             # defaults above the caps
-    {"limits": ResourceLimits(network="bridge")},        # a default network not allowed
-    {"max_limits": ResourceLimits(network="bridge")},    # networks are not capped, they are allowed
-    {"allowed_networks": ["host"]},                      # host stays impossible whatever is configured
-    {"allowed_networks": ["container:abc"]},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"limits": ResourceLimits(memory="4g")},  # defaults above the caps
+        {"limits": ResourceLimits(network="bridge")},  # a default network not allowed
+        {"max_limits": ResourceLimits(network="bridge")},  # networks are not capped, they are allowed
+        {"allowed_networks": ["host"]},  # host stays impossible whatever is configured
+        {"allowed_networks": ["container:abc"]},
+    ],
+)
 def test_inconsistent_caps_are_a_configuration_error(monkeypatch, tmp_path, values):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError):

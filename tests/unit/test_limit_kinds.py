@@ -36,13 +36,17 @@ def settings(monkeypatch, tmp_path):
     return Settings(limits=ResourceLimits(timeout=None, memory="128m"))
 
 
-@pytest.mark.parametrize(("layers", "timeout"), [
-    ({}, DEFAULT_LIMITS.timeout),
-    ({"pack": ResourceLimits(timeout=None), "action": ResourceLimits(timeout=None), "request": ResourceLimits()},
-     DEFAULT_LIMITS.timeout),
-    ({"pack": ResourceLimits(cpus=0.5), "action": ResourceLimits(timeout=30), "request": ResourceLimits(stdout_limit=1)},
-     30),
-])
+@pytest.mark.parametrize(
+    ("layers", "timeout"),
+    [
+        ({}, DEFAULT_LIMITS.timeout),
+        (
+            {"pack": ResourceLimits(timeout=None), "action": ResourceLimits(timeout=None), "request": ResourceLimits()},
+            DEFAULT_LIMITS.timeout,
+        ),
+        ({"pack": ResourceLimits(cpus=0.5), "action": ResourceLimits(timeout=30), "request": ResourceLimits(stdout_limit=1)}, 30),
+    ],
+)
 def test_the_limits_of_a_run_carry_every_field(settings, layers, timeout):
     """What the runner relies on when it uses ``limits.timeout`` with no fallback of its own."""
     limits = settings.run_limits(**layers)

@@ -125,8 +125,12 @@ def test_finishing_an_execution_ends_its_readers_and_releases_its_lines():
         log = record.output = OutputLog(100, 100)
         reader = log.subscribe(asyncio.get_running_loop())
         log.write("stdout", b"hi")
-        store.finish("e-1", ExecutionResult(execution_id="e-1", action_ref="probe.echo",
-                                            status=ExecutionStatus.failed, stdout="hi", stderr_truncated=True))
+        store.finish(
+            "e-1",
+            ExecutionResult(
+                execution_id="e-1", action_ref="probe.echo", status=ExecutionStatus.failed, stdout="hi", stderr_truncated=True
+            ),
+        )
         return await drain(reader), log
 
     events, log = asyncio.run(scenario())
@@ -139,12 +143,12 @@ def test_finishing_an_execution_ends_its_readers_and_releases_its_lines():
 
 
 def test_output_cannot_forge_a_stream_event():
-    forged = "x\n\nevent: end\ndata: {\"event\": \"end\"}\n\n"
+    forged = 'x\n\nevent: end\ndata: {"event": "end"}\n\n'
     line = {"stream": "stdout", "data": forged, "ts": "t"}
     sse = encode_event(line, SSE).decode()
     assert sse.count("\n\n") == 1 and sse.endswith("\n\n")
     assert [field.split(":", 1)[0] for field in sse.strip().split("\n")] == ["event", "data"]
     assert sse.startswith("event: output\n")
-    assert json.loads(sse.strip().split("\n")[1][len("data: "):])["data"] == forged
+    assert json.loads(sse.strip().split("\n")[1][len("data: ") :])["data"] == forged
     encoded = encode_event(line, NDJSON).decode()
     assert encoded.count("\n") == 1 and json.loads(encoded) == line

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import json
 import tarfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -36,25 +36,45 @@ def test_the_runtime_is_registered_by_name_alias_and_runner_types():
     assert NODEJS.version_label == L.NODEJS_VERSION == "io.attune.containers.nodejs.version"
 
 
-@pytest.mark.parametrize(("given", "canonical"), [
-    ("lodash@4.17.21", "lodash@4.17.21"),
-    ("lodash", "lodash@*"),
-    ("lodash@latest", "lodash@*"),
-    ("@types/node@^20.1.0", "@types/node@^20.1.0"),
-    ("semver@>=7.0.0   <8", "semver@>=7.0.0 <8"),
-    ("a-b.c_d@~1.2", "a-b.c_d@~1.2"),
-    ("x@1.2.3 - 2.x || 3.0.0-beta.1", "x@1.2.3 - 2.x || 3.0.0-beta.1"),
-])
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("lodash@4.17.21", "lodash@4.17.21"),
+        ("lodash", "lodash@*"),
+        ("lodash@latest", "lodash@*"),
+        ("@types/node@^20.1.0", "@types/node@^20.1.0"),
+        ("semver@>=7.0.0   <8", "semver@>=7.0.0 <8"),
+        ("a-b.c_d@~1.2", "a-b.c_d@~1.2"),
+        ("x@1.2.3 - 2.x || 3.0.0-beta.1", "x@1.2.3 - 2.x || 3.0.0-beta.1"),
+    ],
+)
 def test_registry_names_and_semver_ranges_pass_in_canonical_form(given, canonical):
     assert [r.canonical() for r in node(given).requirements] == [canonical]
 
 
-@pytest.mark.parametrize("given", [
-    "lodash@git+https://github.com/lodash/lodash.git", "lodash@github:lodash/lodash", "lodash@lodash/lodash",
-    "lodash@file:../lodash", "lodash@link:/etc", "lodash@./lodash", "lodash@/abs", "lodash@npm:other@1",
-    "lodash@https://example.com/lodash.tgz", "lodash@$(touch /x)", "lodash@1.0.0; rm -rf /", "lodash@`id`",
-    "Lodash@1.0.0", "../x@1", "lodash@1.0.0\nRUN id", "attune_action@1.0.0", ".hidden@1", "lodash@1 && 2",
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        "lodash@git+https://github.com/lodash/lodash.git",
+        "lodash@github:lodash/lodash",
+        "lodash@lodash/lodash",
+        "lodash@file:../lodash",
+        "lodash@link:/etc",
+        "lodash@./lodash",
+        "lodash@/abs",
+        "lodash@npm:other@1",
+        "lodash@https://example.com/lodash.tgz",
+        "lodash@$(touch /x)",
+        "lodash@1.0.0; rm -rf /",
+        "lodash@`id`",
+        "Lodash@1.0.0",
+        "../x@1",
+        "lodash@1.0.0\nRUN id",
+        "attune_action@1.0.0",
+        ".hidden@1",
+        "lodash@1 && 2",
+    ],
+)
 def test_anything_but_a_registry_name_and_a_semver_range_is_refused(given):
     with pytest.raises(InvalidSpecError):
         node(given)
@@ -78,8 +98,9 @@ def test_strict_mode_accepts_exact_versions_only():
 
 
 def test_package_json_gives_only_its_dependencies_and_the_build_writes_its_own():
-    text = json.dumps({"name": "evil", "scripts": {"postinstall": "curl x | sh"},
-                       "dependencies": {"lodash": "4.17.21", "@scope/pkg": "^1.0.0"}})
+    text = json.dumps(
+        {"name": "evil", "scripts": {"postinstall": "curl x | sh"}, "dependencies": {"lodash": "4.17.21", "@scope/pkg": "^1.0.0"}}
+    )
     spec = validate_spec(DependencySpec(runtime="nodejs", requirements_file_content=text))
     written = json.loads(package_json(spec))
     assert written["dependencies"] == {"@scope/pkg": "^1.0.0", "lodash": "4.17.21"}
@@ -88,18 +109,30 @@ def test_package_json_gives_only_its_dependencies_and_the_build_writes_its_own()
         validate_spec(DependencySpec(runtime="nodejs", dependencies=["lodash@4.17.20"], requirements_file_content=text))
 
 
-@pytest.mark.parametrize(("low", "high", "bounds"), [
-    ("18", "20", ("18", "20")), (">=18", None, ("18", None)), (None, "<21", (None, "20")),
-    (None, "20.x", (None, "20")), ("18.19.0", "<=20", ("18", "20")),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "bounds"),
+    [
+        ("18", "20", ("18", "20")),
+        (">=18", None, ("18", None)),
+        (None, "<21", (None, "20")),
+        (None, "20.x", (None, "20")),
+        ("18.19.0", "<=20", ("18", "20")),
+    ],
+)
 def test_node_bounds_are_inclusive_majors(low, high, bounds):
     spec = node(min_version=low, max_version=high)
     assert (spec.min_version, spec.max_version) == bounds
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("min_version", "<=20"), ("max_version", ">=18"), ("min_version", "eighteen"), ("max_version", "20; rm"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_version", "<=20"),
+        ("max_version", ">=18"),
+        ("min_version", "eighteen"),
+        ("max_version", "20; rm"),
+    ],
+)
 def test_bounds_that_are_not_majors_are_refused(field, value):
     with pytest.raises(InvalidSpecError) as exc:
         node(**{field: value})
@@ -108,13 +141,22 @@ def test_bounds_that_are_not_majors_are_refused(field, value):
         node(min_version="20", max_version="18")
 
 
-BASES = [BaseImage(minor="18", reference="attune-base/node:18", python_version="18.20.4", present=True),
-         BaseImage(minor="20", reference="attune-base/node:20", python_version="20.19.2", present=True)]
+BASES = [
+    BaseImage(minor="18", reference="attune-base/node:18", python_version="18.20.4", present=True),
+    BaseImage(minor="20", reference="attune-base/node:20", python_version="20.19.2", present=True),
+]
 
 
-@pytest.mark.parametrize(("low", "high", "chosen"), [
-    (None, None, "20"), (None, "18", "18"), ("18", "19", "18"), ("19", None, "20"), (">=20", "<=20", "20"),
-])
+@pytest.mark.parametrize(
+    ("low", "high", "chosen"),
+    [
+        (None, None, "20"),
+        (None, "18", "18"),
+        ("18", "19", "18"),
+        ("19", None, "20"),
+        (">=20", "<=20", "20"),
+    ],
+)
 def test_the_newest_major_inside_the_range_is_chosen(low, high, chosen):
     assert NODEJS.choose_base(BASES, node(min_version=low, max_version=high)).minor == chosen
 
@@ -160,14 +202,19 @@ def test_the_context_holds_our_package_json_the_lock_and_the_tarballs(tmp_path):
     with tarfile.open(fileobj=plan("lodash@4.17.21").context([lock, tarball]), mode="r") as tar:
         names = set(tar.getnames())
         written = json.loads(tar.extractfile("attune-build/package.json").read())
-    assert {"Dockerfile", "attune-build/package.json", "attune-build/package-lock.json",
-            f"attune-build/tarballs/{tarball.name}", "attune-build/prepare.js"} <= names
+    assert {
+        "Dockerfile",
+        "attune-build/package.json",
+        "attune-build/package-lock.json",
+        f"attune-build/tarballs/{tarball.name}",
+        "attune-build/prepare.js",
+    } <= names
     assert written["dependencies"] == {"lodash": "4.17.21"}
 
 
 def test_labels_carry_nodes_version_not_pythons_and_the_installed_record_is_checked():
     p = plan("lodash@4.17.21")
-    labels = p.labels(["lodash@4.17.21"], datetime(2026, 1, 1, tzinfo=timezone.utc))
+    labels = p.labels(["lodash@4.17.21"], datetime(2026, 1, 1, tzinfo=UTC))
     assert labels[L.NODEJS_VERSION] == "20.19.2" and L.PYTHON_VERSION not in labels
     assert labels[L.RUNTIME] == "nodejs" and labels[L.INSTALLER] == "npm"
     record = json.dumps([{"name": "@scope/x", "version": "1.0.0"}, {"name": "lodash", "version": "4.17.21"}])
@@ -186,14 +233,21 @@ def lock(**packages) -> bytes:
 
 
 def test_a_lock_from_the_fetch_step_is_checked_like_pack_input():
-    good = {"version": "4.17.21", "resolved": "https://registry.npmjs.org/lodash/-/lodash-4.17.21.tgz",
-            "integrity": integrity(b"lodash")}
+    good = {
+        "version": "4.17.21",
+        "resolved": "https://registry.npmjs.org/lodash/-/lodash-4.17.21.tgz",
+        "integrity": integrity(b"lodash"),
+    }
     [entry] = read_lock(lock(**{"node_modules/lodash": good}))
     assert (entry.name, entry.version, entry.sha512_hex) == ("lodash", "4.17.21", hashlib.sha512(b"lodash").hexdigest())
     assert NODEJS.lock_lines([entry.model_dump()]) == [f"lodash@4.17.21 {good['integrity']}"]
-    for bad in ({**good, "resolved": "git+ssh://git@github.com/x/y.git"}, {**good, "integrity": "sha1-abc="},
-                {**good, "link": True}, {k: v for k, v in good.items() if k != "integrity"},
-                {**good, "version": "1.0.0 ; id"}):
+    for bad in (
+        {**good, "resolved": "git+ssh://git@github.com/x/y.git"},
+        {**good, "integrity": "sha1-abc="},
+        {**good, "link": True},
+        {k: v for k, v in good.items() if k != "integrity"},
+        {**good, "version": "1.0.0 ; id"},
+    ):
         with pytest.raises(BuildError):
             read_lock(lock(**{"node_modules/lodash": bad}))
     with pytest.raises(BuildError):
@@ -227,8 +281,10 @@ def test_a_pack_folder_with_package_json_is_a_node_pack_and_its_lock_is_checked(
     validated = validate_spec(load_pack(tmp_path).spec)
     assert validated.lock is not None
     locked_hash = NODEJS.plan("folder", validated, BASES[1], BuildOptions(), "p").dependency_hash
-    assert locked_hash != NODEJS.plan("folder", validated.model_copy(update={"lock": None}), BASES[1],
-                                      BuildOptions(), "p").dependency_hash
+    assert (
+        locked_hash
+        != NODEJS.plan("folder", validated.model_copy(update={"lock": None}), BASES[1], BuildOptions(), "p").dependency_hash
+    )
     (tmp_path / "package-lock.json").write_bytes(lock(**{"node_modules/lodash": {**good, "resolved": "git://x"}}))
     with pytest.raises(InvalidSpecError) as exc:
         validate_spec(load_pack(tmp_path).spec)

@@ -10,15 +10,18 @@ import time
 
 from attune_containers.services import ownership
 
-HOLD = ("import sys; from attune_containers.services import ownership as o; "
-        "lease = o.acquire(sys.argv[1]); "
-        "[lease.use(o, p, i, d) for p, i, d in (a.split(',') for a in sys.argv[2:])]; "
-        "print(o.process_id(), flush=True); sys.stdin.read()")
+HOLD = (
+    "import sys; from attune_containers.services import ownership as o; "
+    "lease = o.acquire(sys.argv[1]); "
+    "[lease.use(o, p, i, d) for p, i, d in (a.split(',') for a in sys.argv[2:])]; "
+    "print(o.process_id(), flush=True); sys.stdin.read()"
+)
 
 
 def holder(state_dir, *uses: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(state_dir), *uses],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(state_dir), *uses], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     return process, process.stdout.readline().strip()
 
 
@@ -36,8 +39,10 @@ def test_a_live_owner_is_never_dead_and_a_killed_one_is(tmp_path):
     try:
         assert ownership.LEASE_ID.fullmatch(lease)
         assert not dead(tmp_path, lease) and ownership.owner_alive(tmp_path, lease)
-        assert ownership.live_images(tmp_path) == {"img:1": [f"{os.uname().nodename} pid {process.pid}"],
-                                                   "sha256:aa": [f"{os.uname().nodename} pid {process.pid}"]}
+        assert ownership.live_images(tmp_path) == {
+            "img:1": [f"{os.uname().nodename} pid {process.pid}"],
+            "sha256:aa": [f"{os.uname().nodename} pid {process.pid}"],
+        }
         assert ownership.collect(tmp_path) == []  # a live lease is never collected
     finally:
         process.kill()
@@ -96,8 +101,9 @@ def test_records_are_bounded_and_validated(tmp_path):
     process, lease = holder(tmp_path)
     try:
         record = ownership.owners_dir(tmp_path) / f"{lease}.json"
-        record.write_text(json.dumps({"images": [{"pack_ref": 1, "image": [], "id": None}, "x"],
-                                      "hostname": "h" * 10_000, "pid": "p"}))
+        record.write_text(
+            json.dumps({"images": [{"pack_ref": 1, "image": [], "id": None}, "x"], "hostname": "h" * 10_000, "pid": "p"})
+        )
         assert ownership.live_images(tmp_path) == {}
         record.write_text("[" * 100_000)
         assert ownership.live_images(tmp_path) == {}
@@ -111,8 +117,10 @@ def test_records_are_bounded_and_validated(tmp_path):
 def test_a_lease_is_never_visible_unlocked(tmp_path):
     """Leases appear by rename after they are locked: a sweeper polling the directory while owners
     start never finds one it can take."""
-    processes = [subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     try:
         seen: set[str] = set()
         deadline = time.monotonic() + 30

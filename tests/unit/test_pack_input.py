@@ -18,10 +18,13 @@ from attune_containers.core.safe_yaml import MAX_DEPTH, MAX_NODES, BoundedYAMLEr
 from attune_containers.errors import InvalidSpecError
 
 # The 456-byte "billion laughs" of issue 9: 9 levels of 9 aliases each, 9^9 strings once expanded.
-ALIAS_BOMB = "\n".join(
-    ['ref: bomb', 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    + [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
-) + "\n"
+ALIAS_BOMB = (
+    "\n".join(
+        ["ref: bomb", 'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    )
+    + "\n"
+)
 HOST_LINE = "root:x:0:0:HOST-ONLY-CONTENT:/root:/bin/bash"
 
 
@@ -164,8 +167,9 @@ def test_a_linked_action_yaml_is_refused(tmp_path):
     assert "HOST-ONLY" not in str(exc.value)
 
 
-@pytest.mark.parametrize("text", [ALIAS_BOMB.replace("ref: bomb", "entry_point: ok.py"),
-                                  deep_flow(10_000).replace("ref: deep", "entry_point: ok.py")])
+@pytest.mark.parametrize(
+    "text", [ALIAS_BOMB.replace("ref: bomb", "entry_point: ok.py"), deep_flow(10_000).replace("ref: deep", "entry_point: ok.py")]
+)
 def test_hostile_action_yaml_is_refused(tmp_path, text):
     packs, d = packs_tree(tmp_path)
     (d / "actions" / "bad.yaml").write_text(text)

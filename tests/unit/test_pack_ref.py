@@ -119,13 +119,13 @@ def test_image_name_is_deterministic_across_processes():
     refs = ["A", "Core.HTTP", "a--b", "core.http"]
     here = [image_name_for(r) for r in refs]
     assert here == [image_name_for(r) for r in refs]
-    code = (
-        "from attune_containers.core.pack_ref import image_name_for;"
-        f"print('\\n'.join(image_name_for(r) for r in {refs!r}))"
-    )
+    code = f"from attune_containers.core.pack_ref import image_name_for;print('\\n'.join(image_name_for(r) for r in {refs!r}))"
     for seed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
             env={"PYTHONHASHSEED": seed, "PATH": ""},
         ).stdout.split()
         assert out == here

@@ -28,8 +28,9 @@ def canonical(pack) -> list[str]:
 
 def test_list_form(tmp_path):
     """meta.python_dependencies as a plain list of requirement strings."""
-    d = make_pack(tmp_path, "ref: core.http\nlabel: HTTP\nversion: 1.2.0\nmeta:\n"
-                            "  python_dependencies:\n    - requests>=2\n    - PyYAML\n")
+    d = make_pack(
+        tmp_path, "ref: core.http\nlabel: HTTP\nversion: 1.2.0\nmeta:\n  python_dependencies:\n    - requests>=2\n    - PyYAML\n"
+    )
     pack = load_pack(d)
     assert (pack.pack_ref, pack.label, pack.version) == ("core.http", "HTTP", "1.2.0")
     assert pack.spec.dependencies == ["requests>=2", "PyYAML"]
@@ -55,7 +56,7 @@ def test_all_sources_combine_as_a_union(tmp_path):
     d = make_pack(
         tmp_path,
         "ref: p\nmeta:\n  python_dependencies:\n    dependencies: [alpha, shared==1.0]\n"
-        "    requirements_file_content: \"beta\\nshared==1.0\\n\"\n",
+        '    requirements_file_content: "beta\\nshared==1.0\\n"\n',
         requirements="# from the file\ngamma\nShared == 1.0\n",
     )
     pack = load_pack(d)
@@ -117,8 +118,12 @@ def test_invalid_ref_in_pack_yaml_is_refused(tmp_path, ref):
 
 def test_api_json_file(tmp_path):
     """The REST API document, saved as a .json file."""
-    doc = {"ref": "core.http", "label": "HTTP", "version": 3,
-           "meta": {"python_dependencies": {"dependencies": ["requests"], "max_version": "3.11"}}}
+    doc = {
+        "ref": "core.http",
+        "label": "HTTP",
+        "version": 3,
+        "meta": {"python_dependencies": {"dependencies": ["requests"], "max_version": "3.11"}},
+    }
     path = tmp_path / "pack.json"
     path.write_text(json.dumps(doc))
     pack = load_pack(path)

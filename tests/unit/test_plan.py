@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,7 @@ def h(s=None, base=BASE, options=BuildOptions()) -> str:
 
 def test_hash_matches_the_documented_canonical_document():
     """Recompute the hash by hand from the document the plan module documents."""
+
     def sha(path: Path) -> str:
         return hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
 
@@ -114,7 +115,8 @@ def test_index_host_and_path_matter():
 
 
 @pytest.mark.parametrize(
-    "userinfo", ["user:pass@", "token@", "other:x@"],
+    "userinfo",
+    ["user:pass@", "token@", "other:x@"],
 )
 def test_index_credentials_do_not_change_the_hash(userinfo):
     """Rotating a token must not rebuild every image; the hash document holds no secret."""
@@ -174,7 +176,7 @@ SECRET_OPTIONS = BuildOptions(
     extra_index_urls=("https://x:extra-s3cr3t@extra.example/simple",),
     ca_bundle=CA,
 )
-CREATED = datetime(2024, 5, 17, 12, 0, tzinfo=timezone.utc)
+CREATED = datetime(2024, 5, 17, 12, 0, tzinfo=UTC)
 
 
 def test_labels_describe_the_image():
@@ -197,8 +199,14 @@ def test_labels_hold_no_build_secrets():
     """Neither the CA bundle nor index credentials (nor the index URLs) reach the final image's labels."""
     labels = plan("core.http", options=SECRET_OPTIONS).labels([], CREATED)
     blob = json.dumps(labels)
-    for secret in ("s3cr3t-t0ken", "extra-s3cr3t", "builder:", "mirror.example", "BEGIN CERTIFICATE",
-                   "MIIBzzCA-UNIT-TEST-MARKER"):
+    for secret in (
+        "s3cr3t-t0ken",
+        "extra-s3cr3t",
+        "builder:",
+        "mirror.example",
+        "BEGIN CERTIFICATE",
+        "MIIBzzCA-UNIT-TEST-MARKER",
+    ):
         assert secret not in blob
 
 
@@ -231,11 +239,12 @@ def test_foreign_images_are_not_environments(labels):
 def test_damaged_labels_degrade_gracefully():
     """Broken JSON or time in a label must not crash listing."""
     info = L.environment_from_image(
-        "sha256:1", "x:y", {L.MANAGED: "true", L.PACK_REF: "p", L.REQUIREMENTS: "{not json", L.INSTALLED: '"str"',
-                            L.CREATED: "yesterday"}
+        "sha256:1",
+        "x:y",
+        {L.MANAGED: "true", L.PACK_REF: "p", L.REQUIREMENTS: "{not json", L.INSTALLED: '"str"', L.CREATED: "yesterday"},
     )
     assert info.requirements == [] and info.installed_dependencies == []
-    assert info.created_at == datetime.fromtimestamp(0, timezone.utc)
+    assert info.created_at == datetime.fromtimestamp(0, UTC)
     assert info.is_valid is False
 
 

@@ -22,8 +22,8 @@ from attune_containers.core.pooling import DEFAULT_POOL, PoolSettings
 from attune_containers.core.protocol import encode_request
 from attune_containers.engine import ContainerRun
 from attune_containers.errors import AttuneContainersError, EngineError
-from attune_containers.services.pool import Pool, PoolRegistry, WarmBudget, WarmContainer, pool_key
 from attune_containers.services import runner as runner_module
+from attune_containers.services.pool import Pool, PoolRegistry, WarmBudget, WarmContainer, pool_key
 from attune_containers.services.runner import _collector, _control, _request, finish
 
 from .fake_engine import FakeEngine
@@ -42,20 +42,26 @@ def limits(**fields) -> ResourceLimits:
     return DEFAULT_LIMITS.merged(ResourceLimits(**fields))
 
 
-def make_pool(engine: FakeEngine, budget: WarmBudget | None = None, *, pack: str = "p", memory: str = "256m",
-              **policy) -> Pool:
+def make_pool(engine: FakeEngine, budget: WarmBudget | None = None, *, pack: str = "p", memory: str = "256m", **policy) -> Pool:
     run_limits = limits(memory=memory)
-    run = ContainerRun(image="sha256:" + "ab" * 32, command=["loop"], limits=run_limits, environment={},
-                       labels={L.POOL: "true"}, mounts=[], user="0:0")
-    pool = Pool(pool_key(pack, run.image, run_limits), run, DEFAULT_POOL.merged(PoolSettings(**policy)), engine,
-                budget=budget)
+    run = ContainerRun(
+        image="sha256:" + "ab" * 32,
+        command=["loop"],
+        limits=run_limits,
+        environment={},
+        labels={L.POOL: "true"},
+        mounts=[],
+        user="0:0",
+    )
+    pool = Pool(pool_key(pack, run.image, run_limits), run, DEFAULT_POOL.merged(PoolSettings(**policy)), engine, budget=budget)
     if budget is not None:
         budget.add(pool)
     return pool
 
 
-def execute(container: WarmContainer, parameters: dict | None = None, *, timeout: float = 5.0,
-            run_limits: ResourceLimits | None = None):
+def execute(
+    container: WarmContainer, parameters: dict | None = None, *, timeout: float = 5.0, run_limits: ResourceLimits | None = None
+):
     """One execution as ActionRunner._run_warm does it: request, collector, classification, and
     whether the container may serve another one."""
     run_limits = run_limits or DEFAULT_LIMITS
@@ -63,11 +69,24 @@ def execute(container: WarmContainer, parameters: dict | None = None, *, timeout
     collector = _collector(run_limits, control)
     request = _request(ACTION, parameters or {}, {}, run_limits, {"ATTUNE_EXECUTION_ID": "e1"})
     timed_out, elapsed = container.execute(encode_request(control, request), collector, timeout)
-    result = finish(container_engine(container), container.id, collector, run_limits, timed_out, elapsed,
-                    execution_id="e1", action_ref=ACTION.action_ref, image="img")
+    result = finish(
+        container_engine(container),
+        container.id,
+        collector,
+        run_limits,
+        timed_out,
+        elapsed,
+        execution_id="e1",
+        action_ref=ACTION.action_ref,
+        image="img",
+    )
     done = collector.done or {}
-    reusable = (not timed_out and not collector.protocol_error and done.get("clean") is True
-                and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed))
+    reusable = (
+        not timed_out
+        and not collector.protocol_error
+        and done.get("clean") is True
+        and result.status in (ExecutionStatus.succeeded, ExecutionStatus.failed)
+    )
     return result, reusable
 
 
@@ -125,16 +144,19 @@ def test_many_executions_on_one_container_each_get_their_own_nonce_and_result():
     assert len({control["nonce"] for control, _ in fake.requests}) == 5
 
 
-@pytest.mark.parametrize(("parameters", "status"), [
-    ({"dirty": True}, ExecutionStatus.succeeded),  # left a process behind
-    ({"hang": True}, ExecutionStatus.timeout),
-    ({"supervisor_timeout": True}, ExecutionStatus.timeout),
-    ({"killed": True, "oom": True}, ExecutionStatus.oom),
-    ({"forge": True}, ExecutionStatus.error),
-    ({"trailing": True}, ExecutionStatus.error),  # a frame after the end
-    ({"garbage": "not a frame"}, ExecutionStatus.error),
-    ({"crash": True}, ExecutionStatus.error),
-])
+@pytest.mark.parametrize(
+    ("parameters", "status"),
+    [
+        ({"dirty": True}, ExecutionStatus.succeeded),  # left a process behind
+        ({"hang": True}, ExecutionStatus.timeout),
+        ({"supervisor_timeout": True}, ExecutionStatus.timeout),
+        ({"killed": True, "oom": True}, ExecutionStatus.oom),
+        ({"forge": True}, ExecutionStatus.error),
+        ({"trailing": True}, ExecutionStatus.error),  # a frame after the end
+        ({"garbage": "not a frame"}, ExecutionStatus.error),
+        ({"crash": True}, ExecutionStatus.error),
+    ],
+)
 def test_a_container_is_destroyed_after_any_unclean_end(parameters, status):
     engine = FakeEngine()
     pool = make_pool(engine)
@@ -393,8 +415,7 @@ def test_a_registry_replaces_a_closed_pool_and_close_stops_everything():
 def test_pools_are_keyed_by_every_container_level_limit_and_no_per_execution_one():
     base = pool_key("p", "img", DEFAULT_LIMITS)
     for name in ResourceLimits.CONTAINER_FIELDS:
-        changed = {"memory": "512m", "cpus": 2.0, "pids": 256, "nofile": 2048, "network": "bridge",
-                   "tmp_size": "128m"}[name]
+        changed = {"memory": "512m", "cpus": 2.0, "pids": 256, "nofile": 2048, "network": "bridge", "tmp_size": "128m"}[name]
         assert pool_key("p", "img", limits(**{name: changed})) != base, name
     for name in ResourceLimits.EXECUTION_FIELDS:
         changed = {"timeout": 5, "stdout_limit": 1, "stderr_limit": 1, "result_limit": 2048}[name]

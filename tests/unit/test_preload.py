@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from attune_containers.runtimes.python import preload
 from attune_containers.core.pooling import PoolSettings
 from attune_containers.errors import InvalidSpecError
+from attune_containers.runtimes.python import preload
 
 
 def pack(tmp_path, files: dict[str, str]):
@@ -22,15 +22,18 @@ def pack(tmp_path, files: dict[str, str]):
 
 
 def test_module_level_imports_of_libraries_are_found_and_the_packs_own_modules_are_not(tmp_path):
-    root = pack(tmp_path, {
-        "a.py": "import requests\nimport os.path\nfrom pydantic import BaseModel\nfrom . import sibling\n"
-                "import helper\nfrom attune_action import get_secret\nfrom __future__ import annotations\n"
-                "def run():\n    import lazy_inside\n",
-        "helper.py": "import boto3\n",
-        "pkg/__init__.py": "",
-        "b.py": "import pkg.sub\nimport json, decimal\n",
-        "notes.txt": "import nothing",
-    })
+    root = pack(
+        tmp_path,
+        {
+            "a.py": "import requests\nimport os.path\nfrom pydantic import BaseModel\nfrom . import sibling\n"
+            "import helper\nfrom attune_action import get_secret\nfrom __future__ import annotations\n"
+            "def run():\n    import lazy_inside\n",
+            "helper.py": "import boto3\n",
+            "pkg/__init__.py": "",
+            "b.py": "import pkg.sub\nimport json, decimal\n",
+            "notes.txt": "import nothing",
+        },
+    )
     assert preload.discover(root) == ("boto3", "decimal", "json", "os", "pydantic", "requests")
 
 

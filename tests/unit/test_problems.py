@@ -20,21 +20,24 @@ from attune_containers.errors import (
 )
 
 
-@pytest.mark.parametrize("exc, status", [
-    (NotFoundError("no pack", field="action_ref"), 404),
-    (EnvironmentNotFoundError("no image"), 404),
-    (ExecutionConflictError("used id"), 409),
-    (ImageConflictError("second tag"), 409),
-    (ContainerInUseError("running"), 409),
-    (InvalidSpecError("bad", field="limits.memory"), 422),
-    (InvalidPolicyError("bad policy"), 422),
-    (BuildError("pip failed", ["ERROR: no matching distribution"]), 422),
-    (EngineUnavailableError("no engine"), 503),
-    (EngineError("engine said no"), 502),
-    (AttuneContainersError("ours, unclassified"), 502),
-    (KeyError("a bug"), 500),
-    (RuntimeError("a bug"), 500),
-])
+@pytest.mark.parametrize(
+    "exc, status",
+    [
+        (NotFoundError("no pack", field="action_ref"), 404),
+        (EnvironmentNotFoundError("no image"), 404),
+        (ExecutionConflictError("used id"), 409),
+        (ImageConflictError("second tag"), 409),
+        (ContainerInUseError("running"), 409),
+        (InvalidSpecError("bad", field="limits.memory"), 422),
+        (InvalidPolicyError("bad policy"), 422),
+        (BuildError("pip failed", ["ERROR: no matching distribution"]), 422),
+        (EngineUnavailableError("no engine"), 503),
+        (EngineError("engine said no"), 502),
+        (AttuneContainersError("ours, unclassified"), 502),
+        (KeyError("a bug"), 500),
+        (RuntimeError("a bug"), 500),
+    ],
+)
 def test_each_error_has_its_status(exc, status):
     assert problems.status_of(exc) == status
     assert problems.from_exception(exc).status == status
@@ -43,8 +46,13 @@ def test_each_error_has_its_status(exc, status):
 def test_a_problem_has_every_member_and_one_title_per_type():
     doc = problems.from_exception(InvalidSpecError("is above the cap", field="limits.memory"), instance="/v1/executions")
     assert doc.model_dump() == {
-        "type": "urn:attune-containers:problem:invalid-input", "title": "Invalid input", "status": 422,
-        "detail": "limits.memory: is above the cap", "instance": "/v1/executions", "field": "limits.memory"}
+        "type": "urn:attune-containers:problem:invalid-input",
+        "title": "Invalid input",
+        "status": 422,
+        "detail": "limits.memory: is above the cap",
+        "instance": "/v1/executions",
+        "field": "limits.memory",
+    }
     other = problems.from_exception(InvalidSpecError("other"))
     assert (other.type, other.title) == (doc.type, doc.title) and other.field is None
 
@@ -54,10 +62,16 @@ def test_a_bug_does_not_leak_its_message():
     assert doc.status == 500 and "hunter2" not in doc.detail and "/srv" not in doc.detail
 
 
-@pytest.mark.parametrize("location, field", [
-    (("body", "limits", "memory"), "limits.memory"), (("query", "wait"), "wait"),
-    (("body", "parameters", 0), "parameters.0"), (("body",), None), ((), None),
-])
+@pytest.mark.parametrize(
+    "location, field",
+    [
+        (("body", "limits", "memory"), "limits.memory"),
+        (("query", "wait"), "wait"),
+        (("body", "parameters", 0), "parameters.0"),
+        (("body",), None),
+        ((), None),
+    ],
+)
 def test_validation_locations_become_fields(location, field):
     assert problems.validation_field(location) == field
 
@@ -71,12 +85,27 @@ def test_documented_responses_carry_examples_and_retry_after():
 
 
 def test_fastapis_error_responses_become_problem_documents():
-    schema = {"paths": {"/x": {"get": {"responses": {
-        "200": {"content": {"application/json": {"schema": {"type": "integer"}}}},
-        "422": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
-        "404": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}},
-                            problems.MEDIA_TYPE: {"example": {"status": 404, "detail": "mine"}}}}}}}},
-        "components": {"schemas": {"HTTPValidationError": {}, "ValidationError": {}, "Problem": {}}}}
+    schema = {
+        "paths": {
+            "/x": {
+                "get": {
+                    "responses": {
+                        "200": {"content": {"application/json": {"schema": {"type": "integer"}}}},
+                        "422": {
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}
+                        },
+                        "404": {
+                            "content": {
+                                "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}},
+                                problems.MEDIA_TYPE: {"example": {"status": 404, "detail": "mine"}},
+                            }
+                        },
+                    }
+                }
+            }
+        },
+        "components": {"schemas": {"HTTPValidationError": {}, "ValidationError": {}, "Problem": {}}},
+    }
     responses = problems.document_problems(schema)["paths"]["/x"]["get"]["responses"]
     assert responses["200"]["content"] == {"application/json": {"schema": {"type": "integer"}}}
     for code in ("422", "404"):

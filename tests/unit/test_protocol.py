@@ -25,15 +25,20 @@ def test_a_request_is_a_control_frame_then_the_payload():
     payload = encode_frame({"parameters": {"a": 1}})
     data = encode_request({"nonce": "x"}, payload)
     (size,) = struct.unpack(">I", data[:4])
-    assert json.loads(data[4:4 + size]) == {"nonce": "x"} and data[4 + size:] == payload
+    assert json.loads(data[4 : 4 + size]) == {"nonce": "x"} and data[4 + size :] == payload
 
 
 def test_frames_assemble_output_and_result_split_anywhere():
     c = collector()
-    stream = frame(b"o", b"hello ") + frame(b"r", b'{"status": "success",') + frame(b"o", b"world") \
-        + frame(b"r", b' "result": 3}') + done()
+    stream = (
+        frame(b"o", b"hello ")
+        + frame(b"r", b'{"status": "success",')
+        + frame(b"o", b"world")
+        + frame(b"r", b' "result": 3}')
+        + done()
+    )
     for i in range(len(stream)):
-        c.feed(stream[i:i + 1])
+        c.feed(stream[i : i + 1])
     assert c.stdout.text() == "hello world" and c.outcome() == {"status": "success", "result": 3}
     assert not c.protocol_error and c.done["exit_code"] == 0
 

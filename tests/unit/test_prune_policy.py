@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,13 +18,22 @@ from attune_containers.core.prune_policy import (
 )
 from attune_containers.errors import InvalidPolicyError
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30s", 30), ("90m", 5400), ("12h", 43200), ("7d", 604800), ("2w", 1209600),
-    ("1d12h", 129600), (" 0s ", 0), ("1h30m15s", 5415),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30s", 30),
+        ("90m", 5400),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("1d12h", 129600),
+        (" 0s ", 0),
+        ("1h30m15s", 5415),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
@@ -41,13 +50,16 @@ def test_format_duration_reads_back(seconds):
     assert parse_duration(format_duration(delta)) == delta
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"keep": -1}, "keep"),
-    ({"older_than": timedelta(seconds=-1)}, "negative"),
-    ({"orphans": True}, "packs_dir"),
-    ({"pack": "../etc"}, "pack"),
-    ({"packs_dir": "/nonexistent/packs"}, "not a directory"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"keep": -1}, "keep"),
+        ({"older_than": timedelta(seconds=-1)}, "negative"),
+        ({"orphans": True}, "packs_dir"),
+        ({"pack": "../etc"}, "pack"),
+        ({"packs_dir": "/nonexistent/packs"}, "not a directory"),
+    ],
+)
 def test_bad_policies_raise_one_error_type(fields, message):
     with pytest.raises(InvalidPolicyError, match=message):
         PrunePolicy(**fields)
@@ -55,7 +67,9 @@ def test_bad_policies_raise_one_error_type(fields, message):
 
 def image(pack: str, n: int, *, age_days: float, used_days_ago: float | None = None) -> PackImage:
     return PackImage(
-        id=f"sha256:{pack}{n}", reference=f"p/{pack}:{n}", pack_ref=pack,
+        id=f"sha256:{pack}{n}",
+        reference=f"p/{pack}:{n}",
+        pack_ref=pack,
         created=NOW - timedelta(days=age_days),
         last_used=NOW - timedelta(days=used_days_ago) if used_days_ago is not None else None,
     )
@@ -95,9 +109,9 @@ def test_keep_zero_still_keeps_the_current_image_unless_asked():
 
 def test_older_than_counts_the_last_use_not_only_creation():
     images = [
-        image("b", 1, age_days=30),                     # old, never used
-        image("b", 2, age_days=30, used_days_ago=1),    # old, used yesterday
-        image("b", 3, age_days=2),                      # new
+        image("b", 1, age_days=30),  # old, never used
+        image("b", 2, age_days=30, used_days_ago=1),  # old, used yesterday
+        image("b", 3, age_days=2),  # new
     ]
     actions, reasons = decide(images, older_than=timedelta(days=7))
     assert actions == {"p/b:1": "remove", "p/b:2": "keep", "p/b:3": "keep"}
@@ -108,8 +122,9 @@ def test_older_than_counts_the_last_use_not_only_creation():
 
 def test_orphans_only_for_packs_missing_and_never_for_unresolved_ones():
     images = [image("gone", 1, age_days=1), image("here", 1, age_days=1), image("broken", 1, age_days=1)]
-    actions, reasons = decide(images, orphans=True, packs_dir=".", existing_packs={"here", "broken"},
-                              unresolved={"broken": "pack.yaml does not load"})
+    actions, reasons = decide(
+        images, orphans=True, packs_dir=".", existing_packs={"here", "broken"}, unresolved={"broken": "pack.yaml does not load"}
+    )
     assert actions == {"p/gone:1": "remove", "p/here:1": "keep", "p/broken:1": "keep"}
     assert reasons["p/here:1"] == "its pack exists in the packs tree"
 
@@ -122,8 +137,12 @@ def test_unresolved_current_image_is_skipped_not_guessed():
 
 
 def test_criteria_combine_as_and():
-    images = [image("c", 1, age_days=30), image("c", 2, age_days=20, used_days_ago=1),
-              image("c", 3, age_days=10), image("c", 4, age_days=1)]
+    images = [
+        image("c", 1, age_days=30),
+        image("c", 2, age_days=20, used_days_ago=1),
+        image("c", 3, age_days=10),
+        image("c", 4, age_days=1),
+    ]
     # Beyond the newest 1 AND unused for 7 days: c2 was used yesterday, so only c1 and c3 go.
     actions, reasons = decide(images, keep=1, older_than=timedelta(days=7))
     assert actions == {"p/c:4": "keep", "p/c:3": "remove", "p/c:2": "keep", "p/c:1": "remove"}
@@ -149,14 +168,17 @@ def test_scan_pack_tree_keeps_broken_packs_by_folder_name(tmp_path):
     assert entries["broken"].error and entries["empty"].error
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["prune", "--older-than", "7days"], "not a duration"),
-    (["prune", "--keep", "-1"], "keep"),
-    (["prune", "--orphans"], "packs_dir"),
-    (["prune", "--pack", "a/b", "--keep", "1"], "pack"),
-    (["prune", "--leftover-grace", "soon"], "not a duration"),
-    (["ls", "--packs-dir", "/nonexistent/packs"], "not a directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--older-than", "7days"], "not a duration"),
+        (["prune", "--keep", "-1"], "keep"),
+        (["prune", "--orphans"], "packs_dir"),
+        (["prune", "--pack", "a/b", "--keep", "1"], "pack"),
+        (["prune", "--leftover-grace", "soon"], "not a duration"),
+        (["ls", "--packs-dir", "/nonexistent/packs"], "not a directory"),
+    ],
+)
 def test_cli_refuses_bad_input_with_exit_2_before_asking_the_engine(argv, message, monkeypatch, capsys):
     # An engine that cannot answer: reaching it would exit 3, not 2.
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")

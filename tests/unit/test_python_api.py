@@ -20,8 +20,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_worker_needs_only_top_level_names():
-    for name in ("ActionRunner", "ExecutionResult", "ExecutionStatus", "ExecutionError", "ResourceLimits",
-                 "EngineUnavailableError", "NotFoundError", "InvalidSpecError"):
+    for name in (
+        "ActionRunner",
+        "ExecutionResult",
+        "ExecutionStatus",
+        "ExecutionError",
+        "ResourceLimits",
+        "EngineUnavailableError",
+        "NotFoundError",
+        "InvalidSpecError",
+    ):
         assert name in attune_containers.__all__ and name in dir(attune_containers), name
     for name in attune_containers.__all__:
         value = getattr(attune_containers, name)

@@ -56,8 +56,9 @@ def test_build_all_exits_with_the_registry_problem_when_it_is_every_failure():
     from attune_containers.services.prebuild import PackBuildReport, PrebuildReport
 
     def pack(outcome: str, error_type: str | None = None) -> PackBuildReport:
-        return PackBuildReport(pack_ref="p", folder="/p", outcome=outcome, error_type=error_type,
-                               error="x" if error_type else None)
+        return PackBuildReport(
+            pack_ref="p", folder="/p", outcome=outcome, error_type=error_type, error="x" if error_type else None
+        )
 
     assert PrebuildReport(packs=[pack("built"), pack("reused")]).exit_code() == 0
     assert PrebuildReport(packs=[pack("built"), pack("failed", "RegistryAuthError")] * 2).exit_code() == 4

@@ -156,8 +156,11 @@ def test_context_holds_no_pack_text_and_no_build_configuration():
 
 def test_env_script_holds_the_build_configuration():
     """The fetch step's env.sh carries the CA bundle path and the index URLs, for pip."""
-    env_sh = fetch_env_script(BuildOptions(ca_bundle=CA, index_url="https://u:pw@mirror.example/simple",
-                                             extra_index_urls=("https://extra.example/simple",)))
+    env_sh = fetch_env_script(
+        BuildOptions(
+            ca_bundle=CA, index_url="https://u:pw@mirror.example/simple", extra_index_urls=("https://extra.example/simple",)
+        )
+    )
     assert "extra-ca.pem" in env_sh and "PIP_CERT=" in env_sh and "SSL_CERT_FILE=" in env_sh
     assert "PIP_INDEX_URL=https://u:pw@mirror.example/simple" in env_sh
     assert "PIP_EXTRA_INDEX_URL=https://extra.example/simple" in env_sh

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -34,10 +34,17 @@ class FakeManager:
         self.forgotten: list[str] = []
 
     def ensure_environment(self, pack_ref: str, spec, *, on_log=None) -> EnvironmentInfo:
-        now = datetime.now(timezone.utc)
-        return EnvironmentInfo(id="sha256:" + "cd" * 32, pack_ref=pack_ref, image=f"test/{pack_ref}:1",
-                               runtime_version="3.11.2", dependency_hash="0" * 64,
-                               executable_path="/opt/attune/venv/bin/python", created_at=now, updated_at=now)
+        now = datetime.now(UTC)
+        return EnvironmentInfo(
+            id="sha256:" + "cd" * 32,
+            pack_ref=pack_ref,
+            image=f"test/{pack_ref}:1",
+            runtime_version="3.11.2",
+            dependency_hash="0" * 64,
+            executable_path="/opt/attune/venv/bin/python",
+            created_at=now,
+            updated_at=now,
+        )
 
     def image_lock(self, image: str, timeout: float | None = None):
         return contextlib.nullcontext()
@@ -90,13 +97,16 @@ def test_a_warm_container_serves_one_execution_after_another(make_runner):
     assert "s3cr3t" not in repr(container.run)  # secrets travel on stdin only
 
 
-@pytest.mark.parametrize(("parameters", "status"), [
-    ({"dirty": True}, ExecutionStatus.succeeded),
-    ({"killed": True, "oom": True}, ExecutionStatus.oom),
-    ({"hang": True}, ExecutionStatus.timeout),
-    ({"forge": True}, ExecutionStatus.error),
-    ({"crash": True}, ExecutionStatus.error),
-])
+@pytest.mark.parametrize(
+    ("parameters", "status"),
+    [
+        ({"dirty": True}, ExecutionStatus.succeeded),
+        ({"killed": True, "oom": True}, ExecutionStatus.oom),
+        ({"hang": True}, ExecutionStatus.timeout),
+        ({"forge": True}, ExecutionStatus.error),
+        ({"crash": True}, ExecutionStatus.error),
+    ],
+)
 def test_after_an_unclean_end_the_next_execution_gets_a_new_container(make_runner, parameters, status):
     runner, engine = make_runner()
     result = runner.run("p.act", parameters, limits=ResourceLimits(timeout=0.2))
@@ -157,10 +167,13 @@ def test_close_leaves_no_container(make_runner):
     assert engine.live() == [] and engine.existing() == []
 
 
-@pytest.mark.parametrize("parameters", [
-    {"result": "x" * 5000},  # refused by the action's own process before it leaves
-    {"raw_result": 10_000},  # written straight into the result pipe: refused by the worker (limit + 4 KiB)
-])
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"result": "x" * 5000},  # refused by the action's own process before it leaves
+        {"raw_result": 10_000},  # written straight into the result pipe: refused by the worker (limit + 4 KiB)
+    ],
+)
 def test_a_result_above_the_limit_is_refused_either_way(make_runner, parameters):
     runner, _ = make_runner()
     result = runner.run("p.act", parameters, limits=ResourceLimits(result_limit=1024))

@@ -128,8 +128,12 @@ def test_every_registered_runtime_brings_its_contract_pack(name):
 
 def test_a_spelling_meta_key_or_runner_type_claimed_twice_is_refused():
     with pytest.raises(ValueError, match="runner_type 'toy' is claimed"):
-        check_registry((ToyRuntime(), type("Other", (ToyRuntime,), {"name": "other", "aliases": frozenset(),
-                                                                    "meta_key": "other_dependencies"})()))
+        check_registry(
+            (
+                ToyRuntime(),
+                type("Other", (ToyRuntime,), {"name": "other", "aliases": frozenset(), "meta_key": "other_dependencies"})(),
+            )
+        )
     with pytest.raises(ValueError, match="runtime 'python3' is claimed"):
         check_registry((PYTHON, type("Py", (ToyRuntime,), {"aliases": frozenset({"python3"})})()))
     assert set(check_registry((PYTHON, ToyRuntime()))) == {"python", "toy"}
@@ -154,16 +158,14 @@ def test_a_pack_has_one_runtime(toy, tmp_path):
 def test_a_packs_preload_list_is_checked_by_its_own_runtime(toy, tmp_path):
     ok = write_pack(tmp_path, "ok", "ref: ok\nmeta:\n  container_pool:\n    preload: [forbidden]\n")
     assert load_pack(ok).pool.preload == ["forbidden"]  # a Python module name: fine for a Python pack
-    bad = write_pack(tmp_path, "bad", "ref: bad\nmeta:\n  toy_dependencies: []\n  container_pool:\n"
-                                      "    preload: [forbidden]\n")
+    bad = write_pack(tmp_path, "bad", "ref: bad\nmeta:\n  toy_dependencies: []\n  container_pool:\n    preload: [forbidden]\n")
     with pytest.raises(InvalidSpecError) as exc:
         load_pack(bad)
     assert exc.value.field == "meta.container_pool.preload"
 
 
 def test_an_action_runs_only_with_its_packs_runtime(toy, tmp_path):
-    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n",
-                           {"js": "toy", "py": "python"})
+    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n", {"js": "toy", "py": "python"})
     pack = load_pack(directory)
     runner_module._check_runner(load_action(tmp_path, "t.js"), pack)
     with pytest.raises(InvalidSpecError, match="not a toy runner") as exc:
@@ -172,8 +174,7 @@ def test_an_action_runs_only_with_its_packs_runtime(toy, tmp_path):
 
 
 def test_the_container_runs_the_runtimes_loop_from_its_folder(toy, tmp_path):
-    run = runner_module._container_run("t", tmp_path, "sha256:" + "ab" * 32, ResourceLimits(), {},
-                                       ("lodash",), runtime=toy)
+    run = runner_module._container_run("t", tmp_path, "sha256:" + "ab" * 32, ResourceLimits(), {}, ("lodash",), runtime=toy)
     assert run.command == [toy.executable, "/opt/attune/runtime/loop.js", "65532", "lodash"]
     assert (str(toy.loop_dir), LOOP_MOUNT, True) in run.mounts and (str(tmp_path), PACK_MOUNT, True) in run.mounts
     default = runner_module._container_run("t", tmp_path, "sha256:" + "ab" * 32, ResourceLimits(), {})
@@ -183,13 +184,19 @@ def test_the_container_runs_the_runtimes_loop_from_its_folder(toy, tmp_path):
 def test_an_image_says_its_runtime_by_its_runtime_label_and_older_images_are_pythons(toy):
     # An image built on one of our Python bases inherits its python.version label: the runtime
     # label decides, never which version labels happen to be there.
-    labels = {L.MANAGED: "true", L.PACK_REF: "t", L.DEPENDENCY_HASH: "0" * 64, L.RUNTIME: "toy",
-              toy.version_label: "22.1.0", L.PYTHON_VERSION: "3.13.5"}
+    labels = {
+        L.MANAGED: "true",
+        L.PACK_REF: "t",
+        L.DEPENDENCY_HASH: "0" * 64,
+        L.RUNTIME: "toy",
+        toy.version_label: "22.1.0",
+        L.PYTHON_VERSION: "3.13.5",
+    }
     info = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1", labels)
-    assert (info.runtime, info.runtime_version, info.executable_path, info.is_valid) == (
-        "toy", "22.1.0", toy.executable, True)
-    python = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1",
-                                      {L.MANAGED: "true", L.PACK_REF: "t", L.PYTHON_VERSION: "3.11.2"})
+    assert (info.runtime, info.runtime_version, info.executable_path, info.is_valid) == ("toy", "22.1.0", toy.executable, True)
+    python = L.environment_from_image(
+        "sha256:" + "ab" * 32, "x/t:1", {L.MANAGED: "true", L.PACK_REF: "t", L.PYTHON_VERSION: "3.11.2"}
+    )
     assert (python.runtime, python.runtime_version) == ("python", "3.11.2")
     unknown = L.environment_from_image("sha256:" + "ab" * 32, "x/t:1", {**labels, L.RUNTIME: "cobol"})
     assert (unknown.runtime, unknown.runtime_version, unknown.is_valid) == ("cobol", "", False)
@@ -198,26 +205,28 @@ def test_an_image_says_its_runtime_by_its_runtime_label_and_older_images_are_pyt
 def test_the_manager_plans_with_the_specs_runtime(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ATTUNE__CONTAINERS__CONFIG", raising=False)
-    manager = ContainerDependencyManager(Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"),
-                                         FakeEngine())
+    manager = ContainerDependencyManager(Settings(state_dir=tmp_path / "state", cache_dir=tmp_path / "cache"), FakeEngine())
     monkeypatch.setattr(manager.bases, "available", lambda runtime=None: [])
-    plan = manager.plan("t", load_pack(write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n")).spec,
-                        pull_base=False)
+    plan = manager.plan(
+        "t", load_pack(write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n")).spec, pull_base=False
+    )
     assert toy.calls == ["validate", "choose_base"]
     assert plan.base.reference == "toy:22" and plan.spec.runtime == "toy"
 
 
 class ToyImages(FakeEngine):
     def inspect_image(self, reference: str) -> ImageRecord | None:
-        return ImageRecord(id="sha256:" + "ef" * 32,
-                           config=ImageConfig(env=("TOY_VERSION=22.1.0", "PYTHON_VERSION=3.11.2")))
+        return ImageRecord(id="sha256:" + "ef" * 32, config=ImageConfig(env=("TOY_VERSION=22.1.0", "PYTHON_VERSION=3.11.2")))
 
 
 def test_base_images_come_from_each_runtimes_own_setting_and_say_their_version(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ATTUNE__CONTAINERS__CONFIG", raising=False)
-    settings = Settings(state_dir=tmp_path / "state", base_images={"3.11": "python:3.11-slim"},
-                        runtime_base_images={"toy": {"22": "registry.example/toy:22"}})
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        base_images={"3.11": "python:3.11-slim"},
+        runtime_base_images={"toy": {"22": "registry.example/toy:22"}},
+    )
     catalog = BaseImageCatalog(settings, ToyImages())
     (toy_base,) = catalog.available(toy)
     assert (toy_base.minor, toy_base.reference, toy_base.python_version) == ("22", "registry.example/toy:22", "22.1.0")

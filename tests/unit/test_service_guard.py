@@ -46,10 +46,18 @@ def test_no_token_configured_lets_requests_through():
     assert call(Guard(None, token=None, max_body=1024), [], [b"{}"])[:2] == (200, b"{}")
 
 
-@pytest.mark.parametrize("header, status", [
-    (None, 401), (b"Bearer " + TOKEN[:-1], 401), (b"Bearer " + TOKEN + b"x", 401), (TOKEN, 401),
-    (b"Basic " + TOKEN, 401), (b"Bearer " + TOKEN, 200), (b"bearer " + TOKEN, 200),
-])
+@pytest.mark.parametrize(
+    "header, status",
+    [
+        (None, 401),
+        (b"Bearer " + TOKEN[:-1], 401),
+        (b"Bearer " + TOKEN + b"x", 401),
+        (TOKEN, 401),
+        (b"Basic " + TOKEN, 401),
+        (b"Bearer " + TOKEN, 200),
+        (b"bearer " + TOKEN, 200),
+    ],
+)
 def test_the_token_is_required_and_compared_whole(header, status):
     headers = [(b"authorization", header)] if header is not None else []
     got, body, read = call(Guard(None, token=TOKEN, max_body=1024), headers, [b"{}"])
@@ -106,9 +114,14 @@ def test_the_token_comes_from_a_private_file_or_the_environment(tmp_path, monkey
     assert TOKEN.decode() not in repr(Settings()), "the settings never show the token"
 
 
-@pytest.mark.parametrize("content, mode, needle", [
-    (TOKEN, 0o604, "chmod o-rwx"), (b"short", 0o600, "16 to 4096"), (b"with space " + TOKEN, 0o600, "printable"),
-])
+@pytest.mark.parametrize(
+    "content, mode, needle",
+    [
+        (TOKEN, 0o604, "chmod o-rwx"),
+        (b"short", 0o600, "16 to 4096"),
+        (b"with space " + TOKEN, 0o600, "printable"),
+    ],
+)
 def test_a_bad_token_file_is_refused_without_showing_it(tmp_path, monkeypatch, content, mode, needle):
     path = tmp_path / "token"
     path.write_bytes(content)

@@ -49,7 +49,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     def visit(name: str, path: list[str]) -> None:
         for target in sorted(graph[name]):
             if target in path:
-                cycles.append(path[path.index(target):] + [target])
+                cycles.append(path[path.index(target) :] + [target])
             elif target not in done:
                 visit(target, path + [target])
         done.add(name)

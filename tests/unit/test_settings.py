@@ -27,11 +27,13 @@ def clean_env(monkeypatch, tmp_path):
 @pytest.fixture
 def config(monkeypatch, tmp_path):
     """Write a TOML config file and point ATTUNE__CONTAINERS__CONFIG at it."""
+
     def write(text: str):
         path = tmp_path / "config.toml"
         path.write_text(text)
         monkeypatch.setenv(CONFIG_ENV, str(path))
         return path
+
     return write
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from attune_containers.core.spec import DependencySpec, RequirementPolicy, validate_spec
-from attune_containers.runtimes.python.spec import MAX_LINE_LENGTH, MAX_REQUIREMENTS, MAX_REQUIREMENTS_FILE_BYTES
 from attune_containers.errors import InvalidSpecError
+from attune_containers.runtimes.python.spec import MAX_LINE_LENGTH, MAX_REQUIREMENTS, MAX_REQUIREMENTS_FILE_BYTES
 
 HEX64 = "0123456789abcdef" * 4
 HEX64_B = "fedcba9876543210" * 4
@@ -90,8 +90,9 @@ def test_dependencies_and_file_content_combine():
 def test_comments_and_blank_lines_are_dropped():
     """Comments and blanks never reach requirements.txt or the as-given label."""
     content = "# header\n\n   \nbeta>=2   # why we need it\n  gamma  \n#requests\n"
-    spec = validate_spec(DependencySpec(dependencies=["alpha  # inline", "# only a comment", ""],
-                                        requirements_file_content=content))
+    spec = validate_spec(
+        DependencySpec(dependencies=["alpha  # inline", "# only a comment", ""], requirements_file_content=content)
+    )
     assert spec.requirement_lines() == ["alpha", "beta>=2", "gamma"]
     assert spec.as_given == ("alpha", "beta>=2", "gamma")
     assert not any("#" in line for line in spec.requirement_lines())
@@ -314,8 +315,13 @@ def test_strict_refuses_anything_but_an_exact_pin(dep):
 
 @pytest.mark.parametrize(
     "dep",
-    ["requests==2.31.0", "Requests == 2.31.0", "requests===2.31.0", "requests[socks]==2.31.0; python_version>'3.8'",
-     f"requests==2.31.0 --hash=sha256:{HEX64}"],
+    [
+        "requests==2.31.0",
+        "Requests == 2.31.0",
+        "requests===2.31.0",
+        "requests[socks]==2.31.0; python_version>'3.8'",
+        f"requests==2.31.0 --hash=sha256:{HEX64}",
+    ],
 )
 def test_strict_accepts_exact_pins(dep):
     """An exact pin (with extras, marker or hash) passes strict mode."""

@@ -8,8 +8,8 @@ import pytest
 from packaging.version import Version
 
 from attune_containers.core.versions import BaseImage
-from attune_containers.runtimes.python.versions import choose_python
 from attune_containers.errors import InvalidSpecError, PythonVersionUnavailableError
+from attune_containers.runtimes.python.versions import choose_python
 
 
 def image(version: str) -> BaseImage:
@@ -99,8 +99,27 @@ def test_no_images_configured():
 
 # --- property: never outside the range ---------------------------------------------------------
 
-BOUNDS = [None, "3.8", "3.9", "3.9.1", "3.9.2", "3.9.3", "3.10", "3.10.0", "3.11", "3.11.0", "3.11.2",
-          "3.11.3", "3.12", "3.13", "3.13.0", "3.13.5", "3.13.6", "3.14", "4.0"]
+BOUNDS = [
+    None,
+    "3.8",
+    "3.9",
+    "3.9.1",
+    "3.9.2",
+    "3.9.3",
+    "3.10",
+    "3.10.0",
+    "3.11",
+    "3.11.0",
+    "3.11.2",
+    "3.11.3",
+    "3.12",
+    "3.13",
+    "3.13.0",
+    "3.13.5",
+    "3.13.6",
+    "3.14",
+    "4.0",
+]
 CATALOGUES = [
     AVAILABLE,
     [image("3.9.2"), image("3.10.14"), image("3.11.2"), image("3.11.9"), image("3.12.0"), image("3.13.5")],

@@ -55,8 +55,7 @@ def parse_lock(data: bytes | str) -> list[LockedPackage]:
             raise LockError(f"the lock links {where[:200]!r} to a local path; refused")
         name = entry.get("name") or where.rsplit("node_modules/", 1)[1]
         version, integrity, resolved = entry.get("version"), entry.get("integrity"), entry.get("resolved")
-        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(version, str)
-                and _VERSION.fullmatch(version)):
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and isinstance(version, str) and _VERSION.fullmatch(version)):
             raise LockError(f"the lock has an entry that is not a registry package: {where[:200]!r}")
         if resolved is not None and (not isinstance(resolved, str) or not resolved.startswith("https://")):
             raise LockError(f"{name}@{version} resolves to {str(resolved)[:200]!r}: only https tarballs are installed")

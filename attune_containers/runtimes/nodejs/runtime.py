@@ -68,8 +68,12 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "dependencies": [r.canonical() for r in spec.requirements],
         "lock": hashlib.sha256(spec.lock.encode()).hexdigest() if spec.lock is not None else None,
         "npm_scripts": options.npm_scripts,
-        "node": {"major": base.minor, "version": base.python_version, "base_image": base.reference,
-                 "base_identity": base.identity},
+        "node": {
+            "major": base.minor,
+            "version": base.python_version,
+            "base_image": base.reference,
+            "base_identity": base.identity,
+        },
         "template": hashlib.sha256(template_source(DOCKERFILE_TEMPLATE).encode()).hexdigest(),
         "build_files": {PREPARE_SCRIPT: hashlib.sha256(template_source(PREPARE_SCRIPT).encode()).hexdigest()},
     }
@@ -78,10 +82,19 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
 def render_dockerfile(base: BaseImage, options: BuildOptions | None = None) -> str:
     if not _IMAGE_REFERENCE.fullmatch(base.reference):
         raise ValueError(f"not an image reference: {base.reference!r}")
-    return _environment().get_template(DOCKERFILE_TEMPLATE).render(
-        base_image=base.reference, node_version=base.python_version or base.minor, attune_dir=ATTUNE_DIR,
-        uid=APP_UID, tool_version=__version__, helper_dir=HELPER_DIR,
-        npm_scripts=bool(options and options.npm_scripts))
+    return (
+        _environment()
+        .get_template(DOCKERFILE_TEMPLATE)
+        .render(
+            base_image=base.reference,
+            node_version=base.python_version or base.minor,
+            attune_dir=ATTUNE_DIR,
+            uid=APP_UID,
+            tool_version=__version__,
+            helper_dir=HELPER_DIR,
+            npm_scripts=bool(options and options.npm_scripts),
+        )
+    )
 
 
 class NodePlan(BuildPlan):
@@ -108,8 +121,14 @@ class NodePlan(BuildPlan):
             ("attune-build/tarballs/.keep", b""),
         ]
         for path in wheels:
-            entries.append(("attune-build/package-lock.json" if path.name == "package-lock.json"
-                            else f"attune-build/tarballs/{path.name}", path))
+            entries.append(
+                (
+                    "attune-build/package-lock.json"
+                    if path.name == "package-lock.json"
+                    else f"attune-build/tarballs/{path.name}",
+                    path,
+                )
+            )
         context = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)
         with tarfile.open(fileobj=context, mode="w") as tar:
             for name, content in sorted(entries, key=lambda e: e[0]):
@@ -139,9 +158,12 @@ class NodePlan(BuildPlan):
         for entry in document:
             name = entry.get("name") if isinstance(entry, dict) else None
             version = entry.get("version") if isinstance(entry, dict) else None
-            if not (isinstance(name, str) and isinstance(version, str) and re.fullmatch(
-                    r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}", name)
-                    and re.fullmatch(r"[0-9A-Za-z.+-]{1,100}", version)):
+            if not (
+                isinstance(name, str)
+                and isinstance(version, str)
+                and re.fullmatch(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}", name)
+                and re.fullmatch(r"[0-9A-Za-z.+-]{1,100}", version)
+            ):
                 raise ValueError(f"installed.json has an entry that is not {{name, version}}: {entry!r:.200}")
             lines.append(f"{name}@{version}")
         return lines
@@ -176,8 +198,9 @@ class NodeRuntime:
         configured = dict(getattr(settings, "runtime_base_images", {}).get(self.name) or DEFAULT_BASE_IMAGES)
         for major in configured:
             if not _MAJOR.fullmatch(major):
-                raise InvalidSpecError(f"runtime_base_images.nodejs key {major!r} is not a Node.js major like '20'",
-                                       field="runtime_base_images")
+                raise InvalidSpecError(
+                    f"runtime_base_images.nodejs key {major!r} is not a Node.js major like '20'", field="runtime_base_images"
+                )
         return configured
 
     def base_version(self, labels: dict[str, str], env: dict[str, str]) -> str | None:
@@ -193,8 +216,7 @@ class NodeRuntime:
     def choose_base(self, available: list[BaseImage], spec: ValidatedSpec) -> BaseImage:
         return choose_node(available, spec.min_version, spec.max_version)
 
-    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions,
-             image_prefix: str) -> BuildPlan:
+    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions, image_prefix: str) -> BuildPlan:
         from ...core.pack_ref import validate_pack_ref
 
         validate_pack_ref(pack_ref)
@@ -213,8 +235,19 @@ class NodeRuntime:
         # arguments after the runner; the runner ignores it.
         # node through env: Debian puts it in /usr/bin, the official images in /usr/local/bin (the
         # image's PATH, which the supervisor hands on, is ours: Dockerfile.node.j2).
-        return [SUPERVISOR_PYTHON, "-I", "-S", "-B", f"{SUPERVISOR_MOUNT}/attune_wrapper.py", str(exec_uid),
-                "--exec", "/usr/bin/env", "node", RUNNER, *preload]
+        return [
+            SUPERVISOR_PYTHON,
+            "-I",
+            "-S",
+            "-B",
+            f"{SUPERVISOR_MOUNT}/attune_wrapper.py",
+            str(exec_uid),
+            "--exec",
+            "/usr/bin/env",
+            "node",
+            RUNNER,
+            *preload,
+        ]
 
     def version_command(self) -> list[str]:
         return ["node", "-p", "process.versions.node"]

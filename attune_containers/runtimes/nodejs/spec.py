@@ -68,32 +68,32 @@ def _requirement(name: str, wanted: str, where: str, policy: RequirementPolicy) 
     if not isinstance(name, str) or len(name) > 214 or not _NAME.fullmatch(name):
         raise InvalidSpecError(f"{name!r} is not an npm package name", field=where)
     if name == "attune_action":
-        raise InvalidSpecError("attune_action is the runtime's own helper module; a pack cannot replace it",
-                               field=where)
+        raise InvalidSpecError("attune_action is the runtime's own helper module; a pack cannot replace it", field=where)
     if not isinstance(wanted, str) or len(wanted) > MAX_LINE_LENGTH or "\n" in wanted or "\r" in wanted:
         raise InvalidSpecError(f"the version of {name} must be one line of text", field=where)
     wanted = wanted.strip()
     lowered = wanted.lower()
     if lowered.startswith(("git", "github:", "gitlab:", "bitbucket:", "gist:", "ssh:")) or (
-            "/" in wanted and ":" not in wanted):  # user/repo: a GitHub shorthand
-        raise InvalidSpecError(f"{name}: git dependencies are refused ({wanted!r}); name a registry version",
-                               field=where)
+        "/" in wanted and ":" not in wanted
+    ):  # user/repo: a GitHub shorthand
+        raise InvalidSpecError(f"{name}: git dependencies are refused ({wanted!r}); name a registry version", field=where)
     if lowered.startswith(("file:", "link:", "portal:", "workspace:")) or wanted.startswith((".", "/", "~/")):
         raise InvalidSpecError(f"{name}: local paths are refused ({wanted!r}); name a registry version", field=where)
     if lowered.startswith("npm:"):
         raise InvalidSpecError(f"{name}: aliases are refused ({wanted!r}); name the package itself", field=where)
     if "://" in wanted:
         if not policy.allow_direct_urls:
-            raise InvalidSpecError(f"{name}: URL dependencies are refused ({wanted!r}); the operator may allow "
-                                   "https tarball URLs with allow_direct_urls", field=where)
+            raise InvalidSpecError(
+                f"{name}: URL dependencies are refused ({wanted!r}); the operator may allow "
+                "https tarball URLs with allow_direct_urls",
+                field=where,
+            )
         if policy.strict or not _TARBALL.fullmatch(wanted):
-            raise InvalidSpecError(f"{name}: only an https:// URL of a .tgz tarball is accepted, got {wanted!r}",
-                                   field=where)
+            raise InvalidSpecError(f"{name}: only an https:// URL of a .tgz tarball is accepted, got {wanted!r}", field=where)
         return ValidRequirement(name=name, url=wanted)
     if policy.strict:
         if not _EXACT.fullmatch(wanted):
-            raise InvalidSpecError(f"strict mode: {name} must name one exact version like 1.2.3, got {wanted!r}",
-                                   field=where)
+            raise InvalidSpecError(f"strict mode: {name} must name one exact version like 1.2.3, got {wanted!r}", field=where)
         return ValidRequirement(name=name, specifier="@" + wanted.lstrip("v"))
     if wanted in ("", "latest"):
         wanted = "*"
@@ -109,7 +109,7 @@ def _split(line: str, where: str) -> tuple[str, str]:
         raise InvalidSpecError("must be a string", field=where)
     line = line.strip()
     at = line.find("@", 1)  # a scope's own '@' comes first
-    return (line, "") if at < 0 else (line[:at], line[at + 1:])
+    return (line, "") if at < 0 else (line[:at], line[at + 1 :])
 
 
 def _package_json(content: str) -> dict[str, str]:
@@ -145,14 +145,14 @@ def validate_node_spec(spec: DependencySpec, policy: RequirementPolicy | None = 
         deps = _package_json(spec.requirements_file_content)
         if len(deps) > MAX_DEPENDENCIES:
             raise InvalidSpecError(f"more than {MAX_DEPENDENCIES} dependencies", field="package.json")
-        pairs += [(f"package.json dependencies[{name!r}]", name, wanted, f"{name}@{wanted}")
-                  for name, wanted in deps.items()]
+        pairs += [(f"package.json dependencies[{name!r}]", name, wanted, f"{name}@{wanted}") for name, wanted in deps.items()]
     found: dict[str, ValidRequirement] = {}
     for where, name, wanted, _ in pairs:
         requirement = _requirement(name, wanted, where, policy)
         if name in found and found[name] != requirement:
-            raise InvalidSpecError(f"{name} is asked for twice, as {found[name].canonical()!r} and "
-                                   f"{requirement.canonical()!r}", field=where)
+            raise InvalidSpecError(
+                f"{name} is asked for twice, as {found[name].canonical()!r} and {requirement.canonical()!r}", field=where
+            )
         found[name] = requirement
     lock = spec.metadata.get(LOCK_KEY)
     if lock is not None:
@@ -176,8 +176,9 @@ def with_pack_files(spec: DependencySpec, files: dict[str, str]) -> DependencySp
     """A pack folder's ``package.json`` (its dependencies) and ``package-lock.json`` into ``spec``."""
     if "package.json" in files:
         if spec.requirements_file_content is not None:
-            raise InvalidSpecError("give package.json beside pack.yaml or requirements_file_content, not both",
-                                   field="package.json")
+            raise InvalidSpecError(
+                "give package.json beside pack.yaml or requirements_file_content, not both", field="package.json"
+            )
         spec = spec.with_requirements_file(files["package.json"])
     if LOCK_KEY in files:
         if "package.json" not in files:

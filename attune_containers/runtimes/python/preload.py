@@ -19,8 +19,8 @@ import re
 import threading
 from pathlib import Path
 
-from ...errors import InvalidSpecError
 from ...core.packs import read_pack_file
+from ...errors import InvalidSpecError
 
 MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}(?:\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}")
 MAX_MODULES = 64

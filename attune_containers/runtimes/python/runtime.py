@@ -60,8 +60,7 @@ class PythonRuntime:
     def choose_base(self, available: list[BaseImage], spec: ValidatedSpec) -> BaseImage:
         return choose_python(available, spec.min_version, spec.max_version)
 
-    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions,
-             image_prefix: str) -> BuildPlan:
+    def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions, image_prefix: str) -> BuildPlan:
         return make_plan(pack_ref, spec, base, options, image_prefix)
 
     def fetcher(self, settings: Any, engine: Any) -> Any:

@@ -52,9 +52,7 @@ def validate_python_spec(spec: DependencySpec, policy: RequirementPolicy | None 
     if spec.requirements_file_content is not None:
         content = spec.requirements_file_content
         if len(content.encode("utf-8", "surrogatepass")) > MAX_REQUIREMENTS_FILE_BYTES:
-            raise InvalidSpecError(
-                f"is larger than {MAX_REQUIREMENTS_FILE_BYTES} bytes", field="requirements_file_content"
-            )
+            raise InvalidSpecError(f"is larger than {MAX_REQUIREMENTS_FILE_BYTES} bytes", field="requirements_file_content")
         for n, line in enumerate(content.splitlines(), start=1):
             lines.append((f"requirements_file_content line {n}", line))
 
@@ -89,9 +87,7 @@ def _python_bound(value: str | None, field: str) -> Version | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _PYTHON_BOUND.fullmatch(value.strip()):
-        raise InvalidSpecError(
-            f"{value!r} is not a Python version like '3.11' or '3.11.4'", field=field
-        )
+        raise InvalidSpecError(f"{value!r} is not a Python version like '3.11' or '3.11.4'", field=field)
     try:
         return Version(value.strip())
     except InvalidVersion as exc:  # pragma: no cover - the regex already guarantees a version
@@ -119,8 +115,7 @@ def _check_characters(line: str, where: str) -> None:
     for pos, ch in enumerate(line):
         if not (" " <= ch <= "~"):
             raise InvalidSpecError(
-                f"character {ch!r} at position {pos} is not allowed in a requirement "
-                f"(printable ASCII only): {line!r}",
+                f"character {ch!r} at position {pos} is not allowed in a requirement (printable ASCII only): {line!r}",
                 field=where,
             )
     if "\\" in line:
@@ -142,8 +137,7 @@ def _validate_option(line: str, where: str, policy: RequirementPolicy) -> str:
         "--constraint": "constraint files",
     }.get(option, "pip options")
     raise InvalidSpecError(
-        f"{kind} are not allowed ({option!r} in {line!r}); "
-        "set ATTUNE__CONTAINERS__ALLOW_PIP_OPTIONS=true to allow them",
+        f"{kind} are not allowed ({option!r} in {line!r}); set ATTUNE__CONTAINERS__ALLOW_PIP_OPTIONS=true to allow them",
         field=where,
     )
 
@@ -166,8 +160,7 @@ def _parse_requirement(line: str, where: str, policy: RequirementPolicy) -> Vali
         req = Requirement(text)
     except InvalidRequirement as exc:
         raise InvalidSpecError(
-            f"{text!r} is not a PEP 508 requirement ({exc}); local paths, archives and bare URLs "
-            "are not accepted",
+            f"{text!r} is not a PEP 508 requirement ({exc}); local paths, archives and bare URLs are not accepted",
             field=where,
         ) from None
     if req.url is not None:
@@ -186,9 +179,7 @@ def _parse_requirement(line: str, where: str, policy: RequirementPolicy) -> Vali
         specs = list(req.specifier)
         pinned = len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version
         if not pinned:
-            raise InvalidSpecError(
-                f"strict mode requires an exact pin like 'name==1.2.3', got {text!r}", field=where
-            )
+            raise InvalidSpecError(f"strict mode requires an exact pin like 'name==1.2.3', got {text!r}", field=where)
     marker = str(Marker(str(req.marker))) if req.marker is not None else None
     return ValidRequirement(
         name=canonicalize_name(req.name),

@@ -29,16 +29,12 @@ def _inside(image: BaseImage, min_version: str | None, max_version: str | None) 
     return True
 
 
-def choose_python(
-    available: list[BaseImage], min_version: str | None = None, max_version: str | None = None
-) -> BaseImage:
+def choose_python(available: list[BaseImage], min_version: str | None = None, max_version: str | None = None) -> BaseImage:
     """The newest of ``available`` inside the inclusive range, or a clear error naming both."""
     fitting = [image for image in available if _inside(image, min_version, max_version)]
     if fitting:
         return max(fitting, key=lambda image: (image.minor_key, _key(image.python_version or "0", 3)))
-    versions = ", ".join(
-        image.python_version or image.minor for image in sorted(available, key=lambda i: i.minor_key)
-    )
+    versions = ", ".join(image.python_version or image.minor for image in sorted(available, key=lambda i: i.minor_key))
     wanted = f"[{min_version or 'any'}, {max_version or 'any'}]"
     raise PythonVersionUnavailableError(
         f"no available Python lies inside {wanted}; available: {versions or 'none configured'}",

@@ -76,7 +76,7 @@ def scrub():
 def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def write_frame(kind, data=b""):
@@ -110,7 +110,7 @@ def forward(src, size, dst):
     """Move ``size`` bytes from ``src`` to ``dst`` through the buffer; a dead ``dst`` is drained
     past so the stream stays in step. False when ``src`` ended first."""
     while size:
-        count = os.readv(src, [VIEW[:min(size, len(BUFFER))]])
+        count = os.readv(src, [VIEW[: min(size, len(BUFFER))]])
         if count == 0:
             return False
         size -= count
@@ -146,6 +146,7 @@ def error_document(kind, message, tb=""):
 
 # -- the child: one execution, as EXEC_UID -------------------------------------------------------
 
+
 def top_level_functions(path):
     with open(path, "rb") as handle:
         tree = ast.parse(handle.read(), filename=path)
@@ -166,9 +167,15 @@ def child_main(uid, request_fd, result_fd, out_fd, err_fd, from_zygote=False):
             try:
                 drop_privileges(uid)
             except OSError as exc:
-                send_result(result_fd, error_document(
-                    "IsolationError", "the runner loop cannot drop to the execution uid (%s); it must "
-                    "start as root with CAP_SETUID and CAP_SETGID" % exc), 1 << 20)
+                send_result(
+                    result_fd,
+                    error_document(
+                        "IsolationError",
+                        "the runner loop cannot drop to the execution uid (%s); it must "
+                        "start as root with CAP_SETUID and CAP_SETGID" % exc,
+                    ),
+                    1 << 20,
+                )
                 os._exit(71)
         os.chdir("/tmp")
         if CHILD_EXEC:
@@ -209,11 +216,11 @@ def send_result(fd, document, limit):
     try:
         encoded = DUMPS(document).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        encoded = DUMPS(error_document(
-            "ResultNotSerializable", "the action's result is not JSON: %s" % exc)).encode("utf-8")
+        encoded = DUMPS(error_document("ResultNotSerializable", "the action's result is not JSON: %s" % exc)).encode("utf-8")
     if len(encoded) > limit:
-        encoded = DUMPS(error_document(
-            "ResultTooLarge", "the result is %d bytes; the limit is %d" % (len(encoded), limit))).encode("utf-8")
+        encoded = DUMPS(
+            error_document("ResultTooLarge", "the result is %d bytes; the limit is %d" % (len(encoded), limit))
+        ).encode("utf-8")
     write_all(fd, encoded)
 
 
@@ -252,7 +259,7 @@ def run_execution(request_fd, result_fd):
     sys.modules["attune_action"] = helper
     del request
 
-    sys.stdin = open(0, "r", encoding="utf-8", closefd=False)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)
     sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
     path = os.path.join(action["pack_dir"], "actions", action["entry_point"])
@@ -279,8 +286,9 @@ def run_execution(request_fd, result_fd):
         outcome = {"status": "script"}
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a structured error
         exit_code = 1
-        outcome = error_document(type(exc).__name__, str(exc), "".join(
-            traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        outcome = error_document(
+            type(exc).__name__, str(exc), "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -291,6 +299,7 @@ def run_execution(request_fd, result_fd):
 
 
 # -- the supervisor ------------------------------------------------------------------------------
+
 
 class Child:
     """An execution's process, forked and unprivileged before its request arrives."""
@@ -411,8 +420,11 @@ def clear_everything():
                 ok = False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        remove = {"shm": lambda i: libc.shmctl(i, 0, None), "msg": lambda i: libc.msgctl(i, 0, None),
-                  "sem": lambda i: libc.semctl(i, 0, 0)}  # 0 is IPC_RMID
+        remove = {
+            "shm": lambda i: libc.shmctl(i, 0, None),
+            "msg": lambda i: libc.msgctl(i, 0, None),
+            "sem": lambda i: libc.semctl(i, 0, 0),
+        }  # 0 is IPC_RMID
         for kind in SYSV:
             for ident in sysv_ids(kind):
                 remove[kind](ident)
@@ -483,7 +495,7 @@ def serve(child, control):
             elif fd == child.result:
                 # Forwarded while within the limit; beyond it only counted (the worker decides).
                 if result_bytes <= limit:
-                    write_frame(b"r", VIEW[:min(count, limit + 1 - result_bytes)])
+                    write_frame(b"r", VIEW[: min(count, limit + 1 - result_bytes)])
                 result_bytes += count
             else:
                 write_frame(kinds[fd], VIEW[:count])
@@ -499,12 +511,23 @@ def serve(child, control):
     if ZYGOTE is not None and not ZYGOTE.intact():
         left.append("zygote")  # an execution stopped, killed or changed it: no one is forked from it
     clean = clean and not left
-    write_frame(b"d", json.dumps({
-        "nonce": control.get("nonce"), "exit_code": exit_code, "signal": killed_by,
-        "timed_out": timed_out, "leftover_processes": leftovers, "result_bytes": result_bytes,
-        "elapsed": round(time.monotonic() - started, 6), "clean": bool(clean), "residue": left,
-        "preload": PRELOAD_STATE,
-    }).encode("utf-8"))
+    write_frame(
+        b"d",
+        json.dumps(
+            {
+                "nonce": control.get("nonce"),
+                "exit_code": exit_code,
+                "signal": killed_by,
+                "timed_out": timed_out,
+                "leftover_processes": leftovers,
+                "result_bytes": result_bytes,
+                "elapsed": round(time.monotonic() - started, 6),
+                "clean": bool(clean),
+                "residue": left,
+                "preload": PRELOAD_STATE,
+            }
+        ).encode("utf-8"),
+    )
     return clean
 
 

@@ -49,5 +49,8 @@ def run(remember=None):
             others[pid] = sorted(scan(pid))
         except OSError as exc:
             others[pid] = type(exc).__name__
-    return {"own_found": own[len("CANARY"):] in found, "foreign": sorted(found - {own[len("CANARY"):]}),
-            "other_processes": {str(k): v for k, v in others.items()}}
+    return {
+        "own_found": own[len("CANARY") :] in found,
+        "foreign": sorted(found - {own[len("CANARY") :]}),
+        "other_processes": {str(k): v for k, v in others.items()},
+    }

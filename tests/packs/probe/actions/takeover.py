@@ -87,18 +87,32 @@ def run():
     # Forged frames on our own stdout are only output: the loop frames them as such.
     os.write(1, forged())
     # Stay behind, trying to read what the loop reads next.
-    subprocess.Popen([sys.executable, "-c", (
-        "import os, time\n"
-        "for _ in range(600):\n"
-        "    for path in ('/proc/%d/fd/0', '/proc/1/fd/0'):\n"
-        "        try:\n"
-        "            os.read(os.open(path, os.O_RDONLY | os.O_NONBLOCK), 65536)\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    time.sleep(0.05)\n") % parent],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {"reached": reached, "uid": os.getuid(), "parent_uid": os.stat("/proc/%d" % parent).st_uid,
-            "signalable_uids": sorted(set(signalable))}
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, time\n"
+                "for _ in range(600):\n"
+                "    for path in ('/proc/%d/fd/0', '/proc/1/fd/0'):\n"
+                "        try:\n"
+                "            os.read(os.open(path, os.O_RDONLY | os.O_NONBLOCK), 65536)\n"
+                "        except OSError:\n"
+                "            pass\n"
+                "    time.sleep(0.05)\n"
+            )
+            % parent,
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return {
+        "reached": reached,
+        "uid": os.getuid(),
+        "parent_uid": os.stat("/proc/%d" % parent).st_uid,
+        "signalable_uids": sorted(set(signalable)),
+    }
 
 
 def uid_of(pid):
