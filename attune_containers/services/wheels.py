@@ -75,6 +75,7 @@ from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
+from ..runtimes.python.lock import LockedDistribution
 from ..settings import Settings
 
 try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
@@ -91,18 +92,6 @@ _WORK_NAME = re.compile(r"[0-9a-f]{32}")
 _STARTING_SECONDS = 120.0
 _MANIFEST_LIMIT = 4 * 1024 * 1024
 _LOG_LINE_LIMIT = 4096
-
-
-class LockedDistribution(BaseModel):
-    """One distribution an image was built from: what a lock file pins."""
-
-    name: str
-    version: str
-    filename: str
-    sha256: str
-
-    def requirement(self) -> str:
-        return f"{self.name}=={self.version} --hash=sha256:{self.sha256}"
 
 
 class FetchedWheels(BaseModel):

@@ -1,4 +1,4 @@
-"""The Python runtime (the first one). Pure modules: ``runtime`` (all but ``fetcher``) and
+"""The Python runtime (the first one). Pure modules: ``runtime`` (all but ``fetcher``), ``lock`` and
 ``preload``; ``loop/`` is what runs inside action containers (standard library only, never
 imported on the host)."""
 

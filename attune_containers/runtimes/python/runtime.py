@@ -20,6 +20,7 @@ from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec
 from ...core.versions import BaseImage
 from ..base import LOOP_MOUNT
 from . import preload
+from .lock import LockedDistribution
 from .spec import validate_python_spec
 from .versions import choose_python
 
@@ -81,8 +82,6 @@ class PythonRuntime:
         return spec  # requirements.txt is combined by core/packs.py (extra_requirements)
 
     def lock_lines(self, entries: list[dict[str, Any]]) -> list[str]:
-        from ...services.wheels import LockedDistribution  # pydantic model beside the wheel cache
-
         return [LockedDistribution(**d).requirement() for d in entries]
 
     def discover_preload(self, pack_dir: Path) -> tuple[str, ...]:
