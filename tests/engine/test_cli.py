@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from attune_containers.core import labels as L
-
-from ..support import TEST_PREFIX, images_of, unique_ref
+from ..support import TEST_PREFIX, EngineRecorder, images_of, unique_ref
 
 
 def cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None, state_dir: Path | None = None):
@@ -41,13 +41,15 @@ def write_pack(root: Path, pack_ref: str, python_dependencies, requirements_txt:
     return directory
 
 
-def test_build_then_rebuild_reuses(tmp_path, engine):
+def test_build_then_rebuild_reuses(tmp_path, engine, recorder):
     pack_ref = unique_ref("cli")
     pack = write_pack(tmp_path, pack_ref, {"dependencies": ["six==1.17.0"], "min_version": "3.9", "max_version": "3.11"})
-    first = cli("build", str(pack), "--json", state_dir=tmp_path / "state")
+    first = cli("build", str(pack), "--json", state_dir=tmp_path / "state", env={"DOCKER_HOST": recorder.url})
     assert first.returncode == 0, first.stderr
     built = json.loads(first.stdout)
     assert built["outcome"] == "built" and built["runtime_version"].startswith("3.11.")
+    # The recorder sees a build's changes (what the hostile tests below assert the absence of).
+    assert any(path.split("?")[0].endswith(("/build", "/commit", "/containers/create")) for _, path in recorder.changes())
     second = cli("build", str(pack), "--json", state_dir=tmp_path / "state")
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
@@ -61,14 +63,14 @@ def test_build_then_rebuild_reuses(tmp_path, engine):
     assert images_of(engine, pack_ref) == []
 
 
-def ours(engine) -> set[str]:
-    """Every image of this test run, tagged or not (other sessions may share the engine); a
-    refused pack must add none, not even an untagged build stage."""
-    return {
-        i.id
-        for i in engine.list_images({L.MANAGED: "true"}, dangling=None)
-        if any(t.startswith(TEST_PREFIX + "/") for t in i.tags)
-    } | {i.id for i in engine.list_images(dangling=True)}
+@pytest.fixture
+def recorder():
+    """What the CLI under test asked the engine (and nothing any other process did meanwhile)."""
+    directory = Path(tempfile.mkdtemp(prefix="rec-", dir="/tmp"))  # a socket's path must fit 108 bytes
+    relay = EngineRecorder(directory)
+    yield relay
+    relay.close()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 HOSTILE = {
@@ -85,16 +87,16 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("dependencies", list(HOSTILE.values()), ids=list(HOSTILE))
-def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependencies):
+def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, recorder, dependencies):
     pack_ref = unique_ref("hostile")
     pack = write_pack(tmp_path, pack_ref, dependencies)
-    before = ours(engine)
     for command in ("build", "render", "validate"):
-        result = cli(command, str(pack))
+        result = cli(command, str(pack), env={"DOCKER_HOST": recorder.url})
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert "error" in result.stderr
     assert images_of(engine, pack_ref) == []
-    assert ours(engine) == before
+    # A refused pack changes nothing: no build, no container, no tag (a look at the bases is fine).
+    assert recorder.changes() == [], recorder.requests()
 
 
 @pytest.mark.parametrize(
@@ -108,12 +110,11 @@ def test_hostile_requirements_are_refused_with_exit_2(tmp_path, engine, dependen
         ({"ref": "ok", "meta": {"python_dependencies": {"dependencies": ["six"], "bogus": 1}}}, "bogus"),
     ],
 )
-def test_hostile_api_documents_are_refused_with_exit_2(document, needle, engine):
-    before = ours(engine)
-    result = cli("build", "-", stdin=json.dumps(document))
+def test_hostile_api_documents_are_refused_with_exit_2(document, needle, engine, recorder):
+    result = cli("build", "-", stdin=json.dumps(document), env={"DOCKER_HOST": recorder.url})
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert needle in result.stderr
-    assert ours(engine) == before
+    assert recorder.changes() == [], recorder.requests()
 
 
 def test_render_prints_the_dockerfile_without_pack_strings(tmp_path):
