@@ -29,7 +29,6 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +46,7 @@ from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
 from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..settings import Settings
+from .fetch_output import FetchOutput
 from .wheels import CacheStats
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "node-fetch.sh"
@@ -55,7 +55,6 @@ _HEX = re.compile(r"[0-9a-f]{128}")
 _CONTENT = re.compile(r"c/_cacache/content-v2/sha512/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{124})")
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}")
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,100}")
-_LOG_LINE_LIMIT = 4096
 
 
 class FetchedPackages(BaseModel):
@@ -195,30 +194,10 @@ class NpmCache:
             user=f"{APP_UID}:{APP_UID}",
         )
         stream = tempfile.TemporaryFile(dir=work)
-        log: deque[str] = deque(maxlen=400)
-        limit = self.settings.fetch_max_bytes
-        written = 0
-        partial = b""
-
-        def collect(kind: int, data: bytes) -> None:
-            nonlocal written, partial
-            if kind == 1:
-                written += len(data)
-                if written > limit:
-                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes)")
-                stream.write(data)
-                return
-            partial += data
-            *lines, partial = partial.split(b"\n")
-            for raw in lines:
-                line = raw[:_LOG_LINE_LIMIT].decode("utf-8", "replace").rstrip()
-                log.append(line)
-                if on_log is not None and line.strip():
-                    on_log(line)
-
+        output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log)
         container_id = self.engine.create_container(run, auto_remove=True)
         try:
-            exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, collect)
+            exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, output)
         finally:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
@@ -228,7 +207,7 @@ class NpmCache:
                 "fetching the npm packages; it was stopped"
             )
         if exit_code not in (0, None):
-            raise BuildError("fetching the npm packages failed", telling_lines(list(log)))
+            raise BuildError("fetching the npm packages failed", telling_lines(list(output.log)))
         stream.seek(0)
         return self._take(stream)
 

@@ -55,7 +55,6 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +76,7 @@ from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..runtimes.python.lock import LockedDistribution
 from ..settings import Settings
+from .fetch_output import FetchOutput
 
 try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
     from . import host_resolve
@@ -91,7 +91,6 @@ _WORK_NAME = re.compile(r"[0-9a-f]{32}")
 # A temporary work folder (not yet locked) younger than this belongs to a build starting now.
 _STARTING_SECONDS = 120.0
 _MANIFEST_LIMIT = 4 * 1024 * 1024
-_LOG_LINE_LIMIT = 4096
 
 
 class FetchedWheels(BaseModel):
@@ -283,35 +282,12 @@ class WheelCache:
             ],
             user=f"{APP_UID}:{APP_UID}",
         )
-        log: deque[str] = deque(maxlen=400)
-        limit = self.settings.fetch_max_bytes
-        written = 0
-        partial = b""
-        scrub = _scrubber(plan)
-
-        def collect(kind: int, data: bytes) -> None:
-            nonlocal written, partial
-            if kind == 1:
-                written += len(data)
-                if written > limit:
-                    raise BuildError(f"the fetch step handed back more than {limit} bytes (fetch_max_bytes); it was stopped")
-                out.write(data)
-                return
-            partial += data
-            *lines, partial = partial.split(b"\n")
-            if len(partial) > _LOG_LINE_LIMIT:
-                lines, partial = [*lines, partial[:_LOG_LINE_LIMIT]], b""
-            for raw in lines:
-                line = scrub(raw[:_LOG_LINE_LIMIT].decode("utf-8", "replace").rstrip())
-                log.append(line)
-                if on_log is not None and line.strip():
-                    on_log(line)
-
         fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         container_id = self.engine.create_container(run, auto_remove=True)
         try:
             with os.fdopen(fd, "wb") as out:
-                exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, collect)
+                output = FetchOutput(out, self.settings.fetch_max_bytes, on_log, _scrubber(plan))
+                exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, output)
         finally:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
@@ -321,6 +297,7 @@ class WheelCache:
                 "fetching the wheels; it was stopped"
             )
         if exit_code not in (0, None) or stream.stat().st_size == 0:
+            log = output.log
             lines = telling_lines(list(log))
             message = "fetching the wheels failed" + (" (offline)" if offline else "")
             if (
