@@ -154,6 +154,12 @@ def build_context(dockerfile: str, wheels: Sequence[Path] = (), tools: Sequence[
     ]
     entries += [(f"attune-build/wheels/{p.name}", p) for p in wheels]
     entries += [(f"attune-build/tools/{p.name}", p) for p in tools]
+    return tar_context(entries)
+
+
+def tar_context(entries: Sequence[tuple[str, bytes | Path]]) -> IO[bytes]:
+    """A tar of ``(name, bytes or file)`` entries in name order, with fixed owners, modes and times
+    (the same inputs give the same bytes, so the layer cache hits). Spooled to disk when large."""
     context = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)
     with tarfile.open(fileobj=context, mode="w") as tar:
         for name, content in sorted(entries, key=lambda e: e[0]):

@@ -17,11 +17,8 @@ per-execution child; a warm container still saves the container start).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
-import tarfile
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
@@ -31,7 +28,7 @@ from typing import IO, Any
 from ... import __version__
 from ...core import labels as L
 from ...core.plan import BuildPlan
-from ...core.render import APP_UID, ATTUNE_DIR, BuildOptions, _environment, template_source
+from ...core.render import APP_UID, ATTUNE_DIR, BuildOptions, _environment, tar_context, template_source
 from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec
 from ...core.versions import BaseImage
 from ...errors import InvalidSpecError
@@ -129,21 +126,7 @@ class NodePlan(BuildPlan):
                     path,
                 )
             )
-        context = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            for name, content in sorted(entries, key=lambda e: e[0]):
-                info = tarfile.TarInfo(name)
-                info.mode, info.mtime, info.uid, info.gid = 0o644, 0, 0, 0
-                info.uname = info.gname = "root"
-                if isinstance(content, Path):
-                    info.size = content.stat().st_size
-                    with content.open("rb") as handle:
-                        tar.addfile(info, handle)
-                else:
-                    info.size = len(content)
-                    tar.addfile(info, io.BytesIO(content))
-        context.seek(0)
-        return context
+        return tar_context(entries)
 
     def read_installed(self, data: bytes) -> list[str]:
         """``installed.json`` of the build (``prepare.js record``): ``name@version`` lines. Written
