@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO
 
-from ..engine import LogSink
+from ..engine import ContainerRun, Engine, LogSink
 from ..errors import BuildError
 
 LINE_LIMIT = 4096
@@ -50,3 +50,20 @@ class FetchOutput:
             self.log.append(line)
             if self.on_log is not None and line.strip():
                 self.on_log(line)
+
+
+def run_fetch_container(
+    engine: Engine, run: ContainerRun, output: FetchOutput, remaining: float, build_timeout: int, what: str
+) -> int | None:
+    """Run one fetch container to its end, its streams into ``output``; its exit code. The
+    container is gone afterwards whatever happened; past ``remaining`` seconds it is stopped and
+    the build fails saying so."""
+    container_id = engine.create_container(run, auto_remove=True)
+    try:
+        exit_code, timed_out, _ = engine.run_attached(container_id, b"", remaining, output)
+    finally:
+        engine.kill(container_id)
+        engine.remove_container(container_id, attempts=10)
+    if timed_out:
+        raise BuildError(f"the build took longer than {build_timeout} s (build_timeout) while fetching {what}; it was stopped")
+    return exit_code

@@ -46,7 +46,7 @@ from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
 from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..settings import Settings
-from .fetch_output import FetchOutput
+from .fetch_output import FetchOutput, run_fetch_container
 from .wheels import CacheStats
 
 FETCH_SCRIPT = TEMPLATES_DIR / "build" / "node-fetch.sh"
@@ -195,17 +195,7 @@ class NpmCache:
         )
         stream = tempfile.TemporaryFile(dir=work)
         output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log)
-        container_id = self.engine.create_container(run, auto_remove=True)
-        try:
-            exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, output)
-        finally:
-            self.engine.kill(container_id)
-            self.engine.remove_container(container_id, attempts=10)
-        if timed_out:
-            raise BuildError(
-                f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
-                "fetching the npm packages; it was stopped"
-            )
+        exit_code = run_fetch_container(self.engine, run, output, remaining, self.settings.build_timeout, "the npm packages")
         if exit_code not in (0, None):
             raise BuildError("fetching the npm packages failed", telling_lines(list(output.log)))
         stream.seek(0)

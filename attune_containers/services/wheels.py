@@ -76,7 +76,7 @@ from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import AttuneContainersError, BuildError
 from ..runtimes.python.lock import LockedDistribution
 from ..settings import Settings
-from .fetch_output import FetchOutput
+from .fetch_output import FetchOutput, run_fetch_container
 
 try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
     from . import host_resolve
@@ -283,19 +283,9 @@ class WheelCache:
             user=f"{APP_UID}:{APP_UID}",
         )
         fd = os.open(stream, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        container_id = self.engine.create_container(run, auto_remove=True)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                output = FetchOutput(out, self.settings.fetch_max_bytes, on_log, _scrubber(plan))
-                exit_code, timed_out, _ = self.engine.run_attached(container_id, b"", remaining, output)
-        finally:
-            self.engine.kill(container_id)
-            self.engine.remove_container(container_id, attempts=10)
-        if timed_out:
-            raise BuildError(
-                f"the build took longer than {self.settings.build_timeout} s (build_timeout) while "
-                "fetching the wheels; it was stopped"
-            )
+        with os.fdopen(fd, "wb") as out:
+            output = FetchOutput(out, self.settings.fetch_max_bytes, on_log, _scrubber(plan))
+            exit_code = run_fetch_container(self.engine, run, output, remaining, self.settings.build_timeout, "the wheels")
         if exit_code not in (0, None) or stream.stat().st_size == 0:
             log = output.log
             lines = telling_lines(list(log))
