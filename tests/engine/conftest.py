@@ -29,10 +29,11 @@ def pytest_collection_modifyitems(items):
 FLEET_BASE = "attune-base/python:3.13"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def second_engine(engine):
-    """Engine B: another dockerd on this machine (its own roots and socket, no bridge, no
-    iptables), with the 3.13 base image and nothing else; stopped and removed afterwards."""
+    """Engine B: another dockerd on this machine (its own roots, socket and bridge, no iptables),
+    with the 3.13 base image and nothing else; stopped and removed after its module, so it is
+    never running when the suite's last test restarts the host's dockerd."""
     try:
         b = start_second_engine()
     except RuntimeError as exc:
@@ -54,7 +55,7 @@ class SecureRegistry:
     docker_config: Path  # a DOCKER_CONFIG folder logged in to the registry, as `docker login` leaves it
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def secure_registry(tmp_path_factory):
     """docker-registry with TLS (a CA made here, trusted by every engine on this host through
     certs.d) and htpasswd basic auth, on this machine's non-loopback address."""
