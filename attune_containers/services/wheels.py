@@ -104,6 +104,8 @@ class FetchedWheels(BaseModel):
     # A name for the install step's container: this cache's id and the build's work folder, so a
     # sweep removes only a dead build's container of its own cache.
     step_name: str | None = None
+    # The build's work folder (0700, removed after the build): the install step writes there.
+    work: Path | None = None
 
     def lock(self) -> list[LockedDistribution]:
         return sorted(self.locked, key=lambda d: d.name)
@@ -229,6 +231,7 @@ class WheelCache:
                     uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
                 fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
+                fetched.work = work
                 yield fetched
             finally:
                 self.prune(self.settings.cache_max_bytes)
