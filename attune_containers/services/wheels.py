@@ -39,6 +39,7 @@ import errno
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import platform
 import re
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from filelock import FileLock
+from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -91,6 +93,9 @@ _WORK_NAME = re.compile(r"[0-9a-f]{32}")
 # A temporary work folder (not yet locked) younger than this belongs to a build starting now.
 _STARTING_SECONDS = 120.0
 _MANIFEST_LIMIT = 4 * 1024 * 1024
+_RESOLUTION_FILE = re.compile(r"[0-9a-f]{64}\.toml")
+# Kept resolutions at most (each a few kilobytes): the newest go on living.
+_RESOLUTIONS_KEPT = 256
 
 
 class FetchedWheels(BaseModel):
@@ -182,6 +187,8 @@ class WheelCache:
         self.tools = self.root / "tools"
         self.records = self.root / "records"
         self.work_root = self.root / "work"
+        # Host resolutions kept for reuse (resolution_max_age): the host's only, never mounted.
+        self.resolutions = self.root / "resolutions"
         self._cache_id: str | None = None
 
     # -- the fetch step -----------------------------------------------------------------------
@@ -640,11 +647,92 @@ class WheelCache:
         )
         return env
 
+    def _resolution_key(self, plan: BuildPlan, glibc: int, arch: str) -> str:
+        """What decides a host resolution, hashed: the requirements (stripped, sorted: a plain
+        requirements file's order does not change what uv picks), the exact Python, the platform
+        uv resolves for, the indexes (credentials included: another user may see other files),
+        uv's version and the options we give it."""
+        document = {
+            "requirements": sorted(line.strip() for line in plan.spec.requirement_lines() if line.strip()),
+            "python": plan.base.python_version,
+            "platform": host_resolve.uv_platform(glibc, arch),
+            "index_url": plan.options.index_url,
+            "extra_index_urls": list(plan.options.extra_index_urls),
+            "uv": UV_VERSION,
+            "options": ["--no-build", "--generate-hashes", "unsafe-best-match", "pylock.toml"],
+        }
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+    def _reused_resolution(self, key: str, on_log: LogSink | None, priority: dict[Tag, int]) -> list[host_resolve.Pinned] | None:
+        """The pins of a resolution of the same inputs younger than ``resolution_max_age``, or None."""
+        max_age = self.settings.resolution_max_age
+        path = self.resolutions / f"{key}.toml"
+        if max_age <= 0:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            age = time.time() - info.st_mtime
+            if not stat.S_ISREG(info.st_mode) or not 0 <= age < max_age or info.st_size > _MANIFEST_LIMIT:
+                return None
+            pinned = host_resolve.parse_pylock(handle.read(_MANIFEST_LIMIT).decode("utf-8", "replace"), priority)
+        if isinstance(pinned, str):
+            return None
+        if on_log is not None:
+            on_log(
+                f"fetch: resolution reused from {age:.0f} s ago ({len(pinned)} distributions resolved on the host; "
+                f"resolution_max_age={max_age})"
+            )
+        return pinned
+
+    def _keep_resolution(self, key: str, output: Path) -> None:
+        """Keep a fresh resolution for reuse: written whole then renamed into place (readers see
+        the old file or the new one), bounded under the cache's lock."""
+        if self.settings.resolution_max_age <= 0:
+            return
+        with contextlib.suppress(OSError):
+            self.resolutions.mkdir(mode=0o700, exist_ok=True)
+            tmp = self.resolutions / f".tmp-{uuid.uuid4().hex}"
+            shutil.copyfile(output, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.resolutions / f"{key}.toml")
+            with self._lock():
+                self._bound_resolutions(keep_fresh=True)
+
+    def _bound_resolutions(self, *, keep_fresh: bool) -> None:
+        """Expired, stray and surplus (beyond the newest ``_RESOLUTIONS_KEPT``) resolutions go;
+        everything goes unless ``keep_fresh``. The caller holds the cache's lock."""
+        entries = []
+        for path in _listing(self.resolutions):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                age = time.time() - info.st_mtime
+                if not keep_fresh:
+                    _remove(path)
+                elif (
+                    stat.S_ISREG(info.st_mode)
+                    and _RESOLUTION_FILE.fullmatch(path.name)
+                    and age < self.settings.resolution_max_age
+                ):
+                    entries.append((info.st_mtime, path))
+                elif not path.name.startswith(".tmp-") or age > _STARTING_SECONDS:  # a write under way stays
+                    _remove(path)
+        for _, path in sorted(entries, reverse=True)[_RESOLUTIONS_KEPT:]:
+            _remove(path)
+
     def _resolve(
         self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None, deadline: float
     ) -> list[host_resolve.Pinned] | None:
         output = work / "pylock.toml"
         started = time.monotonic()
+        key = self._resolution_key(plan, glibc, arch)
+        priority = host_resolve.tag_priority(plan.base.python_version or "", glibc, arch)
+        reused = self._reused_resolution(key, on_log, priority)
+        if reused is not None:
+            return reused
         try:
             result = subprocess.run(
                 [
@@ -685,11 +773,12 @@ class WheelCache:
                     + "; using the fetch container"
                 )
             return None
-        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "", glibc, arch))
+        pinned = host_resolve.read_pylock(output, priority)
         if isinstance(pinned, str):
             if on_log is not None:
                 on_log(f"fetch: {pinned}; using the fetch container")
             return None
+        self._keep_resolution(key, output)
         if on_log is not None:
             on_log(
                 f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
@@ -842,12 +931,14 @@ class WheelCache:
                     if not (self.root / folder / record.name).is_file() or not record.is_file():
                         _remove(record)
             for path in _listing(self.root):
-                if path.name not in ("wheelhouse", "tools", "records", "work", ".lock", "id"):
+                if path.name not in ("wheelhouse", "tools", "records", "work", "resolutions", ".lock", "id"):
                     _remove(path)
                     removed.append(path.name)
             for path in _listing(self.records):
                 if path.name not in ("wheelhouse", "tools"):
                     _remove(path)
+            # Emptying the cache (max_bytes 0) forgets every resolution too.
+            self._bound_resolutions(keep_fresh=max_bytes > 0)
             total = sum(size for _, size in self._everything())
             for _, size, folder, name in sorted(entries):
                 if total <= max_bytes:
