@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tarfile
 import threading
 import time
 import uuid
@@ -655,37 +654,45 @@ class ContainerDependencyManager:
             raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
         labels = self._labels(plan, raw, lock)
         base_id, base_config = self._base_config(plan.base.reference)
-        layer = fetched.work / "layer.tar"
         try:
-            with layer.open("xb") as out:
-                diff_id, size, left_out = one_layer.write_layer(tree, out)
-        except (OSError, ValueError, tarfile.TarError) as exc:
-            raise BuildError(f"writing the image's layer failed: {exc}") from None
-        for path in left_out[:20]:
+            layer = one_layer.plan_layer(tree)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"reading the image's folder failed: {exc}") from None
+        for path in layer.left_out[:20]:
             if on_log is not None:
                 on_log(f"install: left out /{path}: not a folder, regular file or link")
         created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        document = one_layer.image_config(base_config, diff_id, final_config(), labels, created=created, created_by=_LAYER_STEP)
-        # Build identity: the layers and run config this very document gives (labels aside).
-        document["config"]["Labels"][L.CONTENT] = L.content_identity(one_layer.as_inspected(document))
-        config = one_layer.config_bytes(document)
-        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-        written_at = time.monotonic()
+        made: list[bytes] = []
+
+        def make_config(diff_id: str) -> bytes:
+            document = one_layer.image_config(
+                base_config, diff_id, final_config(), labels, created=created, created_by=_LAYER_STEP
+            )
+            # Build identity: the layers and run config this very document gives (labels aside).
+            document["config"]["Labels"][L.CONTENT] = L.content_identity(one_layer.as_inspected(document))
+            made.append(one_layer.config_bytes(document))
+            return made[-1]
+
+        planned_at = time.monotonic()
         _remaining(deadline, self.settings.build_timeout)
         try:
-            self.engine.load(one_layer.docker_archive(base_id, base_config, config, layer, size, plan.image))
-        except ValueError as exc:
+            # The layer streams from the folder into the engine as it is read: never whole in
+            # memory, never written twice on this side.
+            self.engine.load(one_layer.docker_archive(base_id, base_config, layer, make_config, plan.image))
+        except (OSError, ValueError) as exc:
             raise BuildError(f"loading the image failed: {exc}") from None
-        finally:
-            layer.unlink()
+        image_id = "sha256:" + hashlib.sha256(made[-1]).hexdigest() if made else ""
         attrs = self.engine.inspect_image(plan.image)
         if attrs is None or attrs.id != image_id:
             raise BuildError(f"{plan.image} is not the image that was loaded ({attrs.id if attrs else 'none'} != {image_id})")
+        # The folder (thousands of files) goes off the build's path: moved out of the work folder
+        # now, removed by a thread; a process that ends first leaves it to the next sweep.
+        self.fetcher(plan.spec.runtime).discard(tree)
         if on_log is not None:
-            now = time.monotonic()
             on_log(
-                f"install: one layer of {size / 1e6:.1f} MB loaded as {plan.image} (install {installed_at - started:.1f} s, "
-                f"layer {written_at - installed_at:.1f} s, load {now - written_at:.1f} s)"
+                f"install: one layer of {layer.size / 1e6:.1f} MB loaded as {plan.image} (install "
+                f"{installed_at - started:.1f} s, layer planned in {planned_at - installed_at:.1f} s, "
+                f"streamed and loaded in {time.monotonic() - planned_at:.1f} s)"
             )
         return image_id
 

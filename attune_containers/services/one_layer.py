@@ -22,7 +22,7 @@ import json
 import os
 import stat
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,38 +33,92 @@ TOP = "opt/attune"
 _CHUNK = 1 << 20
 
 
-class _Hashing:
-    """A write-only file that hashes and counts what passes through it."""
+class Layer:
+    """A folder as a layer tar, planned from one walk (``plan_layer``) so its size is known before
+    a byte is sent, then streamed (``chunks``) while its diff ID is computed. A file that is not
+    what the walk saw when it is streamed fails the stream (ValueError): nothing writes the folder
+    any more by then, so that is an attack or a bug, never a race to tolerate."""
 
-    def __init__(self, out: BinaryIO) -> None:
-        self.out, self.digest, self.size = out, hashlib.sha256(), 0
+    def __init__(self, entries: list[tuple[tarfile.TarInfo, str | None, tuple[int, int]]], left_out: list[str]) -> None:
+        self.entries, self.left_out = entries, left_out
+        body = sum(len(_header(info)) + _padded(info.size) for info, _, _ in entries) + 2 * tarfile.BLOCKSIZE
+        self.size = body + (-body % tarfile.RECORDSIZE)
+        self._digest = hashlib.sha256()
+        self._sent = 0
 
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.out.write(data)
+    @property
+    def diff_id(self) -> str:
+        """The sha256 of the uncompressed tar: known once ``chunks`` has run to its end."""
+        if self._sent != self.size:
+            raise ValueError("the layer has not been streamed whole")
+        return "sha256:" + self._digest.hexdigest()
 
-    def tell(self) -> int:
-        return self.size
+    def chunks(self) -> Iterator[bytes]:
+        for piece in self._pieces():
+            self._digest.update(piece)
+            self._sent += len(piece)
+            yield piece
+        if self._sent != self.size:
+            raise ValueError(f"the layer is {self._sent} bytes, {self.size} were planned")
+
+    def _pieces(self) -> Iterator[bytes]:
+        for info, path, key in self.entries:
+            yield _header(info)
+            if path is None:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
+                opened = os.fstat(fd)
+                if (
+                    not stat.S_ISREG(opened.st_mode)
+                    or (opened.st_dev, opened.st_ino) != key
+                    or opened.st_size != info.size
+                    or int(opened.st_mtime) != info.mtime
+                ):
+                    raise ValueError(f"{info.name} changed after the layer was planned")
+                left = info.size
+                while left:
+                    block = handle.read(min(_CHUNK, left))
+                    if not block:
+                        raise ValueError(f"{info.name} is shorter than planned")
+                    left -= len(block)
+                    yield block
+            yield b"\0" * (-info.size % tarfile.BLOCKSIZE)
+        body = sum(len(_header(info)) + _padded(info.size) for info, _, _ in self.entries) + 2 * tarfile.BLOCKSIZE
+        yield b"\0" * (2 * tarfile.BLOCKSIZE + (-body % tarfile.RECORDSIZE))
 
 
-def write_layer(root: Path, out: BinaryIO, *, top: str = TOP) -> tuple[str, int, list[str]]:
-    """Write the tree at ``root`` as a layer tar whose entries are under ``top``; return its diff ID
-    (the sha256 of the uncompressed tar), its size and the paths left out (not a folder, regular
-    file or link). The same tree gives the same bytes: sorted names, fixed owners, no user names."""
-    sink = _Hashing(out)
-    left_out: list[str] = []
-    seen: dict[tuple[int, int], str] = {}
+def plan_layer(root: Path, *, top: str = TOP) -> Layer:
+    """The layer of the tree at ``root``, its entries under ``top``: sorted names, everything
+    root's, no user names, the paths left out (not a folder, regular file or link) listed. The
+    same tree gives the same bytes."""
     top_info = os.lstat(root)
     if not stat.S_ISDIR(top_info.st_mode):
         raise ValueError(f"{root} is not a folder")
-    with tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-        parts = top.split("/")
-        for depth in range(1, len(parts)):
-            tar.addfile(_info("/".join(parts[:depth]), tarfile.DIRTYPE, 0o755, int(top_info.st_mtime)))
-        tar.addfile(_info(top, tarfile.DIRTYPE, top_info.st_mode, int(top_info.st_mtime)))
-        _walk(tar, str(root), top, seen, left_out)
-    return "sha256:" + sink.digest.hexdigest(), sink.size, left_out
+    entries: list[tuple[tarfile.TarInfo, str | None, tuple[int, int]]] = []
+    parts = top.split("/")
+    for depth in range(1, len(parts)):
+        entries.append((_info("/".join(parts[:depth]), tarfile.DIRTYPE, 0o755, int(top_info.st_mtime)), None, (0, 0)))
+    entries.append((_info(top, tarfile.DIRTYPE, top_info.st_mode, int(top_info.st_mtime)), None, (0, 0)))
+    left_out: list[str] = []
+    _walk(str(root), top, entries, {}, left_out)
+    return Layer(entries, left_out)
+
+
+def write_layer(root: Path, out: BinaryIO, *, top: str = TOP) -> tuple[str, int, list[str]]:
+    """``plan_layer`` written to ``out``: (diff ID, size, paths left out)."""
+    layer = plan_layer(root, top=top)
+    for chunk in layer.chunks():
+        out.write(chunk)
+    return layer.diff_id, layer.size, layer.left_out
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padded(size: int) -> int:
+    return size + (-size % tarfile.BLOCKSIZE)
 
 
 def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
@@ -78,36 +132,38 @@ def _info(name: str, kind: bytes, mode: int, mtime: int) -> tarfile.TarInfo:
     return info
 
 
-def _walk(tar: tarfile.TarFile, path: str, name: str, seen: dict[tuple[int, int], str], left_out: list[str]) -> None:
+def _walk(
+    path: str,
+    name: str,
+    entries: list[tuple[tarfile.TarInfo, str | None, tuple[int, int]]],
+    seen: dict[tuple[int, int], str],
+    left_out: list[str],
+) -> None:
     with os.scandir(path) as listing:
-        entries = sorted(listing, key=lambda e: e.name)
-    for entry in entries:
+        found = sorted(listing, key=lambda e: e.name)
+    for entry in found:
         child, child_name = entry.path, f"{name}/{entry.name}"
         info = entry.stat(follow_symlinks=False)
         mtime = int(info.st_mtime)
         if stat.S_ISLNK(info.st_mode):
             link = _info(child_name, tarfile.SYMTYPE, 0o777, mtime)
             link.linkname = os.readlink(child)
-            tar.addfile(link)
+            entries.append((link, None, (0, 0)))
         elif stat.S_ISDIR(info.st_mode):
-            tar.addfile(_info(child_name, tarfile.DIRTYPE, info.st_mode, mtime))
-            _walk(tar, child, child_name, seen, left_out)
+            entries.append((_info(child_name, tarfile.DIRTYPE, info.st_mode, mtime), None, (0, 0)))
+            _walk(child, child_name, entries, seen, left_out)
         elif stat.S_ISREG(info.st_mode):
             key = (info.st_dev, info.st_ino)
             if info.st_nlink > 1 and key in seen:
+                # A second name of one inode: a hard link, as the engine's own diff makes it.
                 hard = _info(child_name, tarfile.LNKTYPE, info.st_mode, mtime)
                 hard.linkname = seen[key]
-                tar.addfile(hard)
+                entries.append((hard, None, (0, 0)))
                 continue
             seen[key] = child_name
-            fd = os.open(child, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as handle:
-                opened = os.fstat(fd)
-                if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != key:
-                    raise ValueError(f"{child_name} changed while the layer was written")
-                regular = _info(child_name, tarfile.REGTYPE, opened.st_mode, int(opened.st_mtime))
-                regular.size = opened.st_size
-                tar.addfile(regular, handle)  # exactly st_size bytes, or tarfile raises
+            regular = _info(child_name, tarfile.REGTYPE, info.st_mode, mtime)
+            regular.size = info.st_size
+            entries.append((regular, child, key))
         else:
             left_out.append(child_name)
 
@@ -163,40 +219,39 @@ def as_inspected(document: Mapping[str, Any]) -> ImageRecord:
     )
 
 
-def docker_archive(base_id: str, base_config: bytes, config: bytes, layer: Path, layer_size: int, tag: str) -> Iterator[bytes]:
-    """The ``docker load`` stream, in pieces: the base's config, ours (naming the base as its
-    Parent and ``tag`` as its tag), our one layer, read from ``layer`` as it streams, and the
-    manifest. The base's layers are named but not sent: the engine has them."""
-    base_hex, own_hex = base_id.removeprefix("sha256:"), hashlib.sha256(config).hexdigest()
+def docker_archive(
+    base_id: str, base_config: bytes, layer: Layer, make_config: Callable[[str], bytes], tag: str
+) -> Iterator[bytes]:
+    """The ``docker load`` stream, in pieces: our one layer first (streamed from the folder as it
+    is read; its size was planned), then the base's config, ours (``make_config(diff_id)``, the
+    diff ID being known only now; it names the base as Parent and ``tag`` as its tag) and the
+    manifest. The engine reads the manifest once the stream has ended, so the order is free. The
+    base's layers are named but not sent: the engine has them."""
+    base_hex = base_id.removeprefix("sha256:")
     base_layers = [f"base-{number}/layer.tar" for number in range(len(json.loads(base_config)["rootfs"]["diff_ids"]))]
+    yield _member_header("layer/layer.tar", layer.size)
+    yield from layer.chunks()
+    yield b"\0" * (-layer.size % tarfile.BLOCKSIZE)
+    config = make_config(layer.diff_id)
+    own_hex = hashlib.sha256(config).hexdigest()
     manifest = [
         {"Config": f"{base_hex}.json", "RepoTags": None, "Layers": base_layers},
         {"Config": f"{own_hex}.json", "RepoTags": [tag], "Layers": [*base_layers, "layer/layer.tar"], "Parent": base_id},
     ]
     yield from _member(f"{base_hex}.json", base_config)
     yield from _member(f"{own_hex}.json", config)
-    yield _header("layer/layer.tar", layer_size)
-    sent = 0
-    with layer.open("rb") as handle:
-        while sent < layer_size:
-            block = handle.read(min(_CHUNK, layer_size - sent))
-            if not block:
-                raise ValueError(f"{layer} is shorter than the {layer_size} bytes written")
-            sent += len(block)
-            yield block
-    yield b"\0" * (-layer_size % 512)
     yield from _member("manifest.json", json.dumps(manifest).encode())
     yield b"\0" * 1024
 
 
-def _header(name: str, size: int) -> bytes:
+def _member_header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, 0
     return info.tobuf(format=tarfile.USTAR_FORMAT)
 
 
 def _member(name: str, data: bytes) -> Iterator[bytes]:
-    yield _header(name, len(data))
+    yield _member_header(name, len(data))
     yield data
     yield b"\0" * (-len(data) % 512)
 

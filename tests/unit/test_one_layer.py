@@ -107,27 +107,45 @@ def test_the_config_is_the_bases_with_the_final_run_config_and_our_labels():
     assert L.content_identity(inspected).startswith("sha256:")
 
 
-def test_the_load_stream_holds_both_configs_our_layer_and_a_manifest_naming_the_parent(tmp_path):
+def test_the_load_stream_holds_our_layer_both_configs_and_a_manifest_naming_the_parent(tmp_path):
     base = json.dumps(BASE).encode()
     base_id = "sha256:" + hashlib.sha256(base).hexdigest()
-    layer = tmp_path / "layer.tar"
-    layer.write_bytes(b"L" * 1500)
-    config = b'{"x":1}'
-    stream = b"".join(one_layer.docker_archive(base_id, base, config, layer, 1500, "attune/p:tag"))
+    layer = one_layer.plan_layer(tree(tmp_path))
+    seen: list[str] = []
+
+    def make_config(diff_id: str) -> bytes:
+        seen.append(diff_id)
+        return json.dumps({"diff": diff_id}).encode()
+
+    stream = b"".join(one_layer.docker_archive(base_id, base, layer, make_config, "attune/p:tag"))
     with tarfile.open(fileobj=io.BytesIO(stream)) as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-        assert tar.extractfile("layer/layer.tar").read() == b"L" * 1500  # type: ignore[union-attr]
-    own = hashlib.sha256(config).hexdigest()
-    assert names == [f"{base_id[7:]}.json", f"{own}.json", "layer/layer.tar", "manifest.json"]
+        layer_bytes = tar.extractfile("layer/layer.tar").read()  # type: ignore[union-attr]
+    # The size was planned before a byte was read, and the config got the streamed bytes' digest.
+    assert len(layer_bytes) == layer.size
+    assert seen == [layer.diff_id] == ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]
+    own = hashlib.sha256(json.dumps({"diff": seen[0]}).encode()).hexdigest()
+    assert names == ["layer/layer.tar", f"{base_id[7:]}.json", f"{own}.json", "manifest.json"]
     assert manifest[1] == {
         "Config": f"{own}.json",
         "RepoTags": ["attune/p:tag"],
         "Layers": ["base-0/layer.tar", "layer/layer.tar"],
         "Parent": base_id,
     }
-    with pytest.raises(ValueError, match="shorter"):
-        b"".join(one_layer.docker_archive(base_id, base, config, layer, 4000, "attune/p:tag"))
+
+
+def test_a_file_that_changed_after_the_plan_fails_the_stream(tmp_path):
+    root = tree(tmp_path)
+    layer = one_layer.plan_layer(root)
+    (root / "venv" / "lib.py").write_text("x = 1  # and more\n")
+    with pytest.raises(ValueError, match="changed"):
+        b"".join(layer.chunks())
+    layer = one_layer.plan_layer(root)
+    (root / "venv" / "lib.py").unlink()
+    (root / "venv" / "lib.py").symlink_to("/etc/shadow")
+    with pytest.raises(OSError):
+        b"".join(layer.chunks())
 
 
 def test_the_record_is_read_bounded_and_never_through_a_link(tmp_path):
