@@ -968,7 +968,7 @@ class Engine:
         memory); return what the engine says it loaded ("repo:tag" or image IDs)."""
         loaded: list[str] = []
         with translate_errors("loading an image"):
-            for message in self.api.load_image(chunks, quiet=True) or ():
+            for message in self.api.load_image(_coalesced(chunks), quiet=True) or ():
                 if message.get("error") or message.get("errorDetail"):
                     detail = message.get("error") or (message.get("errorDetail") or {}).get("message")
                     raise BuildError(f"the engine refused the image: {detail}")
@@ -1070,6 +1070,21 @@ class AttachedStreams:
         with contextlib.suppress(Exception):
             self._owner.close()
         self.closed = True
+
+
+def _coalesced(chunks: Iterator[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """Pieces joined into blocks of about ``size``: each piece sent alone is a chunk of its own
+    on the wire (a tar header is 512 bytes; a venv has thousands)."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 class _ChunkReader(io.RawIOBase):
