@@ -66,7 +66,11 @@ class Layer:
             yield _header(info)
             if path is None:
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                # Said as what it is: inside the load's request, an OSError reads as the engine's.
+                raise ValueError(f"{info.name} cannot be read as the file planned ({exc.strerror})") from None
             with os.fdopen(fd, "rb") as handle:
                 opened = os.fstat(fd)
                 if (
