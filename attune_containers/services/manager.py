@@ -685,9 +685,6 @@ class ContainerDependencyManager:
         attrs = self.engine.inspect_image(plan.image)
         if attrs is None or attrs.id != image_id:
             raise BuildError(f"{plan.image} is not the image that was loaded ({attrs.id if attrs else 'none'} != {image_id})")
-        # The folder (thousands of files) goes off the build's path: moved out of the work folder
-        # now, removed by a thread; a process that ends first leaves it to the next sweep.
-        self.fetcher(plan.spec.runtime).discard(tree)
         if on_log is not None:
             on_log(
                 f"install: one layer of {layer.size / 1e6:.1f} MB loaded as {plan.image} (install "

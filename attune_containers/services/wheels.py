@@ -32,7 +32,6 @@ is not trusted with it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import concurrent.futures
 import contextlib
@@ -1041,21 +1040,6 @@ class WheelCache:
             shutil.rmtree(temporary, ignore_errors=True)
             os.close(fd)
 
-    def discard(self, folder: Path) -> None:
-        """Remove a folder of a build's work folder off the build's path: renamed at once to a
-        ``.trash-`` folder of the work root (no lock: the next sweep removes what is left of it),
-        removed by a daemon thread."""
-        trash = self.work_root / f".trash-{uuid.uuid4().hex}"
-        try:
-            os.rename(folder, trash)
-        except OSError:
-            return  # left where it is: the work folder's own removal takes it
-        remover = threading.Thread(target=shutil.rmtree, args=(trash,), kwargs={"ignore_errors": True}, daemon=True)
-        with _DISCARDING_LOCK:
-            _DISCARDING.difference_update([t for t in _DISCARDING if not t.is_alive()])
-            _DISCARDING.add(remover)
-        remover.start()
-
     def sweep(self) -> list[str]:
         """Remove what dead builds of this cache left: fetch containers (their network may still be
         on) and work folders (they may hold credentials). A build is dead when nobody holds its
@@ -1092,7 +1076,7 @@ class WheelCache:
 
 def _alive(folder: Path) -> bool:
     """Whether a live build holds ``folder`` (its owner.lock is locked)."""
-    if folder.name.startswith((".tmp-", ".trash-")):
+    if folder.name.startswith(".tmp-"):
         with contextlib.suppress(OSError):
             if time.time() - folder.lstat().st_mtime < _STARTING_SECONDS:
                 return True
@@ -1107,21 +1091,6 @@ def _alive(folder: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-# Folders being removed off a build's path (``WheelCache.discard``): the process waits for them
-# as it exits, so it leaves none behind when it ends normally.
-_DISCARDING: set[threading.Thread] = set()
-_DISCARDING_LOCK = threading.Lock()
-
-
-@atexit.register
-def _finish_discarding() -> None:
-    with _DISCARDING_LOCK:
-        pending = list(_DISCARDING)
-        _DISCARDING.clear()
-    for thread in pending:
-        thread.join()
 
 
 def _listing(folder: Path) -> list[Path]:
