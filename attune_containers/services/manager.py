@@ -644,7 +644,7 @@ class ContainerDependencyManager:
         assert fetched.uv is not None and fetched.wheel_dir is not None and fetched.step_name is not None
         assert fetched.work is not None
         started = time.monotonic()
-        tree = fetched.work / "image"
+        tree = fetched.install_folder()
         tree.mkdir(mode=0o755)
         self._install(plan, fetched, tree, on_log, deadline, cleanup)
         installed_at = time.monotonic()

@@ -109,8 +109,16 @@ class FetchedWheels(BaseModel):
     # A name for the install step's container: this cache's id and the build's work folder, so a
     # sweep removes only a dead build's container of its own cache.
     step_name: str | None = None
-    # The build's work folder (0700, removed after the build): the install step writes there.
+    # The build's work folder (0700, removed after the build).
     work: Path | None = None
+    # A folder in memory (tmpfs) for the install step's tree when it fits, removed with the
+    # work folder; None: the tree goes in the work folder.
+    scratch: Path | None = None
+
+    def install_folder(self) -> Path:
+        """Where the install step's ``/opt/attune`` is written (a fresh, empty folder)."""
+        assert self.work is not None
+        return (self.scratch or self.work) / "image"
 
     def lock(self) -> list[LockedDistribution]:
         return sorted(self.locked, key=lambda d: d.name)
@@ -216,6 +224,7 @@ class WheelCache:
         if plan.options.ca_bundle:
             files["extra-ca.pem"] = plan.options.ca_bundle
         with self._work(files) as work:
+            scratch: Path | None = None
             try:
                 # uv resolves on the host where that is possible; else it is fetched only once
                 # the fetch container succeeded (a failed build downloads nothing more).
@@ -239,8 +248,12 @@ class WheelCache:
                 fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 fetched.work = work
+                scratch = self._scratch(work, sum(p.stat().st_size for p in fetched.wheels))
+                fetched.scratch = scratch
                 yield fetched
             finally:
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
                 self.prune(self.settings.cache_max_bytes)
 
     def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None, deadline: float) -> FetchedWheels:
@@ -1040,6 +1053,42 @@ class WheelCache:
             shutil.rmtree(temporary, ignore_errors=True)
             os.close(fd)
 
+    def _scratch_root(self) -> Path:
+        return _SCRATCH_BASE / f"attune-containers-{os.getuid()}-{self.cache_id}"
+
+    def _scratch(self, work: Path, wheel_bytes: int) -> Path | None:
+        """A 0700 folder on the host's tmpfs (``/dev/shm``) named as the work folder, for the
+        install step's tree, when the tree fits easily: its estimate (the wheels unpacked, their
+        bytecode, uv's unpacked copies) at most ``_SCRATCH_MAX`` and a quarter of what is free.
+        A tree on disk is written, flushed and unlinked for nothing (it becomes a layer the
+        engine writes itself): in memory the install step is several times faster here. None
+        when there is no such tmpfs, it is short, or its folder is not safely ours (the place is
+        world-writable: a folder another user made, or a link, is never used)."""
+        estimate = 4 * wheel_bytes + (64 << 20)
+        try:
+            space = os.statvfs(_SCRATCH_BASE)
+        except OSError:
+            return None
+        if estimate > min(_SCRATCH_MAX, space.f_bavail * space.f_frsize // 4):
+            return None
+        if space.f_flag & (os.ST_NOEXEC | os.ST_RDONLY):
+            return None  # a venv's extension modules must load from it as from the image
+        root = self._scratch_root()
+        with contextlib.suppress(FileExistsError, OSError):
+            os.mkdir(root, 0o700)
+        try:
+            info = os.lstat(root)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None
+        scratch = root / work.name
+        try:
+            os.mkdir(scratch, 0o700)
+        except OSError:
+            return None
+        return scratch
+
     def sweep(self) -> list[str]:
         """Remove what dead builds of this cache left: fetch containers (their network may still be
         on) and work folders (they may hold credentials). A build is dead when nobody holds its
@@ -1065,6 +1114,11 @@ class WheelCache:
             if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
                 self.engine.remove_container(container.id, attempts=3)
                 swept.append(container.id)
+        # A dead build's tree in memory: its work folder is gone or not held any more.
+        for folder in _listing(self._scratch_root()) if _SCRATCH_BASE.is_dir() else []:
+            if not _alive(self.work_root / folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+                swept.append(folder.name)
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)
@@ -1169,3 +1223,6 @@ UV_VERSION = UV_REQUIREMENT.partition("==")[2]
 STEP_PREFIX = "attune-install-"
 _UV_BINARY_LIMIT = 256 * 1024 * 1024
 _SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# The host's memory-backed folder (a tmpfs on Linux), and the largest install tree put there.
+_SCRATCH_BASE = Path("/dev/shm")
+_SCRATCH_MAX = 1 << 30

@@ -115,3 +115,46 @@ def test_resolutions_are_bounded(tmp_path, monkeypatch):
         os.utime(c.resolutions / f"{key}.toml", (moment, moment))
     c._bound_resolutions(keep_fresh=True)
     assert sorted(p.name for p in c.resolutions.iterdir()) == sorted(f"{k}.toml" for k in keys[2:])
+
+
+# -- the install step's tree in memory (same module, same cache fixture) --------------------------
+
+
+def test_the_tree_goes_in_memory_only_when_it_fits_and_the_folder_is_safely_ours(tmp_path, monkeypatch):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(wheels, "_SCRATCH_BASE", shm)
+    c = cache(tmp_path)
+    work = tmp_path / "cache" / "work" / ("a" * 32)
+    scratch = c._scratch(work, 10 << 20)
+    assert scratch is not None and scratch.parent == c._scratch_root() and scratch.name == work.name
+    assert scratch.stat().st_mode & 0o777 == 0o700 and c._scratch_root().stat().st_mode & 0o777 == 0o700
+    # Too large for it: the work folder on disk instead.
+    monkeypatch.setattr(wheels, "_SCRATCH_MAX", 64 << 20)
+    assert c._scratch(tmp_path / "b", 10 << 20) is None
+    monkeypatch.setattr(wheels, "_SCRATCH_MAX", 1 << 30)
+    # A folder of that name that is not ours to trust (a link someone planted, loose modes): unused.
+    (c._scratch_root() / work.name).rmdir()
+    c._scratch_root().rmdir()
+    c._scratch_root().symlink_to(tmp_path)
+    assert c._scratch(tmp_path / "c", 1) is None
+    c._scratch_root().unlink()
+    c._scratch_root().mkdir(mode=0o777)
+    os.chmod(c._scratch_root(), 0o777)
+    assert c._scratch(tmp_path / "d", 1) is None
+
+
+def test_a_dead_builds_tree_in_memory_is_swept(tmp_path, monkeypatch):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(wheels, "_SCRATCH_BASE", shm)
+    c = cache(tmp_path)
+    c.work_root.mkdir(parents=True)
+    dead = c._scratch(c.work_root / ("d" * 32), 1)
+    assert dead is not None
+    (dead / "image").mkdir()
+    (dead / "image" / "big").write_bytes(b"x" * 1024)
+    # The sweep lists containers through the engine: none here.
+    c.engine = type("NoEngine", (), {"list_containers": lambda *a, **k: [], "containers_named": lambda *a, **k: []})()
+    assert dead.name in c.sweep()
+    assert not dead.exists()
