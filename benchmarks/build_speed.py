@@ -166,7 +166,7 @@ def main() -> int:
         "naive": "naive Dockerfile (venv + pip install)",
         "cold": "attune build, empty shared cache",
         "warm": "attune build, shared cache warm, new image",
-        "warm-resolve": "  same, resolving again (resolution_max_age=0)",
+        "warm-resolve": "  same, resolving again (max_age 0)",
         "lock": "attune build, complete hash-pinned lock",
     }
     for case in CASES:
