@@ -254,6 +254,8 @@ class WheelCache:
             finally:
                 if scratch is not None:
                     shutil.rmtree(scratch, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        scratch.parent.rmdir()  # only when no other build of this cache uses it
                 self.prune(self.settings.cache_max_bytes)
 
     def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None, deadline: float) -> FetchedWheels:
@@ -1119,6 +1121,8 @@ class WheelCache:
             if not _alive(self.work_root / folder.name):
                 shutil.rmtree(folder, ignore_errors=True)
                 swept.append(folder.name)
+        with contextlib.suppress(OSError):
+            self._scratch_root().rmdir()  # only when empty
         for folder in _listing(self.work_root):
             if not _alive(folder):
                 shutil.rmtree(folder, ignore_errors=True)
