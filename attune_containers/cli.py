@@ -32,7 +32,7 @@ from .core.pack_ref import validate_pack_ref
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
 from .core.plan import BuildPlan
 from .core.prune_policy import PrunePolicy, parse_duration
-from .core.spec import DependencySpec, EnvironmentInfo
+from .core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from .core.versions import BaseImage
 from .errors import (
     AttuneContainersError,
@@ -299,8 +299,12 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
     if args.manifest:
         raise InvalidSpecError("--manifest goes with --all PACKS_DIR --push", field="manifest")
     pack = _pack(args.pack)
-    # Every runtime's image of the pack (or --runtime's): all planned (validated) before any builds.
-    plans = [(spec, manager.plan(pack.pack_ref, spec)) for spec in _specs(pack, args.runtime)]
+    # Every runtime's image of the pack (or --runtime's). Every spec is validated before the engine
+    # is asked anything, and all are planned before any builds: one bad runtime builds nothing.
+    specs = _specs(pack, args.runtime)
+    for spec in specs:
+        validate_spec(spec, manager.settings.requirement_policy())
+    plans = [(spec, manager.plan(pack.pack_ref, spec)) for spec in specs]
     documents = []
     for spec, plan in plans:
         ensured, pushed = _build_one(args, manager, pack.pack_ref, spec, plan)
