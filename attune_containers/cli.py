@@ -580,8 +580,10 @@ def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -
         which = f" for runtime {runtime}" if runtime else ""
         raise EnvironmentNotFoundError(f"no image{which} for pack {args.pack_ref!r} under {manager.settings.image_prefix}/")
     # The current image of each runtime the pack has images of (one, unless it is a mixed pack).
-    runtimes = [runtime] if runtime is not None else list(dict.fromkeys(e.runtime for e in environments))
-    infos = [manager.get_environment(args.pack_ref, r) or environments[0] for r in runtimes if r in RUNTIMES]
+    # Registry order (Python first), as build lists them.
+    present = {e.runtime for e in environments}
+    runtimes = [runtime] if runtime is not None else [r for r in RUNTIMES if r in present]
+    infos = [manager.get_environment(args.pack_ref, r) or environments[0] for r in runtimes]
     infos = infos or [environments[0]]  # images of a runtime this version does not know: the newest
     if _print_items(args, infos, EnvironmentInfo):
         return 0
