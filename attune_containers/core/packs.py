@@ -201,15 +201,16 @@ def _check_own_runtime(spec: DependencySpec, runtime: Any) -> None:
     of one runtime, or one under the other's key."""
     from ..runtimes import get_runtime
 
+    field = f"meta.{runtime.meta_key}.runtime"
     try:
         named = get_runtime(spec.runtime).name
-    except InvalidSpecError:
-        named = None
+    except InvalidSpecError as exc:
+        raise InvalidSpecError(str(exc), field=field) from None  # "unknown runtime 'ruby'; supported: ..."
     if named != runtime.name:
         raise InvalidSpecError(
             f"{spec.runtime!r} is not {runtime.display_name}: meta.{runtime.meta_key} holds {runtime.display_name} "
             f"dependencies (spellings: {', '.join(sorted((runtime.name, *runtime.aliases)))})",
-            field=f"meta.{runtime.meta_key}.runtime",
+            field=field,
         )
 
 

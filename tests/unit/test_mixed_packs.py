@@ -140,7 +140,7 @@ def test_action_files_that_do_not_load_name_no_runtime_and_do_not_break_the_pack
             "'nodejs' is not Python",
         ),
         ({"nodejs_dependencies": {"runtime": "python3"}}, "meta.nodejs_dependencies.runtime", "'python3' is not Node.js"),
-        ({"python_dependencies": {"runtime": "cobol"}}, "meta.python_dependencies.runtime", "'cobol'"),
+        ({"python_dependencies": {"runtime": "cobol"}}, "meta.python_dependencies.runtime", "unknown runtime 'cobol'"),
         # A bad value of one key fails the whole pack, whatever the other key holds.
         ({"python_dependencies": ["six"], "nodejs_dependencies": 5}, "meta.nodejs_dependencies", "got int"),
         (
