@@ -528,10 +528,10 @@ class ActionRunner:
         was made, and the image is then resolved again (once)."""
         for _ in range(2):
             info = self.manager.ensure_environment(pack.pack_ref, pack.spec_for(runtime.name), on_log=on_log)
-            if self.lease.uses(self, pack.pack_ref, info.image, info.id):
+            if self.lease.uses(self, pack.pack_ref, info.image, info.id, runtime.name):
                 return info  # the hot path: recorded already, nothing to write or check
             with self.manager.image_lock(info.image, timeout=60):
-                self.lease.use(self, pack.pack_ref, info.image, info.id)
+                self.lease.use(self, pack.pack_ref, info.image, info.id, runtime.name)
                 attrs = self.engine.inspect_image(info.image)
             if attrs is not None and attrs.id == info.id:
                 return info
