@@ -258,7 +258,18 @@ def test_a_lock_from_the_fetch_step_is_checked_like_pack_input():
 
 def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
     argv = NODEJS.loop_command(65532, None, ())
-    assert argv[:4] == ["/usr/bin/python3", "-I", "-S", "-B"] and argv[5:7] == ["65532", "--exec"]
+    # The supervisor on its own interpreter (mounted by host_mounts), never the image's python3.
+    assert argv[:8] == [
+        "/opt/attune/python/ld.so",
+        "--library-path",
+        "/opt/attune/python/lib",
+        "/opt/attune/python/bin/python3",
+        "-I",
+        "-S",
+        "-B",
+        "/opt/attune/supervisor/attune_wrapper.py",
+    ]
+    assert argv[8:10] == ["65532", "--exec"]
     assert argv[-3:] == ["/usr/bin/env", "node", "/opt/attune/runtime/attune_runner.js"]
     with pytest.raises(InvalidSpecError):
         NODEJS.check_preload(["lodash"])
