@@ -24,11 +24,13 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from ..runtimes.python.portable import LIB, LOADER, PYTHON, command
 FORMAT = 1
 SUPERVISOR = Path(__file__).resolve().parent.parent / "runtimes" / "python" / "loop" / "attune_wrapper.py"
 MANIFEST = "attune-manifest.json"
+WORK_PREFIX = ".work-"
 _PROBE_TIMEOUT = 120
 
 # Runs under the interpreter to copy (-I -S -B: no site, no variables): loads the supervisor as a
@@ -217,19 +220,63 @@ def _folder_name(stats: list[list[Any]], supervisor_hash: str) -> str:
     return "py-" + hashlib.sha256(document.encode()).hexdigest()[:24]
 
 
+def _ours(path: Path, kind: int) -> bool:
+    """``path`` itself (never a link's target) is of ``kind``, this user's, and no one else can write it."""
+    info = path.lstat()
+    return stat.S_IFMT(info.st_mode) == kind and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+def _tree(folder: Path) -> dict[str, Any]:
+    """Every folder and file of a finished copy, with each file's size and mtime."""
+    folders, files = [], {}
+    for path, names, filenames in os.walk(folder):
+        base = Path(path)
+        folders.extend(str((base / n).relative_to(folder)) for n in names)
+        for name in filenames:
+            if name != MANIFEST:
+                info = (base / name).lstat()
+                files[str((base / name).relative_to(folder))] = [info.st_size, info.st_mtime_ns]
+    return {"folders": sorted(folders), "files": files}
+
+
+def _copy_intact(folder: Path) -> bool:
+    """The copy is as it was made: every folder and file of its record is ours, writable by no one
+    else, not a link, and each file has its recorded size and mtime. (It runs as root in every Node
+    container; the host user who made it is the only one who may have changed it.)"""
+    uid, base = os.geteuid(), str(folder)
+    try:
+        tree = json.loads((folder / MANIFEST).read_text())["tree"]
+        if not _ours(folder, stat.S_IFDIR) or not _ours(folder / MANIFEST, stat.S_IFREG):
+            return False
+        if not all(_ours(folder / name, stat.S_IFDIR) for name in tree["folders"]):
+            return False
+        for name, (size, mtime_ns) in tree["files"].items():
+            info = os.lstat(f"{base}/{name}")  # one call per file: this runs once in every process
+            if not (
+                stat.S_ISREG(info.st_mode)
+                and info.st_uid == uid
+                and not info.st_mode & 0o022
+                and info.st_size == size
+                and info.st_mtime_ns == mtime_ns
+            ):
+                return False
+        return bool(tree["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def _intact(root: Path, pointer: Path) -> Path | None:
-    """The folder the pointer names, if its sources are still what it was copied from."""
+    """The folder the pointer names, if its sources are still what it was copied from and the copy
+    is as it was made."""
     try:
         recorded = json.loads(pointer.read_text())
         folder = root / recorded["folder"]
-        if not (folder / MANIFEST).is_file():
-            return None
         stats = recorded["sources"]
         if _stats([s[0] for s in stats]) != stats:
             return None
         if _folder_name(stats, _supervisor_hash()) != recorded["folder"]:
             return None
-        return folder
+        return folder if _copy_intact(folder) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -253,13 +300,16 @@ def _copy(files: dict[str, str], target: Path, executable: str) -> None:
 
 
 def check(folder: Path) -> str:
-    """Start the copy as the containers do and have it load the supervisor's imports; its
-    ``sys.prefix`` must be the copy (else it found a standard library elsewhere). Returns it."""
+    """Start the copy as the containers do and have it load the supervisor's imports: its
+    ``sys.prefix`` must be the copy (else it found a standard library elsewhere) and every shared
+    object it mapped must be the copy's (else the image's would be used, or be missing). Returns
+    the prefix."""
     probe = (
-        "import importlib.util, sys\n"
+        "import importlib.util, json, sys\n"
         "spec = importlib.util.spec_from_file_location('probe', sys.argv[1])\n"
         "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
-        "print(sys.prefix)\n"
+        "maps = [line.split(None, 5)[5].strip() for line in open('/proc/self/maps') if len(line.split(None, 5)) == 6]\n"
+        "print(json.dumps([sys.prefix, sorted({m for m in maps if '.so' in m.rsplit('/', 1)[-1]})]))\n"
     )
     done = subprocess.run(
         command(str(folder), ["-c", probe, str(SUPERVISOR)]),
@@ -268,11 +318,18 @@ def check(folder: Path) -> str:
         check=False,
         env={},
     )
-    prefix = done.stdout.decode("utf-8", "replace").strip()
-    if done.returncode != 0 or prefix != str(folder):
+    try:
+        prefix, mapped = json.loads(done.stdout)
+    except ValueError:
+        prefix, mapped = None, []
+    outside = [m for m in mapped if not m.startswith(f"{folder}/")]
+    if done.returncode != 0 or prefix != str(folder) or outside:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise SupervisorPythonError(f"the supervisor's interpreter copy in {folder} does not start: {prefix} {' | '.join(tail)}")
-    return prefix
+        raise SupervisorPythonError(
+            f"the supervisor's interpreter copy in {folder} does not stand alone (prefix {prefix}, "
+            f"libraries from outside it: {outside}): {' | '.join(tail)}"
+        )
+    return str(prefix)
 
 
 def build(root: Path, executable: str, pointer: Path) -> Path:
@@ -280,28 +337,42 @@ def build(root: Path, executable: str, pointer: Path) -> Path:
     probe = _probe(executable)
     elf = _elf_of([probe["executable"], *(p for p in probe["maps"] if p not in set(probe["modules"]))])
     files = layout(probe, elf)
-    sources = sorted(set(files.values()))
-    stats = _stats(sources)
+    stats = _stats(sorted(set(files.values())))
     name = _folder_name(stats, _supervisor_hash())
     folder = root / name
-    if not (folder / MANIFEST).is_file():
-        work = Path(tempfile.mkdtemp(prefix=".work-", dir=root))
+    if not folder.exists():
+        _sweep(root)
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
         try:
             os.chmod(work, 0o755)
             _copy(files, work, probe["executable"])
-            (work / MANIFEST).write_text(json.dumps({"format": FORMAT, "python": probe["sys_version"], "files": files}, indent=1))
+            manifest = {"format": FORMAT, "python": probe["sys_version"], "sources": files, "tree": _tree(work)}
+            (work / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            os.chmod(work / MANIFEST, 0o644)
+            check(work)
             try:
-                os.rename(work, folder)
+                os.rename(work, folder)  # complete before it has its name
             except OSError:
-                if not (folder / MANIFEST).is_file():  # not another process's finished copy
+                if not folder.is_dir():  # else another process finished the same copy first
                     raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        check(folder)
+    if not _copy_intact(folder):
+        raise SupervisorPythonError(f"{folder} is not as it was made (or not this user's); remove it to have it made again")
     temporary = pointer.with_name(pointer.name + f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps({"folder": name, "sources": stats}))
     os.replace(temporary, pointer)
     return folder
+
+
+def _sweep(root: Path) -> None:
+    """Work folders of copies that were killed outright (an hour is far more than a copy takes)."""
+    for path in root.glob(WORK_PREFIX + "*"):
+        try:
+            if time.time() - path.lstat().st_mtime > 3600:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def supervisor_python(cache_dir: Path, executable: str | None = None) -> Path:
@@ -313,9 +384,13 @@ def supervisor_python(cache_dir: Path, executable: str | None = None) -> Path:
     key = (str(root), executable)
     with _lock:
         found = _ready.get(key)
-        if found is not None and (found / MANIFEST).is_file():
+        if found is not None and found.is_dir():
             return found
         root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not root.is_dir() or root.is_symlink() or root.lstat().st_uid != os.geteuid():
+            raise SupervisorPythonError(f"{root} is not a folder of this user's")
+        if root.lstat().st_mode & 0o022:
+            os.chmod(root, 0o755)
         pointer = root / f"{hashlib.sha256(executable.encode()).hexdigest()[:16]}.json"
         found = _intact(root, pointer) or build(root, executable, pointer)
         _ready[key] = found
