@@ -228,7 +228,8 @@ def _ours(path: Path, kind: int) -> bool:
 
 def _tree(folder: Path) -> dict[str, Any]:
     """Every folder and file of a finished copy, with each file's size and mtime."""
-    folders, files = [], {}
+    folders: list[str] = []
+    files: dict[str, list[int]] = {}
     for path, names, filenames in os.walk(folder):
         base = Path(path)
         folders.extend(str((base / n).relative_to(folder)) for n in names)
