@@ -341,6 +341,10 @@ def build(root: Path, executable: str, pointer: Path) -> Path:
     stats = _stats(sorted(set(files.values())))
     name = _folder_name(stats, _supervisor_hash())
     folder = root / name
+    if folder.exists() and not _copy_intact(folder):
+        # Changed since it was made (or made by an older version): never used; moved aside (a
+        # running container may still have it mounted) for the sweep, and made again.
+        os.rename(folder, tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
     if not folder.exists():
         _sweep(root)
         work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))

@@ -134,15 +134,22 @@ def test_the_copy_stands_alone_is_reused_and_execs_children_without_loader_varia
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(sp.WORK_PREFIX)] == []
 
 
-def test_a_copy_changed_after_it_was_made_is_not_used(tmp_path, fresh):
+def test_a_copy_changed_after_it_was_made_is_never_used_but_made_again(tmp_path, fresh):
     folder = sp.supervisor_python(tmp_path / "cache")
     manifest = json.loads((folder / sp.MANIFEST).read_text())
     target = folder / next(name for name in manifest["tree"]["files"] if name.endswith("/json/__init__.py"))
-    with open(target, "a") as handle:
-        handle.write("\nimport os; os.system('id')\n")
-    sp._ready.clear()
-    with pytest.raises(sp.SupervisorPythonError, match="not as it was made"):
-        sp.supervisor_python(tmp_path / "cache")
+    original = target.read_bytes()
+    with open(target, "ab") as handle:
+        handle.write(b"\nimport os; os.system('id')\n")
+    assert not sp._copy_intact(folder)
+    sp._ready.clear()  # another process
+    assert sp.supervisor_python(tmp_path / "cache") == folder
+    assert target.read_bytes() == original and sp._copy_intact(folder)
+    # The changed one was moved aside for the sweep, not left in use.
+    [aside] = [p for p in folder.parent.iterdir() if p.name.startswith(sp.WORK_PREFIX)]
+    assert b"os.system" in (aside / target.relative_to(folder)).read_bytes()
+    os.chmod(folder / "lib", 0o777)
+    assert not sp._copy_intact(folder)  # a folder others may write is no better
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no distribution python3 on this host")
