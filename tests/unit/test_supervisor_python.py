@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from attune_containers.runtimes.nodejs import NODEJS
 from attune_containers.runtimes.python import portable
 from attune_containers.services import supervisor_python as sp
+from attune_containers.settings import Settings
 
 
 def synthetic_elf(interp: bytes | None, soname: bytes | None) -> bytes:
@@ -153,10 +155,14 @@ def test_a_copy_changed_after_it_was_made_is_never_used_but_made_again(tmp_path,
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/bin/python3"), reason="no distribution python3 on this host")
-def test_a_distribution_python_is_copied_the_same_way(tmp_path, fresh):
+def test_a_distribution_python_chosen_by_the_setting_is_copied_the_same_way(tmp_path, fresh):
     # Debian's links libpython statically and keeps lib-dynload under /usr/lib/python3.X: another
     # layout than a pyenv or python.org build, same result.
-    folder = sp.supervisor_python(tmp_path / "cache", "/usr/bin/python3")
+    settings = Settings(cache_dir=tmp_path / "cache", supervisor_interpreter="/usr/bin/python3")
+    [(folder, target)] = NODEJS.host_mounts(settings)
+    assert target == portable.MOUNT == "/opt/attune/python"
+    manifest = json.loads((folder / sp.MANIFEST).read_text())
+    assert manifest["sources"][portable.PYTHON] == os.path.realpath("/usr/bin/python3")
     done = subprocess.run(
         portable.command(str(folder), ["-c", "import sys; print(sys.prefix, sys.version_info[:2])"]),
         capture_output=True,

@@ -213,7 +213,8 @@ class NodeRuntime:
         # every Node image is served the same way, whatever python its base has or lacks (README).
         from ...services.supervisor_python import supervisor_python  # disk: only when a run needs it
 
-        return ((supervisor_python(settings.cache_dir), portable.MOUNT),)
+        chosen = getattr(settings, "supervisor_interpreter", None)
+        return ((supervisor_python(settings.cache_dir, str(chosen) if chosen else None), portable.MOUNT),)
 
     def fetcher(self, settings: Any, engine: Any) -> Any:
         from ...services.npm_cache import NpmCache  # the engine: only when a build needs it
