@@ -29,7 +29,8 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ _HEX = re.compile(r"[0-9a-f]{128}")
 _CONTENT = re.compile(r"c/_cacache/content-v2/sha512/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{124})")
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}")
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,100}")
+# npm's own default: a token configured without a registry is for this one.
+DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 
 
 class FetchedPackages(BaseModel):
@@ -94,8 +97,8 @@ class NpmCache:
         for folder in (self.root, self.content, self.locks, self.work_root):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work_root, 0o711)
-        # A build killed outright leaves its work folder (no credentials are ever in it): any
-        # older than two build timeouts belongs to no live build.
+        # A build killed outright leaves its work folder (its npmrc may hold the registry token):
+        # any older than two build timeouts belongs to no live build.
         horizon = time.time() - 2 * self.settings.build_timeout
         for folder in self.work_root.iterdir():
             with contextlib.suppress(OSError):
@@ -107,7 +110,12 @@ class NpmCache:
 
     @staticmethod
     def lock_key(plan: Any) -> str:
-        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor, "lock": plan.spec.lock}, sort_keys=True)
+        document = {"package.json": plan.package_json(), "node": plan.base.minor, "lock": plan.spec.lock}
+        if plan.options.npm_registry:
+            # A lock resolved against one registry names its tarballs: another registry's build
+            # resolves again (only when set, so the default's known locks keep their keys).
+            document["registry"] = plan.options.npm_registry
+        text = json.dumps(document, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @contextmanager
@@ -176,6 +184,19 @@ class NpmCache:
             environment["NODE_EXTRA_CA_CERTS"] = "/attune-build/config/extra-ca.pem"
         for path in (work, config, *config.iterdir()):
             os.chmod(path, 0o755 if path.is_dir() else 0o644)  # the container's user reads them
+        token = self.settings.npm_token()
+        text = npmrc(plan.options.npm_registry, token)
+        if text:
+            # The registry and its token reach npm as its user config, a file only the container's
+            # user can read (0400), never the environment (docker inspect shows that to anyone),
+            # an image, a label or the hash. HOME is /tmp, so npm would read /tmp/.npmrc: it is
+            # named explicitly instead.
+            path = config / "npmrc"
+            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            os.chown(path, APP_UID, APP_UID)
+            environment["NPM_CONFIG_USERCONFIG"] = "/attune-build/config/npmrc"
         run = ContainerRun(
             image=plan.base.reference,
             command=["/bin/sh", "/attune-fetch/node-fetch.sh"],
@@ -194,7 +215,8 @@ class NpmCache:
             user=f"{APP_UID}:{APP_UID}",
         )
         stream = tempfile.TemporaryFile(dir=work)
-        output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log)
+        # npm masks tokens in what it prints; this is in case it does not.
+        output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log, scrub=_scrubber(token))
         exit_code = run_fetch_container(self.engine, run, output, remaining, self.settings.build_timeout, "the npm packages")
         if exit_code not in (0, None):
             raise BuildError("fetching the npm packages failed", telling_lines(list(output.log)))
@@ -263,6 +285,26 @@ class NpmCache:
         return removed
 
 
+def npmrc(registry: str | None, token: str | None) -> str:
+    """The fetch step's npm user config: the registry, and the token for that registry only
+    (npm sends it to URLs under the registry's path, nowhere else). Both are checked by the
+    settings (an https URL with no credentials; a token of token characters only), so neither can
+    add a line. Empty when neither is configured."""
+    target = registry or DEFAULT_REGISTRY
+    lines = [f"registry={target}"] if registry else []
+    if token is not None:
+        parts = urllib.parse.urlsplit(target)
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        lines.append(f"//{parts.netloc}{path}:_authToken={token}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _scrubber(token: str | None) -> Callable[[str], str]:
+    if not token:
+        return lambda line: line
+    return lambda line: line.replace(token, "****")
+
+
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = tar.extractfile(member)
     return handle.read() if handle is not None else b""
@@ -280,4 +322,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-__all__ = ["FetchedPackages", "LockedPackage", "NpmCache", "read_lock"]
+__all__ = ["FetchedPackages", "LockedPackage", "NpmCache", "npmrc", "read_lock"]

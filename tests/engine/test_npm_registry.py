@@ -1,0 +1,197 @@
+"""Node.js packs against an npm registry of our own (issue 13's gaps): an https registry on the
+host, reached by the real fetch container, that demands a token. The token must reach that
+registry and nothing else: no image layer, no label, no build log, no file left on disk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import ssl
+import tarfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from attune_containers.core import labels as L
+from attune_containers.core.spec import DependencySpec
+from attune_containers.errors import BuildError
+from attune_containers.services.manager import ContainerDependencyManager
+
+from ..support import unique_ref
+from .hosts import make_ca
+
+BRIDGE = "172.17.0.1"  # the host as containers on the default bridge reach it (engine-here.md)
+
+
+def make_package(manifest: dict, files: dict[str, str]) -> bytes:
+    """A package tarball as `npm pack` writes it: every file under ``package/``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path, text in {"package.json": json.dumps(manifest), **files}.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"package/{path}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 499162500
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+class NpmRegistry:
+    """A registry on the bridge, over TLS (its CA in ``ca``), answering only requests that carry
+    ``Bearer <token>``; ``seen`` is every (path, Authorization header) in order. ``during_fetch``
+    runs in the handler before a tarball is served: the fetch container is alive then."""
+
+    def __init__(self, root: Path, token: str) -> None:
+        self.token = token
+        self.packuments: dict[str, dict] = {}
+        self.tarballs: dict[str, bytes] = {}
+        self.seen: list[tuple[str, str | None]] = []
+        self.during_fetch = None
+        self.ca, crt, key = make_ca(root / "tls", BRIDGE)
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                auth = self.headers.get("Authorization")
+                registry.seen.append((self.path, auth))
+                if auth != f"Bearer {registry.token}":
+                    return self._send(401, b'{"error":"token required"}')
+                if self.path in registry.tarballs:
+                    if registry.during_fetch is not None:
+                        registry.during_fetch()
+                    return self._send(200, registry.tarballs[self.path], "application/octet-stream")
+                name = self.path.lstrip("/").replace("%2f", "/").replace("%2F", "/")
+                if name in registry.packuments:
+                    return self._send(200, json.dumps(registry.packuments[name]).encode())
+                return self._send(404, b'{"error":"not found"}')
+
+            def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((BRIDGE, 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(crt, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://{BRIDGE}:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def publish(self, name: str, version: str, files: dict[str, str] | None = None, scripts: dict[str, str] | None = None) -> str:
+        """Publish ``name@version``; its sha512 integrity."""
+        manifest = {"name": name, "version": version, **({"scripts": scripts} if scripts else {})}
+        data = make_package(manifest, {"index.js": "module.exports = 1;\n", **(files or {})})
+        path = f"/{name}/-/{name}-{version}.tgz"
+        self.tarballs[path] = data
+        integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
+        entry = {**manifest, "dist": {"tarball": self.url.rstrip("/") + path, "integrity": integrity}}
+        if scripts:
+            entry["hasInstallScript"] = True
+        packument = self.packuments.setdefault(name, {"name": name, "versions": {}, "dist-tags": {}})
+        packument["versions"][version] = entry
+        packument["dist-tags"]["latest"] = version
+        return integrity
+
+
+@pytest.fixture(scope="module")
+def npm_registry(tmp_path_factory):
+    served = NpmRegistry(tmp_path_factory.mktemp("npm-registry"), "npm_" + unique_ref("tok") + "Zq/+=")
+    yield served
+    served.server.shutdown()
+
+
+@pytest.fixture
+def private(settings, npm_registry, tmp_path):
+    """Settings with this test's own npm cache, our registry, its token file and CA."""
+    token_file = tmp_path / "npm-token"
+    token_file.write_text(npm_registry.token + "\n")
+    token_file.chmod(0o600)
+    return settings.model_copy(
+        update={
+            "cache_dir": tmp_path / "cache",
+            "npm_registry_url": npm_registry.url,
+            "npm_token_file": token_file,
+            "ca_bundle": npm_registry.ca,
+        }
+    )
+
+
+def saved_image(engine, image: str) -> bytes:
+    """Every layer and the configuration of ``image``, as `docker save` writes them (uncompressed)."""
+    return b"".join(engine.api.get_image(image))
+
+
+def test_the_token_reaches_the_registry_and_no_image_label_log_or_file(private, engine, npm_registry, tmp_path):
+    name = unique_ref("attune-private-")
+    npm_registry.publish(name, "1.0.0", {"index.js": "module.exports = 'private 1.0.0';\n"})
+    token = npm_registry.token
+    inspected: list[str] = []
+
+    def while_fetching():
+        # The fetch container runs right now: what docker inspect shows of it holds no token.
+        for container in engine.list_containers({L.HELPER: "fetch", L.CACHE: "npm"}):
+            inspected.append(json.dumps(engine.api.inspect_container(container.id)))
+
+    npm_registry.during_fetch = while_fetching
+    logs: list[str] = []
+    manager = ContainerDependencyManager(private, engine)
+    try:
+        info = manager.ensure_environment(
+            unique_ref("npmpriv"), DependencySpec(runtime="nodejs", dependencies=[f"{name}@1.0.0"]), on_log=logs.append
+        )
+    finally:
+        npm_registry.during_fetch = None
+    asked = [(path, auth) for path, auth in npm_registry.seen if name in path]
+    # npm asked our registry for the packument and the tarball, each time with the token.
+    assert any(path.endswith(".tgz") for path, _ in asked) and any(not path.endswith(".tgz") for path, _ in asked)
+    assert all(auth == f"Bearer {token}" for _, auth in asked), asked
+    assert info.installed_dependencies == [f"{name}@1.0.0"]
+    code, output = engine.run_once(info.image, ["node", "-e", f"console.log(require('/opt/attune/node_modules/{name}'))"])
+    assert code == 0 and output.strip() == "private 1.0.0", output
+
+    assert inspected and all(token not in text for text in inspected)
+    assert logs and all(token not in line for line in logs)
+    image = engine.api.inspect_image(info.image)
+    assert token not in json.dumps(image) and token not in json.dumps(engine.api.history(info.image))
+    assert token.encode() not in saved_image(engine, info.image)
+    # The registry URL (no secret in it) is in the hash; nothing of the token is on disk.
+    assert not any(
+        token.encode() in p.read_bytes()
+        for p in Path(private.cache_dir.parent).rglob("*")
+        if p.is_file() and p.name != "npm-token"
+    )
+
+
+def test_without_the_token_the_registry_refuses_and_the_build_says_so(private, engine, npm_registry, tmp_path):
+    name = unique_ref("attune-private-")
+    npm_registry.publish(name, "1.0.0")
+    wrong = tmp_path / "wrong-token"
+    wrong.write_text("npm_wrong")
+    manager = ContainerDependencyManager(private.model_copy(update={"npm_token_file": wrong}), engine)
+    with pytest.raises(BuildError, match="fetching the npm packages failed") as caught:
+        manager.ensure_environment(unique_ref("npmdeny"), DependencySpec(runtime="nodejs", dependencies=[f"{name}@1.0.0"]))
+    assert "npm_wrong" not in str(caught.value) + "".join(caught.value.log_tail)
+    assert any(auth == "Bearer npm_wrong" for path, auth in npm_registry.seen if name in path)
+
+
+def test_a_rotated_token_file_is_read_by_the_next_fetch(private, engine, npm_registry, tmp_path):
+    name = unique_ref("attune-private-")
+    npm_registry.publish(name, "1.0.0")
+    private.npm_token_file.write_text("npm_stale")
+    manager = ContainerDependencyManager(private, engine)
+    spec = DependencySpec(runtime="nodejs", dependencies=[f"{name}@1.0.0"])
+    with pytest.raises(BuildError):
+        manager.ensure_environment(unique_ref("npmrot"), spec)
+    private.npm_token_file.write_text(npm_registry.token)  # the same process, no restart
+    started = time.monotonic()
+    info = manager.ensure_environment(unique_ref("npmrot"), spec)
+    assert info.installed_dependencies == [f"{name}@1.0.0"] and time.monotonic() - started < 300
