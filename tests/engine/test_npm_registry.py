@@ -8,7 +8,10 @@ import base64
 import hashlib
 import io
 import json
+import signal
 import ssl
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -21,6 +24,7 @@ from attune_containers.core import labels as L
 from attune_containers.core.spec import DependencySpec
 from attune_containers.errors import BuildError
 from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.services.npm_cache import NpmCache
 
 from ..support import unique_ref
 from .hosts import make_ca
@@ -138,7 +142,7 @@ def test_the_token_reaches_the_registry_and_no_image_label_log_or_file(private, 
 
     def while_fetching():
         # The fetch container runs right now: what docker inspect shows of it holds no token.
-        for container in engine.list_containers({L.HELPER: "fetch", L.CACHE: "npm"}):
+        for container in engine.list_containers({L.HELPER: "fetch", L.CACHE: NpmCache(private, engine).cache_id}):
             inspected.append(json.dumps(engine.api.inspect_container(container.id)))
 
     npm_registry.during_fetch = while_fetching
@@ -195,3 +199,68 @@ def test_a_rotated_token_file_is_read_by_the_next_fetch(private, engine, npm_reg
     started = time.monotonic()
     info = manager.ensure_environment(unique_ref("npmrot"), spec)
     assert info.installed_dependencies == [f"{name}@1.0.0"] and time.monotonic() - started < 300
+
+
+# -- a killed build: its fetch container and work folder are swept, a live one's never --------
+
+KILLED_CHILD = """
+import sys
+from attune_containers.core.spec import DependencySpec
+from attune_containers.services.manager import ContainerDependencyManager
+from attune_containers.settings import Settings
+settings = Settings.model_validate_json(sys.argv[1])
+spec = DependencySpec(runtime="nodejs", dependencies=[sys.argv[3]])
+ContainerDependencyManager(settings).ensure_environment(sys.argv[2], spec)
+"""
+
+
+def test_a_killed_builds_fetch_container_is_swept_and_a_live_ones_never(private, engine, npm_registry):
+    name = unique_ref("attune-slow-")
+    npm_registry.publish(name, "1.0.0")
+    release = threading.Event()
+    fetching = threading.Event()
+
+    def hold_the_tarball():
+        fetching.set()
+        release.wait(300)  # the fetch container waits on us: it is alive, and so is its build
+
+    npm_registry.during_fetch = hold_the_tarball
+    cache = NpmCache(private, engine)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, private.model_dump_json(), unique_ref("npmkilled"), f"{name}@1.0.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not fetching.is_set() and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.2)
+        assert fetching.is_set(), "the fetch container never asked for the tarball"
+        [container] = engine.list_containers({L.HELPER: "fetch", L.CACHE: cache.cache_id})
+        # Its owner lives: another process's sweep leaves its container and its folders alone.
+        assert cache.sweep() == []
+        assert engine.inspect_container(container.id) is not None
+        work = [p for p in cache.work_root.iterdir()]
+        assert work and all(p.stat().st_mode & 0o077 == 0 for p in work)
+        # The token is on disk only in a file the container's user alone reads, while it is needed.
+        holding = [p for p in cache.work_root.rglob("*") if p.is_file() and npm_registry.token.encode() in p.read_bytes()]
+        assert holding and all(p.stat().st_mode & 0o777 == 0o400 for p in holding)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    try:
+        # SIGKILL ran no clean-up: the container is still there, waiting on the registry.
+        assert engine.inspect_container(container.id) is not None
+        swept = NpmCache(private, engine).sweep()
+        assert container.id in swept
+        assert engine.inspect_container(container.id) is None
+        assert list(cache.work_root.iterdir()) == []
+        assert not any(
+            npm_registry.token.encode() in p.read_bytes()
+            for p in private.cache_dir.parent.rglob("*")
+            if p.is_file() and p.name != "npm-token"
+        )
+    finally:
+        release.set()
+        npm_registry.during_fetch = None
