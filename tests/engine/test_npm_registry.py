@@ -264,3 +264,58 @@ def test_a_killed_builds_fetch_container_is_swept_and_a_live_ones_never(private,
     finally:
         release.set()
         npm_registry.during_fetch = None
+
+
+# -- lifecycle scripts: off by default; with allow_npm_scripts, in the offline build stage only -----
+
+# The package's postinstall: it records that it ran, in which step, and whether it could reach the
+# registry that served it (it must not: the build stage has no network).
+SCRIPT = """
+const fs = require("fs"), os = require("os"), path = require("path"), { spawnSync } = require("child_process");
+const probe = spawnSync(process.execPath, ["-e",
+  "require('net').connect(%PORT%, '%HOST%').on('connect', () => process.exit(0)).on('error', () => process.exit(3))"],
+  { timeout: 10000 });
+fs.writeFileSync(path.join(__dirname, "ran.json"), JSON.stringify({
+  event: process.env.npm_lifecycle_event,
+  interfaces: Object.keys(os.networkInterfaces()).sort(),
+  reached_registry: probe.status === 0,
+}));
+"""
+
+
+def cache_snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_install_scripts_run_only_when_allowed_offline_and_never_touch_the_shared_cache(private, engine, npm_registry):
+    name = unique_ref("attune-scripted-")
+    host, port = npm_registry.url.split("//")[1].rstrip("/").split(":")
+    npm_registry.publish(
+        name,
+        "1.0.0",
+        {"ran.js": SCRIPT.replace("%PORT%", port).replace("%HOST%", host)},
+        scripts={"postinstall": "node ran.js"},
+    )
+    spec = DependencySpec(runtime="nodejs", dependencies=[f"{name}@1.0.0"])
+    where = f"/opt/attune/node_modules/{name}/ran.json"
+
+    default = ContainerDependencyManager(private, engine).ensure_environment(unique_ref("npmnoscripts"), spec)
+    code, output = engine.run_once(default.image, ["/bin/sh", "-c", f"cat {where} || echo ABSENT"])
+    assert code == 0 and output.strip().endswith("ABSENT"), output  # --ignore-scripts: it never ran
+
+    npm_cache = NpmCache(private, engine).root
+    before = cache_snapshot(npm_cache)
+    assert any(p.endswith(".tgz") for p in before)  # the package is in the shared cache already
+    asked = len(npm_registry.seen)
+    allowed = private.model_copy(update={"allow_npm_scripts": True})
+    scripted = ContainerDependencyManager(allowed, engine).ensure_environment(unique_ref("npmscripts"), spec)
+    assert scripted.dependency_hash != default.dependency_hash
+    code, output = engine.run_once(scripted.image, ["cat", where])
+    assert code == 0, output
+    ran = json.loads(output)
+    # It ran at install, with no network at all (loopback only), and could not reach the registry.
+    assert ran == {"event": "postinstall", "interfaces": ["lo"], "reached_registry": False}
+    # The build took everything from the cache (no fetch: the lock and tarball were known) and
+    # the script changed nothing in it: the shared cache never reaches a build.
+    assert len(npm_registry.seen) == asked
+    assert cache_snapshot(npm_cache) == before
