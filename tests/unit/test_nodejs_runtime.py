@@ -338,3 +338,40 @@ def test_the_npm_cache_is_bounded_oldest_first_and_lives_beside_the_wheel_cache(
     assert cache.prune(150) == ["old.tgz", "mid.tgz"]
     assert [p.name for p in cache.content.iterdir()] == ["new.tgz"]
     assert cache.prune(0) == ["new.tgz"] and cache.stats().files == 0
+
+
+def test_the_npm_registry_is_hashed_when_set_and_its_token_never_is():
+    from attune_containers.runtimes.nodejs.runtime import hash_document
+
+    spec = node("lodash@4.17.21")
+    default = NODEJS.plan("demo", spec, BASES[1], BuildOptions(), "p")
+    mirror = NODEJS.plan("demo", spec, BASES[1], BuildOptions(npm_registry="https://npm.corp.example/repo/"), "p")
+    # Unset: the document is what it was before the setting existed (no Node image is rebuilt).
+    assert "npm_registry" not in hash_document(spec, BASES[1], BuildOptions())
+    assert mirror.dependency_hash != default.dependency_hash
+    assert hash_document(spec, BASES[1], mirror.options)["npm_registry"] == "https://npm.corp.example/repo/"
+    # The token is no build option at all: nothing of it can reach a plan, a hash or a label.
+    assert not any("token" in field for field in BuildOptions.model_fields)
+
+
+def test_the_npmrc_names_the_registry_and_gives_its_token_to_that_registry_only():
+    from attune_containers.services.npm_cache import npmrc
+
+    assert npmrc(None, None) == ""
+    assert npmrc("https://npm.corp.example/repo/", None) == "registry=https://npm.corp.example/repo/\n"
+    assert npmrc("https://npm.corp.example:8443/repo/", "npm_abc.DEF-1/+=") == (
+        "registry=https://npm.corp.example:8443/repo/\n//npm.corp.example:8443/repo/:_authToken=npm_abc.DEF-1/+=\n"
+    )
+    # A token without a registry is for npm's default one, which then stays npm's own choice.
+    assert npmrc(None, "npm_abc") == "//registry.npmjs.org/:_authToken=npm_abc\n"
+
+
+def test_a_lock_made_against_one_registry_is_not_reused_for_another():
+    from attune_containers.services.npm_cache import NpmCache
+
+    spec = node("lodash@4.17.21")
+    keys = {
+        NpmCache.lock_key(NODEJS.plan("demo", spec, BASES[1], BuildOptions(npm_registry=registry), "p"))
+        for registry in (None, "https://a.example/", "https://b.example/")
+    }
+    assert len(keys) == 3

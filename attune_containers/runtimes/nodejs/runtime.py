@@ -59,8 +59,8 @@ DEFAULT_BASE_IMAGES = {"18": "node:18-slim", "20": "node:20-slim", "22": "node:2
 def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict[str, Any]:
     """What decides a Node pack image's content (its hash): the dependencies in canonical form,
     the Node version and base identity, whether npm scripts run, the template and build script,
-    and ``HASH_FORMAT``."""
-    return {
+    and ``HASH_FORMAT``; the npm registry when one is configured."""
+    document: dict[str, Any] = {
         "format": HASH_FORMAT,
         "runtime": spec.runtime,
         "dependencies": [r.canonical() for r in spec.requirements],
@@ -75,6 +75,13 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "template": hashlib.sha256(template_source(DOCKERFILE_TEMPLATE).encode()).hexdigest(),
         "build_files": {PREPARE_SCRIPT: hashlib.sha256(template_source(PREPARE_SCRIPT).encode()).hexdigest()},
     }
+    # The registry decides what a name@version is (a private registry may serve its own package
+    # under a public name), so images resolved against another one are other images; as
+    # pip_index_url is in Python's hash. Only when set: the images of the default stay as they were.
+    # Never credentials: the setting refuses them in the URL; the token is not a build input.
+    if options.npm_registry:
+        document["npm_registry"] = options.npm_registry
+    return document
 
 
 def render_dockerfile(base: BaseImage, options: BuildOptions | None = None) -> str:
