@@ -122,7 +122,11 @@ def test_the_copy_stands_alone_is_reused_and_execs_children_without_loader_varia
     folder = sp.supervisor_python(tmp_path / "cache")
     assert folder.parent == tmp_path / "cache-supervisor"
     done = subprocess.run(
-        portable.command(str(folder), ["-c", RUN_IN_COPY]), capture_output=True, text=True, env={"A": "1"}, check=True
+        portable.command(str(folder), ["-c", RUN_IN_COPY]),
+        capture_output=True,
+        text=True,
+        env={"A": "1", "PYTHONHOME": "/nowhere", "PYTHONPATH": "/tmp"},  # -I: neither moves it
+        check=True,
     )
     prefix, *environment = done.stdout.splitlines()
     assert prefix == str(folder)
