@@ -20,6 +20,7 @@ from attune_containers.errors import BuildError, InvalidSpecError, PythonVersion
 from attune_containers.runtimes import get_runtime, runner_types
 from attune_containers.runtimes.nodejs.runtime import NODEJS, NodePlan
 from attune_containers.runtimes.nodejs.spec import package_json
+from attune_containers.runtimes.python import PYTHON
 from attune_containers.services.npm_cache import read_lock
 
 STRICT = RequirementPolicy(strict=True)
@@ -270,6 +271,7 @@ def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
         "/opt/attune/supervisor/attune_wrapper.py",
     ]
     assert argv[8:10] == ["65532", "--exec"]
+    assert PYTHON.host_mounts(None) == ()  # Python's supervisor keeps the image's own python3
     assert argv[-3:] == ["/usr/bin/env", "node", "/opt/attune/runtime/attune_runner.js"]
     with pytest.raises(InvalidSpecError):
         NODEJS.check_preload(["lodash"])

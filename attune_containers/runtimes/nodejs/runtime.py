@@ -216,8 +216,9 @@ class NodeRuntime:
         return NodePlan(pack_ref=pack_ref, spec=spec, base=base, options=options, image_prefix=image_prefix)
 
     def host_mounts(self, settings: Any) -> tuple[tuple[Path, str], ...]:
-        # The supervisor's interpreter, made once on this host from the one running this process:
-        # every Node image is served the same way, whatever python its base has or lacks (README).
+        # The supervisor's interpreter, made once on this host from the one running this process
+        # (or supervisor_interpreter): every Node image is served the same way, whatever python
+        # its base has or lacks (README).
         from ...services.supervisor_python import supervisor_python  # disk: only when a run needs it
 
         chosen = getattr(settings, "supervisor_interpreter", None)
