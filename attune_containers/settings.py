@@ -142,7 +142,14 @@ class Settings(BaseSettings):
     # here, so adding one needs no new setting.
     runtime_base_images: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="Base images of the other runtimes: runtime -> version -> image (else the runtime's defaults)",
+        description="Base images of the other runtimes: runtime -> version -> image (else the runtime's "
+        "defaults: Node.js node:18-slim, node:20-slim, node:22-slim, as they are: no python3 needed)",
+    )
+    supervisor_interpreter: Path | None = Field(
+        None,
+        description="The CPython (3.9+) copied, with its libraries and their loader, to run the action "
+        "supervisor in images with no python of their own (Node.js); default: the one running "
+        "attune-containers. A distribution build (/usr/bin/python3) starts faster than a pyenv one",
     )
     pip_index_url: str | None = Field(None, description="Index URL for builds (builder stage only)")
     pip_extra_index_urls: list[str] = Field(default_factory=list)

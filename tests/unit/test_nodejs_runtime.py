@@ -20,6 +20,7 @@ from attune_containers.errors import BuildError, InvalidSpecError, PythonVersion
 from attune_containers.runtimes import get_runtime, runner_types
 from attune_containers.runtimes.nodejs.runtime import NODEJS, NodePlan
 from attune_containers.runtimes.nodejs.spec import package_json
+from attune_containers.runtimes.python import PYTHON
 from attune_containers.services.npm_cache import read_lock
 
 STRICT = RequirementPolicy(strict=True)
@@ -258,7 +259,19 @@ def test_a_lock_from_the_fetch_step_is_checked_like_pack_input():
 
 def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
     argv = NODEJS.loop_command(65532, None, ())
-    assert argv[:4] == ["/usr/bin/python3", "-I", "-S", "-B"] and argv[5:7] == ["65532", "--exec"]
+    # The supervisor on its own interpreter (mounted by host_mounts), never the image's python3.
+    assert argv[:8] == [
+        "/opt/attune/python/ld.so",
+        "--library-path",
+        "/opt/attune/python/lib",
+        "/opt/attune/python/bin/python3",
+        "-I",
+        "-S",
+        "-B",
+        "/opt/attune/supervisor/attune_wrapper.py",
+    ]
+    assert argv[8:10] == ["65532", "--exec"]
+    assert PYTHON.host_mounts(None) == ()  # Python's supervisor keeps the image's own python3
     assert argv[-3:] == ["/usr/bin/env", "node", "/opt/attune/runtime/attune_runner.js"]
     with pytest.raises(InvalidSpecError):
         NODEJS.check_preload(["lodash"])
