@@ -380,12 +380,21 @@ class ActionRunner:
                     {L.POOL: "true"},
                     self._preload(runtime, action.pack_dir, policy),
                     runtime=runtime,
+                    host_mounts=runtime.host_mounts(self.settings),
                 )
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return _ran_on(result, info, warm=True)
                 # The warm budget is all busy: this execution runs cold rather than queueing.
-            run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run, runtime=runtime)
+            run = _container_run(
+                action.pack_ref,
+                action.pack_dir,
+                info.id,
+                limits,
+                per_run,
+                runtime=runtime,
+                host_mounts=runtime.host_mounts(self.settings),
+            )
             return _ran_on(self._run_cold(run, info, limits, request, execution_id, action), info, warm=False)
         except EnvironmentNotFoundError:
             self.manager.forget_image(info.id)
@@ -496,6 +505,7 @@ class ActionRunner:
                 {L.POOL: "true"},
                 self._preload(chosen, packs[pack_ref], policy),
                 runtime=chosen,
+                host_mounts=chosen.host_mounts(self.settings),
             )
             started += self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
         return started
@@ -671,10 +681,12 @@ def _container_run(
     preload: tuple[str, ...] = (),
     *,
     runtime: Runtime | None = None,
+    host_mounts: tuple[tuple[Path, str], ...] = (),
 ) -> ContainerRun:
     """The container of one pack's runner loop, cold or warm: same image, limits and mounts.
     ``preload``: libraries a warm container's zygote imports once (argv: never a shell).
-    ``runtime``: whose loop runs (default: the default runtime's)."""
+    ``runtime``: whose loop runs (default: the default runtime's); ``host_mounts``: what its
+    ``host_mounts`` made on this host for it."""
     runtime = runtime or get_runtime()
     return ContainerRun(
         image=image_id,
@@ -685,7 +697,7 @@ def _container_run(
         mounts=[
             (str(pack_dir), PACK_MOUNT, True),
             (str(runtime.loop_dir), LOOP_MOUNT, True),
-            *((str(source), target, True) for source, target in runtime.support_mounts),
+            *((str(source), target, True) for source, target in (*runtime.support_mounts, *host_mounts)),
         ],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,
