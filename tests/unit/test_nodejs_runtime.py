@@ -304,14 +304,18 @@ def test_a_pack_folder_with_package_json_is_a_node_pack_and_its_lock_is_checked(
     assert exc.value.field == "package-lock.json"
 
 
-def test_a_python_pack_folder_stays_python_and_node_files_do_not_leak_into_it(tmp_path):
+def test_node_files_beside_a_python_pack_make_its_node_spec_and_never_leak_into_the_python_one(tmp_path):
     from attune_containers.core.packs import load_pack
 
     (tmp_path / "pack.yaml").write_text("ref: py\nmeta:\n  python_dependencies: [six]\n")
     (tmp_path / "package.json").write_text("{}")
     (tmp_path / "requirements.txt").write_text("requests\n")
-    spec = load_pack(tmp_path).spec
-    assert spec.runtime == "python" and spec.requirements_file_content == "requests\n"
+    specs = load_pack(tmp_path).specs  # a package.json declares Node.js: the pack has both (issue 13)
+    assert list(specs) == ["python", "nodejs"]
+    python = specs["python"]
+    assert python.runtime == "python" and python.requirements_file_content == "requests\n"
+    assert python.dependencies == ["six"] and python.metadata == {}
+    assert specs["nodejs"].requirements_file_content == "{}" and specs["nodejs"].dependencies == []
 
 
 def test_npm_scripts_stay_off_unless_the_operator_allows_them_and_the_choice_is_hashed():
