@@ -32,7 +32,7 @@ from .core.pack_ref import validate_pack_ref
 from .core.packs import MAX_PACK_FILE_BYTES, PackDefinition, load_pack, pack_from_api
 from .core.plan import BuildPlan
 from .core.prune_policy import PrunePolicy, parse_duration
-from .core.spec import EnvironmentInfo
+from .core.spec import DependencySpec, EnvironmentInfo, validate_spec
 from .core.versions import BaseImage
 from .errors import (
     AttuneContainersError,
@@ -197,17 +197,34 @@ def _print_items(args: argparse.Namespace, items: Sequence[BaseModel], model: ty
 # -- commands ------------------------------------------------------------------------------------
 
 
-def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition) -> BuildPlan:
+def _specs(pack: PackDefinition, runtime: str | None) -> list[DependencySpec]:
+    """The specs a command works on: every runtime's of the pack (Python first), or only
+    ``--runtime``'s (one the pack declares nothing for has an empty spec, as its actions get)."""
+    return [pack.spec_for(runtime)] if runtime is not None else list(pack.specs.values())
+
+
+def _one_spec(pack: PackDefinition, runtime: str | None, command: str) -> DependencySpec:
+    """The one spec a command that shows a single image works on: a mixed pack needs --runtime."""
+    specs = _specs(pack, runtime)
+    if len(specs) != 1:
+        raise InvalidSpecError(
+            f"pack {pack.pack_ref!r} has {' and '.join(pack.specs)} images: `{command}` shows one, give --runtime",
+            field="runtime",
+        )
+    return specs[0]
+
+
+def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition, spec: DependencySpec) -> BuildPlan:
     """The plan ``render`` and ``validate`` show. Without an engine (CI linting packs) the configured
     base images stand in uninspected: everything is checked, but the exact Python version, and so
     the dependency hash and the image tag, are unknown."""
     try:
-        return manager.plan(pack.pack_ref, pack.spec, pull_base=False)
+        return manager.plan(pack.pack_ref, spec, pull_base=False)
     except EngineUnavailableError:
         settings = manager.settings
         validate_pack_ref(pack.pack_ref)
-        runtime = get_runtime(pack.spec.runtime)
-        validated = runtime.validate(pack.spec, settings.requirement_policy())
+        runtime = get_runtime(spec.runtime)
+        validated = runtime.validate(spec, settings.requirement_policy())
         bases = sorted(
             (BaseImage(minor=m, reference=r) for m, r in runtime.base_images(settings).items()), key=lambda b: b.minor_key
         )
@@ -220,7 +237,7 @@ def _plan_without_pull(manager: ContainerDependencyManager, pack: PackDefinition
 
 def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     pack = _pack(args.pack)
-    plan = _plan_without_pull(manager, pack)
+    plan = _plan_without_pull(manager, pack, _one_spec(pack, args.runtime, "render"))
     if args.json:
         _print_json({"pack_ref": pack.pack_ref, "dockerfile": plan.dockerfile(), "requirements": plan.spec.requirement_lines()})
     elif args.requirements:
@@ -233,27 +250,35 @@ def cmd_render(args: argparse.Namespace, manager: ContainerDependencyManager) ->
 def cmd_validate(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     pack = _pack(args.pack)
     manager.settings.run_limits(pack=pack.limits)  # a pack asking more than the operator's caps is invalid here too
-    plan = _plan_without_pull(manager, pack)
-    report: dict[str, Any] = {
-        "pack_ref": pack.pack_ref,
-        "valid": True,
-        "python": plan.base.python_version or plan.base.minor,
-        "base_image": plan.base.reference,
-        "requirements": plan.spec.requirement_lines(),
-        "image": plan.image if plan.base.python_version else None,
-    }
-    if args.image:
-        report["image_valid"] = manager.validate_environment(pack.pack_ref)
-    if args.json:
-        _print_json(report)
-    else:
-        name = get_runtime(plan.spec.runtime).display_name
-        out.print(f"[green]valid[/green] {pack.pack_ref}: {name} {report['python']} from {plan.base.reference}")
-        for line in report["requirements"]:
-            out.print(f"  {line}", highlight=False, markup=False)
+    # Every runtime's spec is checked before anything is printed: a mixed pack is valid only whole.
+    plans = [_plan_without_pull(manager, pack, spec) for spec in _specs(pack, args.runtime)]
+    reports: list[dict[str, Any]] = []
+    for plan in plans:
+        runtime = get_runtime(plan.spec.runtime)
+        report: dict[str, Any] = {
+            "pack_ref": pack.pack_ref,
+            "valid": True,
+            "runtime": runtime.name,
+            "python": plan.base.python_version or plan.base.minor,  # the runtime's version (the name predates Node.js)
+            "base_image": plan.base.reference,
+            "requirements": plan.spec.requirement_lines(),
+            "image": plan.image if plan.base.python_version else None,
+        }
         if args.image:
-            out.print(f"image: {'valid' if report['image_valid'] else '[red]not valid[/red]'}")
-    return 0 if report.get("image_valid", True) else 1
+            report["image_valid"] = manager.validate_environment(pack.pack_ref, runtime.name)
+        reports.append(report)
+        if not args.json:
+            out.print(
+                f"[green]valid[/green] {pack.pack_ref}: {runtime.display_name} {report['python']} from {plan.base.reference}"
+            )
+            for line in report["requirements"]:
+                out.print(f"  {line}", highlight=False, markup=False)
+            if args.image:
+                out.print(f"image: {'valid' if report['image_valid'] else '[red]not valid[/red]'}")
+    if args.json:
+        # One runtime: the report as before; a mixed pack: one report per runtime.
+        _print_json(reports[0] if len(reports) == 1 else reports)
+    return 0 if all(r.get("image_valid", True) for r in reports) else 1
 
 
 def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -262,6 +287,8 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
             raise InvalidSpecError("give the packs tree once: --all --packs-dir PACKS_DIR", field="packs-dir")
         args.packs_dir = args.all
     if args.all:
+        if args.runtime is not None:
+            raise InvalidSpecError("--runtime goes with PACK; --all builds every runtime's image of every pack", field="runtime")
         if args.packs_dir is None:
             raise InvalidSpecError("--all builds every pack of --packs-dir PACKS_DIR: give it", field="packs-dir")
         return _build_all(args, manager)
@@ -272,8 +299,34 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
     if args.manifest:
         raise InvalidSpecError("--manifest goes with --all PACKS_DIR --push", field="manifest")
     pack = _pack(args.pack)
-    plan = manager.plan(pack.pack_ref, pack.spec)
+    # Every runtime's image of the pack (or --runtime's). Every spec is validated before the engine
+    # is asked anything, and all are planned before any builds: one bad runtime builds nothing.
+    specs = _specs(pack, args.runtime)
+    for spec in specs:
+        validate_spec(spec, manager.settings.requirement_policy())
+    plans = [(spec, manager.plan(pack.pack_ref, spec)) for spec in specs]
+    documents = []
+    for spec, plan in plans:
+        ensured, pushed = _build_one(args, manager, pack.pack_ref, spec, plan)
+        info = ensured.info
+        documents.append({"outcome": ensured.outcome, "pushed": pushed, **info.model_dump(mode="json")})
+        if not args.json:
+            out.print(
+                f"{ensured.outcome} {info.image} for {info.pack_ref}: {get_runtime(info.runtime).display_name} "
+                f"{info.runtime_version}, "
+                f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
+                + (f"; pushed to {pushed}" if pushed else ""),
+                highlight=False,
+            )
+    if args.json:
+        # One image: the document as before; a mixed pack: one per runtime, Python first.
+        _print_json(documents[0] if len(documents) == 1 else documents)
+    return 0
 
+
+def _build_one(
+    args: argparse.Namespace, manager: ContainerDependencyManager, pack_ref: str, spec: DependencySpec, plan: BuildPlan
+) -> tuple[Any, str | None]:
     def log(line: str) -> None:
         if not line.strip():
             return
@@ -284,20 +337,9 @@ def cmd_build(args: argparse.Namespace, manager: ContainerDependencyManager) -> 
 
     with err.status(f"preparing {plan.image}", spinner="dots") as status:
         # Publishing never adopts an image from the registry: only one built (or found) here.
-        ensured = manager.ensure(pack.pack_ref, pack.spec, on_log=log, offline=args.offline or None, pull=not args.push)
+        ensured = manager.ensure(pack_ref, spec, on_log=log, offline=args.offline or None, pull=not args.push)
         pushed = manager.push(ensured.info) if args.push else None
-    info = ensured.info
-    if args.json:
-        _print_json({"outcome": ensured.outcome, "pushed": pushed, **info.model_dump(mode="json")})
-    else:
-        out.print(
-            f"{ensured.outcome} {info.image} for {info.pack_ref}: {get_runtime(info.runtime).display_name} "
-            f"{info.runtime_version}, "
-            f"{len(info.installed_dependencies)} distributions, {_human_size(info.size_bytes)}"
-            + (f"; pushed to {pushed}" if pushed else ""),
-            highlight=False,
-        )
-    return 0
+    return ensured, pushed
 
 
 def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
@@ -337,8 +379,9 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
 
     with progress:
         from .core.packs import scan_pack_tree
+        from .services.prebuild import build_tasks
 
-        overall = progress.add_task("all packs", total=len(scan_pack_tree(args.packs_dir)))
+        overall = progress.add_task("all packs", total=len(build_tasks(scan_pack_tree(args.packs_dir))))
         report = build_all(
             manager,
             args.packs_dir,
@@ -359,7 +402,7 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
     else:
         colours = {"failed": "red", "invalid": "red", "built": "green"}
         _print_table(
-            ("pack", "python", "hash", "outcome", "time", "size", "image / error"),
+            ("pack", "python", "hash", "outcome", "time", "size", "image / error", "runtime"),
             [
                 (
                     p.pack_ref,
@@ -369,6 +412,7 @@ def _build_all(args: argparse.Namespace, manager: ContainerDependencyManager) ->
                     f"{p.seconds:.1f} s",
                     _human_size(p.size_bytes) if p.size_bytes else "",
                     _headline(p.error) if p.error else (p.pushed or p.image or ""),
+                    p.runtime or "",
                 )
                 for p in report.packs
             ],
@@ -434,8 +478,9 @@ def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
         return 0
     if _print_items(args, images, ImageEntry):
         return 0
+    # The version column keeps its name (scripts read it); runtime says whose version it is.
     _print_table(
-        ("pack_ref", "image", "python", "hash", "size", "created", "last used", "current"),
+        ("pack_ref", "image", "python", "hash", "size", "created", "last used", "current", "runtime"),
         [
             (
                 e.pack_ref,
@@ -446,6 +491,7 @@ def cmd_ls(args: argparse.Namespace, manager: ContainerDependencyManager) -> int
                 e.created_at.isoformat(),
                 e.last_used.isoformat(timespec="seconds") if e.last_used else "never",
                 "yes" if e.current else "",
+                e.runtime,
             )
             for e in images
         ],
@@ -526,24 +572,41 @@ def _print_prune_report(report: PruneReport) -> None:
 
 def cmd_inspect(args: argparse.Namespace, manager: ContainerDependencyManager) -> int:
     validate_pack_ref(args.pack_ref)  # a malformed ref is exit 2 before the engine is asked
+    runtime = get_runtime(args.runtime).name if args.runtime is not None else None
     if args.format:
         _formatter(args.format, EnvironmentInfo)
-    environments = manager.list_environments(args.pack_ref)
+    environments = manager.list_environments(args.pack_ref, runtime)
     if not environments:
-        raise EnvironmentNotFoundError(f"no image for pack {args.pack_ref!r} under {manager.settings.image_prefix}/")
-    info = manager.get_environment(args.pack_ref) or environments[0]
-    if _print_items(args, [info], EnvironmentInfo):
+        which = f" for runtime {runtime}" if runtime else ""
+        raise EnvironmentNotFoundError(f"no image{which} for pack {args.pack_ref!r} under {manager.settings.image_prefix}/")
+    # The current image of each runtime the pack has images of (one, unless it is a mixed pack).
+    # Registry order (Python first), as build lists them.
+    present = {e.runtime for e in environments}
+    runtimes = [runtime] if runtime is not None else [r for r in RUNTIMES if r in present]
+    infos = [manager.get_environment(args.pack_ref, r) or environments[0] for r in runtimes]
+    infos = infos or [environments[0]]  # images of a runtime this version does not know: the newest
+    if _print_items(args, infos, EnvironmentInfo):
         return 0
     if args.lock:
+        if len(infos) != 1:
+            raise InvalidSpecError(
+                f"pack {args.pack_ref!r} has {' and '.join(runtimes)} images, each with its own lock: give --runtime",
+                field="runtime",
+            )
         # A requirements file pinning every distribution with its hash: a pack can be rebuilt
         # to the same content from it (pip's hash-checking mode).
-        sys.stdout.write("".join(line + "\n" for line in manager.lock_lines(info)))
+        sys.stdout.write("".join(line + "\n" for line in manager.lock_lines(infos[0])))
         return 0
     if args.json:
-        _print_json(info.model_dump(mode="json"))
+        # One image: the EnvironmentInfo as before; a mixed pack: one per runtime, Python first.
+        documents = [info.model_dump(mode="json") for info in infos]
+        _print_json(documents[0] if len(documents) == 1 else documents)
     else:
-        for key, value in info.model_dump(mode="json").items():
-            out.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+        for n, info in enumerate(infos):
+            if n:
+                out.print("")
+            for key, value in info.model_dump(mode="json").items():
+                out.print(f"[bold]{key}[/bold]: {value}", highlight=False)
     return 0
 
 
@@ -763,6 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help=f"{what} on stdout as JSON; an error too")
         return p
 
+    def add_runtime(p: argparse.ArgumentParser, what: str) -> None:
+        # A pack with Python and Node.js actions has an image of each.
+        p.add_argument("--runtime", metavar="RUNTIME", help=f"{what}: {', '.join(RUNTIMES)}")
+
     def add_listing(p: argparse.ArgumentParser, what: str) -> argparse._MutuallyExclusiveGroup:
         shown = p.add_mutually_exclusive_group()  # one way of showing at a time
         shown.add_argument("--json", action="store_true", help=f"{what} as JSON; an error too")
@@ -773,11 +840,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("render", cmd_render, "Print the Dockerfile that would be built for a pack (no engine needed)")
     p.add_argument("pack", help=pack_help)
     p.add_argument("--requirements", action="store_true", help="print the requirements file instead")
+    add_runtime(p, "render this runtime's image (needed for a pack with several)")
     add_json(p, "the Dockerfile and the requirements")
 
     p = add("validate", cmd_validate, "Check a pack's spec (no engine needed), and with --image its built image")
     p.add_argument("pack", help=pack_help)
     p.add_argument("--image", action="store_true", help="also check that the pack's image runs")
+    add_runtime(p, "only this runtime's spec (default: every runtime of the pack)")
     add_json(p, "the report")
 
     p = add("build", cmd_build, "Build a pack's image (or every pack's) unless it exists (idempotent)")
@@ -801,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--offline", action="store_true", help="use the wheel cache only, networking off")
     p.add_argument("-v", "--verbose", action="store_true", help="stream the build log")
+    add_runtime(p, "with PACK: only this runtime's image (default: every runtime of the pack)")
     add_json(p, "the outcome")
 
     p = add("ls", cmd_ls, "List pack images: size, last use, whether current")
@@ -826,6 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", cmd_inspect, "Show a pack's current image (exit 1 when it has none)")
     p.add_argument("pack_ref", help="the pack, e.g. hello_requests")
+    add_runtime(p, "only this runtime's image (default: each runtime's current image)")
     add_listing(p, "the whole EnvironmentInfo").add_argument(
         "--lock", action="store_true", help="print its lock: every distribution pinned with its sha256"
     )

@@ -649,15 +649,23 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
         pack_ref: str,
         http: Request,
         stream: bool = Query(False, description="Stream the build log as NDJSON (as Accept: application/x-ndjson does)"),
+        runtime: str | None = Query(
+            None,
+            max_length=64,
+            description="Only this runtime's image (python, nodejs); default: every runtime's image of the pack, "
+            "the answer being the first (Python's first)",
+        ),
     ) -> Any:
-        """Ensure the pack's image (build or pull it if needed); pre-warm if its policy says so.
+        """Ensure the pack's images (build or pull them if needed); pre-warm if its policy says so.
+        A pack with Python and Node.js actions has an image of each: all are ensured, and the
+        answer is ``runtime``'s, else the pack's first runtime's.
         Streamed (``Accept: application/x-ndjson`` or ``?stream=true``): the build's log lines as
         they come, then a ``result`` line with the environment; a failure once lines were sent is
         an ``error`` line holding the problem document (before any line: the usual problem answer).
         The build goes on if the client leaves."""
         media_type = NDJSON if stream else wants_stream(http)
         if media_type != NDJSON:
-            return await run_in_threadpool(runner().ensure_pack, pack_ref)
+            return await run_in_threadpool(lambda: runner().ensure_pack(pack_ref, runtime=runtime))
         loop = asyncio.get_running_loop()
         reader = LogReader(loop, READER_QUEUE_BYTES, [])
 
@@ -667,7 +675,7 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
                 reader.offer({"stream": "build", "data": text, "ts": timestamp()}, len(text))
 
             try:
-                info = runner().ensure_pack(pack_ref, on_log=line)
+                info = runner().ensure_pack(pack_ref, on_log=line, runtime=runtime)
             except Exception as exc:
                 if problems.status_of(exc) == 500:
                     log.error("building %s failed", pack_ref, exc_info=exc, extra={"pack_ref": pack_ref})
@@ -721,9 +729,13 @@ def create_app(packs_dir: str | Path, manager: ContainerDependencyManager | None
     def prewarm(
         pack_ref: str,
         count: int | None = Query(None, ge=0, le=1024, description="Containers to start (default: the pool's min_idle)"),
+        runtime: str | None = Query(
+            None, max_length=64, description="Only this runtime's pool (default: each runtime's of the pack)"
+        ),
     ) -> int:
-        """Start warm containers of a pack ahead of need; how many were started."""
-        return runner().prewarm(pack_ref, count)
+        """Start warm containers of a pack ahead of need, per runtime (a mixed pack has a pool per
+        image); how many were started in all."""
+        return runner().prewarm(pack_ref, count, runtime=runtime)
 
     @app.get("/v1/pools", response_model=list[PoolStats], operation_id="listPools", tags=["pools"])
     def pools() -> list[PoolStats]:

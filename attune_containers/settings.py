@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,7 @@ from .core.execution import DEFAULT_LIMITS, DEFAULT_MAX_LIMITS, ResourceLimits, 
 from .core.pooling import DEFAULT_POOL, PoolSettings
 from .core.render import BuildOptions
 from .core.spec import RequirementPolicy
-from .errors import InvalidSpecError
+from .errors import BuildError, InvalidSpecError
 
 ENV_PREFIX = "ATTUNE__CONTAINERS__"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -37,6 +38,7 @@ DEFAULT_BASE_IMAGES = {f"3.{m}": f"python:3.{m}-slim" for m in range(9, 15)}
 _MINOR = re.compile(r"3\.\d{1,2}")
 _REFERENCE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,254}")
 _URL = re.compile(r"https?://[^\s'\"\\]+")
+_NPM_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,4096}")
 
 
 def parse_bytes(value: str | int) -> int:
@@ -140,7 +142,14 @@ class Settings(BaseSettings):
     # here, so adding one needs no new setting.
     runtime_base_images: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="Base images of the other runtimes: runtime -> version -> image (else the runtime's defaults)",
+        description="Base images of the other runtimes: runtime -> version -> image (else the runtime's "
+        "defaults: Node.js node:18-slim, node:20-slim, node:22-slim, as they are: no python3 needed)",
+    )
+    supervisor_interpreter: Path | None = Field(
+        None,
+        description="The CPython (3.9+) copied, with its libraries and their loader, to run the action "
+        "supervisor in images with no python of their own (Node.js); default: the one running "
+        "attune-containers. A distribution build (/usr/bin/python3) starts faster than a pyenv one",
     )
     pip_index_url: str | None = Field(None, description="Index URL for builds (builder stage only)")
     pip_extra_index_urls: list[str] = Field(default_factory=list)
@@ -188,6 +197,16 @@ class Settings(BaseSettings):
         False,
         description="Build wheels from sdists (runs their build code in the fetch step; nothing it "
         "hands back is cached); false: only wheels are used",
+    )
+    npm_registry_url: str | None = Field(
+        None,
+        description="npm registry of Node.js packs' fetch step (https, no credentials in it; "
+        "npm_token_file holds them); unset: npm's own (registry.npmjs.org)",
+    )
+    npm_token_file: Path | None = Field(
+        None,
+        description="File holding the npm registry's auth token (read at each fetch, so replacing "
+        "the file rotates it); it reaches only the fetch container, never an image, label or log",
     )
     allow_npm_scripts: bool = Field(
         False,
@@ -287,6 +306,28 @@ class Settings(BaseSettings):
         if v is not None and not _URL.fullmatch(v):
             raise ValueError(f"{v!r} is not an http(s) URL")
         return v
+
+    @field_validator("npm_registry_url")
+    @classmethod
+    def _npm_registry(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # https only: the lock admits only https tarballs (runtimes/nodejs/lock.py), and a token
+        # must never cross the network in clear. Credentials go in npm_token_file: a URL is
+        # logged, hashed (without them) and written into locks.
+        parts = urllib.parse.urlsplit(v)
+        if not _URL.fullmatch(v) or parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"{v!r} is not an https URL")
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise ValueError("npm_registry_url must not hold credentials: put the token in npm_token_file")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{v!r}: an npm registry URL has no query or fragment")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is no number
+        except ValueError:
+            raise ValueError(f"{v!r} has no valid port") from None
+        # npm matches a token to a registry by the URL's path with its trailing slash.
+        return v if v.endswith("/") else v + "/"
 
     @field_validator("pip_extra_index_urls")
     @classmethod
@@ -388,4 +429,23 @@ class Settings(BaseSettings):
             extra_index_urls=tuple(self.pip_extra_index_urls),
             ca_bundle=ca,
             npm_scripts=self.allow_npm_scripts,
+            npm_registry=self.npm_registry_url,
         )
+
+    def npm_token(self) -> str | None:
+        """The npm registry token from ``npm_token_file``, read at each call (each fetch), so
+        replacing the file rotates it with no restart; None when no file is configured."""
+        path = self.npm_token_file
+        if path is None:
+            return None
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BuildError(f"cannot read npm_token_file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise BuildError(f"npm_token_file {path} is not UTF-8 text") from None
+        # It becomes one line of an .npmrc, where a newline would add settings and ${...} would
+        # be expanded: only the characters tokens are made of. The message never quotes it.
+        if not _NPM_TOKEN.fullmatch(token):
+            raise BuildError(f"npm_token_file {path} does not hold one token (letters, digits and ._~+/=- only, at most 4096)")
+        return token

@@ -14,8 +14,8 @@ runtime=${3:-python}
 case "$suite" in *[!a-z]*|"") echo "bad suite: $suite" >&2; exit 2;; esac
 case "$runtime" in
   python) include=python3,python3-venv,ca-certificates ;;
-  # Node: python3-minimal because the in-container supervisor is the Python runtime's
-  # (runtimes/nodejs/README.md says why). npm is added with apt below: debootstrap's own resolver
+  # Node: python3-minimal is no longer needed (the supervisor brings its own interpreter,
+  # runtimes/nodejs/README.md), kept so these bases stay what they were. npm is added with apt below: debootstrap's own resolver
   # cannot install it (it does not follow the virtual packages of npm's node-* dependencies).
   nodejs) include=nodejs,python3-minimal,ca-certificates ;;
   *) echo "bad runtime: $runtime" >&2; exit 2;;

@@ -11,6 +11,11 @@ list/``dependencies``, from ``requirements_file_content`` and from a ``requireme
 ``pack.yaml`` are all installed (their union; identical requirements count once, and pip must
 satisfy every line that names the same project); ``runtime``, ``min_version`` and ``max_version``
 come only from the object form.
+
+A pack may have actions of several runtimes (issue 13): each runtime's ``meta`` key
+(``python_dependencies``, ``nodejs_dependencies``) or dependency file (``requirements.txt``,
+``package.json``) declares it, and each gets its own spec, hence its own image. See
+``PackDefinition`` for which runtimes a pack has.
 """
 
 from __future__ import annotations
@@ -36,21 +41,54 @@ PACK_FILE = "pack.yaml"
 REQUIREMENTS_FILE = "requirements.txt"
 
 
+MAX_ACTION_FILES = 500  # actions/*.yaml read to learn which runtimes a pack's actions need
+
+
 class PackDefinition(BaseModel):
-    """A pack as far as its image is concerned."""
+    """A pack as far as its images are concerned: one dependency spec per runtime it needs.
+
+    ``specs`` maps each runtime's canonical name to its spec, in registry order (Python first).
+    A runtime is there when the pack declares it (its ``meta`` key, or its dependency file beside
+    pack.yaml) or when one of its actions names it (``runner_type``; its spec is then empty). A
+    pack with neither (no keys, no files, no actions) is Python's, as in the seed.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     pack_ref: str
     label: str | None = None
     version: str | None = None
-    spec: DependencySpec
+    specs: dict[str, DependencySpec]
     # The pack's own run limits, from meta.container_limits (validated; fields left out are unset).
     limits: ResourceLimits | None = None
     # How its warm containers are kept, from meta.container_pool.
     pool: PoolSettings | None = None
     source: str
     directory: Path | None = None
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """The runtimes the pack has an image for, Python first."""
+        return tuple(self.specs)
+
+    @property
+    def spec(self) -> DependencySpec:
+        """The spec of a pack with one runtime (the seed's one spec per pack). A pack with several
+        has no single spec: ``specs`` or ``spec_for`` say which; asking is an error, never a guess."""
+        if len(self.specs) != 1:
+            raise InvalidSpecError(
+                f"pack {self.pack_ref!r} has {' and '.join(self.specs)} dependencies: choose a runtime (spec_for)",
+                field="runtime",
+            )
+        return next(iter(self.specs.values()))
+
+    def spec_for(self, runtime: str) -> DependencySpec:
+        """The pack's spec for ``runtime`` (a name or alias): the declared one, else an empty spec
+        (an action of a runtime the pack declares nothing for still runs, with no dependencies)."""
+        from ..runtimes import get_runtime  # runtimes/ reads pack files through this module
+
+        name = get_runtime(runtime).name
+        return self.specs.get(name) or DependencySpec(runtime=name)
 
 
 def load_pack(location: str | Path) -> PackDefinition:
@@ -114,37 +152,96 @@ def _definition(
     meta = document.get("meta") or {}
     if not isinstance(meta, dict):
         raise InvalidSpecError("must be a mapping", field="meta")
-    from ..runtimes import runtime_for_meta  # runtimes/ reads pack files through this module
+    from ..runtimes import DEFAULT_RUNTIME, RUNTIMES, runtimes_for_meta  # runtimes/ reads pack files through this module
 
     present = set(pack_files or ()) | ({REQUIREMENTS_FILE} if extra_requirements is not None else set())
-    runtime, declared = runtime_for_meta(meta, present)
-    spec = spec_from_meta(declared, runtime.name, runtime.meta_key)
-    theirs = {name: text for name, text in (pack_files or {}).items() if name in runtime.pack_files}
-    if theirs:
-        spec = runtime.with_pack_files(spec, theirs)
-    if extra_requirements is not None and REQUIREMENTS_FILE in runtime.pack_files:
-        combined = "\n".join(part for part in (spec.requirements_file_content, extra_requirements) if part)
-        spec = spec.with_requirements_file(combined)
+    specs: dict[str, DependencySpec] = {}
+    for runtime, declared in runtimes_for_meta(meta, present):
+        spec = spec_from_meta(declared, runtime.name, runtime.meta_key)
+        _check_own_runtime(spec, runtime)
+        theirs = {name: text for name, text in (pack_files or {}).items() if name in runtime.pack_files}
+        if theirs:
+            spec = runtime.with_pack_files(spec, theirs)
+        if extra_requirements is not None and REQUIREMENTS_FILE in runtime.pack_files:
+            combined = "\n".join(part for part in (spec.requirements_file_content, extra_requirements) if part)
+            spec = spec.with_requirements_file(combined)
+        specs[runtime.name] = spec
+    for name in _action_runtimes(directory) if directory is not None else ():
+        specs.setdefault(name, DependencySpec(runtime=name))
+    if not specs:
+        specs[DEFAULT_RUNTIME] = DependencySpec(runtime=DEFAULT_RUNTIME)
+    specs = {name: specs[name] for name in RUNTIMES if name in specs}  # registry order, Python first
     version = document.get("version")
     label = document.get("label")
     limits = ResourceLimits.from_pack(meta.get("container_limits"), "meta.container_limits")
     pool = PoolSettings.from_pack(meta.get("container_pool"), "meta.container_pool")
     if pool is not None and pool.preload is not None:
-        # PoolSettings only knows the list suits some runtime; this pack's must accept it.
-        try:
-            runtime.check_preload(pool.preload)
-        except InvalidSpecError as exc:
-            raise InvalidSpecError(str(exc), field="meta.container_pool.preload") from None
+        # PoolSettings only knows the list suits some runtime; each runtime of this pack loads it
+        # in its warm containers, so each must accept it.
+        for name in specs:
+            try:
+                RUNTIMES[name].check_preload(pool.preload)
+            except InvalidSpecError as exc:
+                raise InvalidSpecError(str(exc), field="meta.container_pool.preload") from None
     return PackDefinition(
         pack_ref=pack_ref,
         label=str(label) if label is not None else None,
         version=str(version) if version is not None else None,
-        spec=spec,
+        specs=specs,
         limits=limits,
         pool=pool,
         source=source,
         directory=directory,
     )
+
+
+def _check_own_runtime(spec: DependencySpec, runtime: Any) -> None:
+    """A runtime's ``meta`` key holds that runtime's dependencies: its object form may spell the
+    runtime (``runtime: python3``) but not name another one, which would give the pack two specs
+    of one runtime, or one under the other's key."""
+    from ..runtimes import get_runtime
+
+    field = f"meta.{runtime.meta_key}.runtime"
+    try:
+        named = get_runtime(spec.runtime).name
+    except InvalidSpecError as exc:
+        raise InvalidSpecError(str(exc), field=field) from None  # "unknown runtime 'ruby'; supported: ..."
+    if named != runtime.name:
+        raise InvalidSpecError(
+            f"{spec.runtime!r} is not {runtime.display_name}: meta.{runtime.meta_key} holds {runtime.display_name} "
+            f"dependencies (spellings: {', '.join(sorted((runtime.name, *runtime.aliases)))})",
+            field=field,
+        )
+
+
+def _action_runtimes(directory: Path) -> list[str]:
+    """The runtimes the pack's actions name (``runner_type`` of ``actions/*.yaml``; Python when
+    unset, as load_action has it). Read as every pack file is (bounded, no link followed); an
+    action file that does not load, or names no known runner, is skipped here: load_action
+    reports it when the action is run, and it needs no image before."""
+    from ..runtimes import DEFAULT_RUNTIME, runner_types
+
+    try:
+        fd = _open_in_pack(directory, ["actions"])
+    except InvalidSpecError:
+        return []  # no actions folder (or a link, which load_action refuses): no action needs an image
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            return []
+        names = sorted(n for n in os.listdir(fd) if n.endswith((".yaml", ".yml")) and not n.startswith("."))
+    finally:
+        os.close(fd)
+    known, found = runner_types(), []
+    for name in names[:MAX_ACTION_FILES]:
+        try:
+            document = load_yaml(read_pack_file(directory, ["actions", name]))
+        except (InvalidSpecError, BoundedYAMLError):
+            continue
+        runner = document.get("runner_type", DEFAULT_RUNTIME) if isinstance(document, dict) else None
+        runtime = known.get(runner) if isinstance(runner, str) else None
+        if runtime is not None and runtime.name not in found:
+            found.append(runtime.name)
+    return found
 
 
 def spec_from_python_dependencies(value: Any) -> DependencySpec:

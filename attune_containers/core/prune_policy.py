@@ -2,7 +2,8 @@
 
 A policy's criteria combine as AND: an image goes only if every criterion given selects it.
 
-- ``keep=N``: not among the newest N images of its pack. The pack's current image (unless
+- ``keep=N``: not among the newest N images of its pack and runtime (a pack with Python and
+  Node.js actions keeps N of each). The pack's current image of that runtime (unless
   ``include_current``) is always kept and takes one of the N places.
 - ``older_than=D``: neither created nor used (the runner's usage record) within D.
 - ``orphans``: its pack no longer exists in ``packs_dir``. A pack folder that does not load still
@@ -25,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import InvalidPolicyError
+from ..runtimes import DEFAULT_RUNTIME
 from .pack_ref import validate_pack_ref
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -121,6 +123,8 @@ class PackImage(BaseModel):
     pack_ref: str
     created: datetime
     last_used: datetime | None = None
+    # Whose image it is: keep=N counts each runtime of a pack apart (images before the label: Python's).
+    runtime: str = DEFAULT_RUNTIME
 
     @property
     def last_activity(self) -> datetime:
@@ -153,25 +157,27 @@ def select_images(
     if policy.orphans and existing_packs is None:
         raise InvalidPolicyError("orphans needs the packs that exist")
     unresolved = unresolved or {}
-    by_pack: dict[str, list[PackImage]] = {}
+    by_pack: dict[tuple[str, str], list[PackImage]] = {}
     for image in images:
         if policy.pack is None or image.pack_ref == policy.pack:
-            by_pack.setdefault(image.pack_ref, []).append(image)
+            by_pack.setdefault((image.pack_ref, image.runtime), []).append(image)
 
     verdicts: list[Verdict] = []
-    for pack_ref in sorted(by_pack):
-        group = sorted(by_pack[pack_ref], key=lambda i: (i.created, i.reference), reverse=True)
+    for pack_ref, runtime in sorted(by_pack):
+        group = sorted(by_pack[(pack_ref, runtime)], key=lambda i: (i.created, i.reference), reverse=True)
+        # current names every runtime's current image of the pack; only this group's take places.
         protected = set() if policy.include_current else set(current.get(pack_ref, ()))
         places = None
         if policy.keep is not None:
             places = policy.keep - sum(1 for i in group if i.reference in protected)
+        scope = _scope(runtime)
         for image in group:
             reasons = []
             if image.reference in protected:
-                reasons.append("current image of its pack")
+                reasons.append(f"current image of {scope}")
             elif places is not None and places > 0:
                 places -= 1
-                reasons.append(f"among the newest {policy.keep} of its pack")
+                reasons.append(f"among the newest {policy.keep} of {scope}")
             if policy.older_than is not None and image.last_activity > now - policy.older_than:
                 what = "used" if image.last_used and image.last_used >= image.created else "created"
                 reasons.append(f"{what} within {format_duration(policy.older_than)} ({image.last_activity.isoformat()})")
@@ -186,14 +192,19 @@ def select_images(
                     Verdict(image=image, action="skip", reason=f"the pack's current image is unknown: {unresolved[pack_ref]}")
                 )
             else:
-                verdicts.append(Verdict(image=image, action="remove", reason=_why(policy)))
+                verdicts.append(Verdict(image=image, action="remove", reason=_why(policy, scope)))
     return verdicts
 
 
-def _why(policy: PrunePolicy) -> str:
+def _scope(runtime: str) -> str:
+    # The default runtime's images read as before; another's say whose they are.
+    return "its pack" if runtime == DEFAULT_RUNTIME else f"its pack's {runtime} images"
+
+
+def _why(policy: PrunePolicy, scope: str) -> str:
     parts = []
     if policy.keep is not None:
-        parts.append(f"beyond the newest {policy.keep} of its pack")
+        parts.append(f"beyond the newest {policy.keep} of {scope}")
     if policy.older_than is not None:
         parts.append(f"not used or created within {format_duration(policy.older_than)}")
     if policy.orphans:

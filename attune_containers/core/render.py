@@ -69,6 +69,8 @@ class BuildOptions(BaseModel):
     ca_bundle: str | None = None
     # Node.js packs: run npm lifecycle scripts in the build stage (offline, no shared cache there).
     npm_scripts: bool = False
+    # Node.js packs: the npm registry of the fetch step (https, never with credentials in it).
+    npm_registry: str | None = None
 
 
 def _environment() -> jinja2.Environment:

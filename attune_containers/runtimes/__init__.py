@@ -58,19 +58,17 @@ def get_runtime(runtime_type: str | None = None) -> Runtime:
     return found
 
 
-def runtime_for_meta(meta: dict, files: set[str] | frozenset[str] = frozenset()) -> tuple[Runtime, object]:
-    """The runtime whose ``meta`` key a pack uses, and that key's value (None: no dependencies,
-    the default runtime). Two runtimes' keys at once is an error: a pack has one runtime. Without
-    a key, the runtime whose dependency file (``files``: the names beside pack.yaml) is there, when
-    exactly one runtime's is; else the default."""
-    present = [r for r in RUNTIMES.values() if meta.get(r.meta_key) is not None]
-    if len(present) > 1:
-        keys = ", ".join(f"meta.{r.meta_key}" for r in present)
-        raise InvalidSpecError(f"a pack has one runtime; found {keys}", field="meta")
-    if not present:
-        by_file = [r for r in RUNTIMES.values() if r.pack_files and r.pack_files[0] in files]
-        return (by_file[0] if len(by_file) == 1 else get_runtime(DEFAULT_RUNTIME)), None
-    return present[0], meta[present[0].meta_key]
+def runtimes_for_meta(meta: dict, files: set[str] | frozenset[str] = frozenset()) -> list[tuple[Runtime, object]]:
+    """Every runtime a pack declares dependencies for, in registry order, with its ``meta`` key's
+    value (None: only its dependency file is there). A runtime is declared by its ``meta`` key, or
+    by its own dependency file beside pack.yaml (``files``: the names there; Python's
+    requirements.txt, Node's package.json). A pack may declare several: each gets its own image.
+    None declared: an empty list (the pack's actions, else the default runtime, decide)."""
+    return [
+        (r, meta.get(r.meta_key))
+        for r in RUNTIMES.values()
+        if meta.get(r.meta_key) is not None or (r.pack_files and r.pack_files[0] in files)
+    ]
 
 
 def runner_types() -> dict[str, Runtime]:
@@ -88,5 +86,5 @@ __all__ = [
     "check_registry",
     "get_runtime",
     "runner_types",
-    "runtime_for_meta",
+    "runtimes_for_meta",
 ]

@@ -52,6 +52,12 @@ class Runtime(Protocol):
     #: containers mount the Python runtime's supervisor); usually none.
     support_mounts: tuple[tuple[Path, str], ...]
 
+    def host_mounts(self, settings: Any) -> tuple[tuple[Path, str], ...]:
+        """Read-only mounts the loop needs that are made on this host when a container is about to
+        start (impure, on demand, like ``fetcher``): Node's mounts the supervisor's own
+        interpreter. Usually none."""
+        ...
+
     def validate(self, spec: DependencySpec, policy: RequirementPolicy) -> ValidatedSpec:
         """The spec's canonical form, or InvalidSpecError naming the field at fault."""
         ...

@@ -25,7 +25,7 @@ BOOTSTRAP_SCRIPT = Path(__file__).resolve().parent.parent / "docker" / "bootstra
 BOOTSTRAP_REPOSITORY = "attune-base/python"
 # Debian suites that ship each interpreter (docker/bootstrap-base.sh builds from them).
 BOOTSTRAP_SUITES = {"3.9": "bullseye", "3.11": "bookworm", "3.13": "trixie"}
-# The same for Node.js majors (bookworm: 18.20.x, trixie: 20.19.x), with npm and python3-minimal.
+# The same for Node.js majors (bookworm: 18.20.x, trixie: 20.19.x), with npm.
 NODE_BOOTSTRAP_REPOSITORY = "attune-base/node"
 NODE_BOOTSTRAP_SUITES = {"18": "bookworm", "20": "trixie"}
 

@@ -44,7 +44,7 @@ from ..errors import (
     RegistryAuthError,
     RegistryError,
 )
-from ..runtimes import get_runtime
+from ..runtimes import RUNTIMES, get_runtime
 from ..settings import Settings
 from . import one_layer
 from .base_images import BaseImageCatalog
@@ -117,8 +117,8 @@ class ContainerDependencyManager:
         self._base_configs: dict[str, bytes] = {}
         # The default runtime's fetcher (the build path and `cache` use it); other runtimes' on demand.
         self.wheels = self.fetcher(self.runtime_type)
-        # The image each pack resolved to last in this process: its "current" environment.
-        self._current: dict[str, str] = {}
+        # The image each pack resolved to last in this process, per runtime: its "current" environment.
+        self._current: dict[tuple[str, str], str] = {}
         self._current_lock = threading.Lock()
         # The same across processes (the pruner reads it), and the gate builds hold shared.
         self._records = CurrentImages(self.settings.state_dir)
@@ -168,6 +168,7 @@ class ContainerDependencyManager:
         """
         plan = self.plan(pack_ref, spec)
         key = (pack_ref, plan.dependency_hash)
+        runtime = get_runtime(plan.spec.runtime).name  # a mixed pack's runtimes each have a current image
         with self._cache_lock:
             info = self._cache.get(key)
         outcome = "reused"
@@ -180,9 +181,9 @@ class ContainerDependencyManager:
                     if info is None:
                         info, outcome = self._pull_or_build(plan, on_log, offline, pull)
                     # Recorded before the lock goes: a pruner that takes it next sees it is current.
-                    self._make_current(pack_ref, info.image)
+                    self._make_current(pack_ref, runtime, info.image)
             self._remember(key, info)
-        self._make_current(pack_ref, info.image)
+        self._make_current(pack_ref, runtime, info.image)
         return Ensured(info=info, outcome=outcome)
 
     def push(self, info: EnvironmentInfo) -> str:
@@ -249,39 +250,48 @@ class ContainerDependencyManager:
                 return False
         return self._find(plan) is None
 
-    def get_environment(self, pack_ref: str) -> EnvironmentInfo | None:
-        """The pack's current image of this configuration: the one last ensured by this process,
-        else by any process sharing ``state_dir``, else its newest."""
-        environments = self.list_environments(pack_ref)
+    def get_environment(self, pack_ref: str, runtime: str | None = None) -> EnvironmentInfo | None:
+        """The pack's current image of this configuration for ``runtime`` (a name or alias): the
+        one last ensured by this process, else by any process sharing ``state_dir``, else its
+        newest. Without ``runtime``: the same among the images of every runtime of the pack (a
+        mixed pack's newest current one; give ``runtime`` to choose)."""
+        name = get_runtime(runtime).name if runtime is not None else None
+        environments = self.list_environments(pack_ref, name)
         if not environments:
             return None
-        for current in (self._current.get(pack_ref), self._records.get(pack_ref)):
+        names = [name] if name is not None else list(RUNTIMES)
+        mine = {self._current.get((pack_ref, n)) for n in names} - {None}
+        recorded = {self._records.get(pack_ref, n) for n in names} - {None}
+        for current in (mine, recorded):
             for info in environments:
-                if current is not None and info.image == current:
+                if info.image in current:
                     return info
         return environments[0]
 
-    def get_executable_path(self, pack_ref: str) -> ExecutablePath:
-        info = self.get_environment(pack_ref)
+    def get_executable_path(self, pack_ref: str, runtime: str | None = None) -> ExecutablePath:
+        info = self.get_environment(pack_ref, runtime)
         if info is None:
             raise EnvironmentNotFoundError(f"pack {pack_ref!r} has no environment; ensure it first")
         return ExecutablePath(image=info.image, interpreter=info.executable_path)
 
-    def validate_environment(self, pack_ref: str) -> bool:
-        """Whether the pack's image exists and its interpreter runs and is the labelled version."""
-        info = self.get_environment(pack_ref)
+    def validate_environment(self, pack_ref: str, runtime: str | None = None) -> bool:
+        """Whether the pack's image (of ``runtime``) exists and its interpreter runs and is the
+        labelled version."""
+        info = self.get_environment(pack_ref, runtime)
         if info is None or not info.is_valid:
             return False
         code, output = self.engine.run_once(info.id, get_runtime(info.runtime).version_command())
         return code == 0 and output.strip() == info.runtime_version
 
-    def list_environments(self, pack_ref: str | None = None) -> list[EnvironmentInfo]:
-        """Every pack image of this configuration (or of one pack), newest first.
+    def list_environments(self, pack_ref: str | None = None, runtime: str | None = None) -> list[EnvironmentInfo]:
+        """Every pack image of this configuration (or of one pack, or of one runtime), newest first.
+        A pack with actions of several runtimes has images of each, in the same repository.
 
         An image is one only when it is tagged exactly ``<image_prefix>/<name of its pack_ref>:
         <its dependency hash>`` and its labels are its own (``labels.is_built_by_us``): images of
         other prefixes, and images built FROM ours (they inherit our labels), are not listed.
         """
+        wanted = get_runtime(runtime).name if runtime is not None else None  # an unknown one: exit 2, no engine asked
         labels = {L.MANAGED: "true"}
         if pack_ref is not None:
             labels[L.PACK_REF] = pack_ref
@@ -295,7 +305,8 @@ class ContainerDependencyManager:
                 continue
             info = L.environment_from_image(summary.id, reference, summary.labels, summary.size)
             if info is not None and (pack_ref is None or info.pack_ref == pack_ref):
-                found.append(info)
+                if wanted is None or info.runtime == wanted:
+                    found.append(info)
         return sorted(found, key=lambda i: (i.created_at, i.image), reverse=True)
 
     def expected_reference(self, labels: Mapping[str, str]) -> str | None:
@@ -388,10 +399,11 @@ class ContainerDependencyManager:
         return [item.reference for item in report.removed if item.kind == "image"]
 
     def current_images(self) -> dict[str, set[str]]:
-        """pack_ref -> the images it currently resolves to: the last one ``ensure_environment``
-        resolved on this host (any process), and the last one in this process if that differs."""
+        """pack_ref -> the images it currently resolves to, every runtime's: for each, the last
+        one ``ensure_environment`` resolved on this host (any process), and the last one in this
+        process if that differs."""
         current: dict[str, set[str]] = {}
-        for pack_ref, image in [*self._records.all().items(), *self._current.items()]:
+        for (pack_ref, _runtime), image in [*self._records.all().items(), *self._current.items()]:
             current.setdefault(pack_ref, set()).add(image)
         return current
 
@@ -826,16 +838,17 @@ class ContainerDependencyManager:
             timeout=self.settings.build_timeout if timeout is None else timeout,
         )
 
-    def _make_current(self, pack_ref: str, image: str) -> None:
+    def _make_current(self, pack_ref: str, runtime: str, image: str) -> None:
         # Only a change touches the disk: the cache-hit path stays free of writes. The check, the
         # record and the memory change together: two threads interleaving them could leave the
         # record naming one image while memory names the other, and the memory then hides it.
-        if self._current.get(pack_ref) == image:
+        key = (pack_ref, runtime)
+        if self._current.get(key) == image:
             return
         with self._current_lock:
-            if self._current.get(pack_ref) != image:
-                self._records.set(pack_ref, image)
-                self._current[pack_ref] = image
+            if self._current.get(key) != image:
+                self._records.set(pack_ref, image, runtime)
+                self._current[key] = image
 
     def _remember(self, key: tuple[str, str], info: EnvironmentInfo) -> None:
         with self._cache_lock:
@@ -845,7 +858,9 @@ class ContainerDependencyManager:
         with self._cache_lock:
             for key in [k for k in self._cache if k[0] == pack_ref]:
                 self._cache.pop(key, None)
-        self._current.pop(pack_ref, None)
+        with self._current_lock:
+            for current in [k for k in self._current if k[0] == pack_ref]:
+                self._current.pop(current, None)
 
 
 # The history entry of the one layer (no pack data: it names our step, not the pack).

@@ -10,7 +10,12 @@ with other content, then checks that the image's ID and labels are the ones reco
      "packs": {"<pack_ref>": {"dependency_hash": "<64 hex>", "image": "<prefix>/<name>:<tag>",
                               "reference": "<registry>/<prefix>/<name>@sha256:<64 hex>",
                               "image_id": "sha256:<64 hex>",
-                              "runtime": "python", "runtime_version": "3.13.5"}}}
+                              "runtime": "python", "runtime_version": "3.13.5"}},
+     "other_runtimes": {"<pack_ref>": [{... "runtime": "nodejs", "runtime_version": "20.19.2"}]}}
+
+A pack with actions of several runtimes has an image of each: ``packs`` holds its first (Python's
+first), ``other_runtimes`` the others. Workers of earlier versions read ``packs`` alone and ignore
+the rest, so a manifest with mixed packs stays readable by them (they pull the first image only).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -70,10 +76,13 @@ class TrustedImage(BaseModel):
 class TrustManifest(BaseModel):
     format: int = FORMAT
     packs: dict[str, TrustedImage] = Field(default_factory=dict)
+    other_runtimes: dict[str, list[TrustedImage]] = Field(
+        default_factory=dict, description="A pack's images of its other runtimes (a pack with Python and Node.js actions)"
+    )
 
-    @field_validator("packs")
+    @field_validator("packs", "other_runtimes")
     @classmethod
-    def _refs(cls, v: dict[str, TrustedImage]) -> dict[str, TrustedImage]:
+    def _refs(cls, v: dict[str, Any]) -> dict[str, Any]:
         for pack_ref in v:
             validate_pack_ref(pack_ref)
         return v
@@ -110,6 +119,9 @@ class TrustManifest(BaseModel):
             raise
 
     def entry(self, pack_ref: str, dependency_hash: str) -> TrustedImage | None:
-        """The trusted image of this pack for this exact spec, or None."""
-        found = self.packs.get(pack_ref)
-        return found if found is not None and found.dependency_hash == dependency_hash else None
+        """The trusted image of this pack for this exact spec (of any of its runtimes), or None."""
+        first = self.packs.get(pack_ref)
+        for found in (*((first,) if first is not None else ()), *self.other_runtimes.get(pack_ref, ())):
+            if found.dependency_hash == dependency_hash:
+                return found
+        return None

@@ -16,6 +16,10 @@ fetch container is not trusted with it.
   when every tarball is cached. Offline builds work from the cache alone, else fail naming what
   is missing.
 - Each cached tarball is hashed again when a build takes it, so what is verified is what is built.
+- Work folders are held by their build and swept as the wheel cache's are
+  (services/work_folders.py): a build killed outright leaves a fetch container (with the network)
+  and a folder (perhaps with the registry token); the next fetch of any build removes both once
+  the kernel says the owner is dead, never a live build's.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,7 @@ from ..engine import ContainerRun, Engine, LogSink, telling_lines
 from ..errors import BuildError
 from ..runtimes.nodejs.lock import LockedPackage, LockError, parse_lock
 from ..settings import Settings
+from . import work_folders
 from .fetch_output import FetchOutput, run_fetch_container
 from .wheels import CacheStats
 
@@ -55,6 +61,8 @@ _HEX = re.compile(r"[0-9a-f]{128}")
 _CONTENT = re.compile(r"c/_cacache/content-v2/sha512/([0-9a-f]{2})/([0-9a-f]{2})/([0-9a-f]{124})")
 _NAME = re.compile(r"(?:@[a-z0-9~-][a-z0-9._~-]*/)?[a-z0-9~-][a-z0-9._~-]{0,213}")
 _VERSION = re.compile(r"[0-9A-Za-z.+-]{1,100}")
+# npm's own default: a token configured without a registry is for this one.
+DEFAULT_REGISTRY = "https://registry.npmjs.org/"
 
 
 class FetchedPackages(BaseModel):
@@ -89,25 +97,38 @@ class NpmCache:
         self.content = self.root / "content"
         self.locks = self.root / "locks"
         self.work_root = self.root / "work"
+        self._cache_id: str | None = None
 
     def _prepare(self) -> None:
         for folder in (self.root, self.content, self.locks, self.work_root):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work_root, 0o711)
-        # A build killed outright leaves its work folder (no credentials are ever in it): any
-        # older than two build timeouts belongs to no live build.
-        horizon = time.time() - 2 * self.settings.build_timeout
-        for folder in self.work_root.iterdir():
-            with contextlib.suppress(OSError):
-                if folder.lstat().st_mtime < horizon:
-                    shutil.rmtree(folder, ignore_errors=True)
+
+    @property
+    def cache_id(self) -> str:
+        """This cache folder's id: its fetch containers carry it, so a sweep considers only them."""
+        if self._cache_id is None:
+            self._cache_id = work_folders.cache_id(self.root)
+        return self._cache_id
+
+    def sweep(self) -> list[str]:
+        """Remove what dead builds left, as the wheel cache does (services/work_folders.py): fetch
+        containers whose build's work folder is no longer held (their network may still be on),
+        and those work folders (the npm config in them may hold the registry token)."""
+        self._prepare()
+        return work_folders.sweep(self.engine, self.work_root, self.cache_id)
 
     def _lock_file(self) -> FileLock:
         return FileLock(str(self.root / ".lock"))
 
     @staticmethod
     def lock_key(plan: Any) -> str:
-        text = json.dumps({"package.json": plan.package_json(), "node": plan.base.minor, "lock": plan.spec.lock}, sort_keys=True)
+        document = {"package.json": plan.package_json(), "node": plan.base.minor, "lock": plan.spec.lock}
+        if plan.options.npm_registry:
+            # A lock resolved against one registry names its tarballs: another registry's build
+            # resolves again (only when set, so the default's known locks keep their keys).
+            document["registry"] = plan.options.npm_registry
+        text = json.dumps(document, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @contextmanager
@@ -116,10 +137,10 @@ class NpmCache:
     ) -> Iterator[FetchedPackages]:
         """The verified lock and tarballs of ``plan``, in a work folder removed after the block."""
         deadline = time.monotonic() + self.settings.build_timeout if deadline is None else deadline
-        self._prepare()
+        self.sweep()
         key = self.lock_key(plan)
         known = self.locks / f"{key}.json"
-        work = Path(tempfile.mkdtemp(dir=self.work_root))
+        stack = contextlib.ExitStack()
         try:
             # The pack's own lock when it brings one; else the one an earlier fetch made, if any.
             lock_data = plan.spec.lock.encode() if plan.spec.lock is not None else known.read_bytes() if known.is_file() else None
@@ -133,11 +154,12 @@ class NpmCache:
                         else "not cached: " + ", ".join(f"{p.name}@{p.version}" for p in missing[:10])
                     )
                     raise BuildError(f"an offline Node.js build needs every package in the npm cache; {what}")
-                lock_data = self._run(plan, work, lock_data, on_log, deadline)
+                lock_data = self._run(plan, lock_data, on_log, deadline)
                 packages = read_lock(lock_data)
                 with self._lock_file():
                     _write_atomic(known, lock_data)
             assert lock_data is not None and packages is not None
+            work = stack.enter_context(work_folders.hold(self.work_root, {}))
             ctx = work / "ctx"
             ctx.mkdir()
             (ctx / "package-lock.json").write_bytes(lock_data)
@@ -158,24 +180,35 @@ class NpmCache:
                 files.append(target)
             yield FetchedPackages(wheels=files, locked=packages)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            stack.close()
             self.prune(self.settings.cache_max_bytes)
 
-    def _run(self, plan: Any, work: Path, lock_data: bytes | None, on_log: LogSink | None, deadline: float) -> bytes:
+    def _run(self, plan: Any, lock_data: bytes | None, on_log: LogSink | None, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BuildError(f"the build took longer than {self.settings.build_timeout} s (build_timeout) and was stopped")
-        config = work / "config"
-        config.mkdir()
-        (config / "package.json").write_text(plan.package_json())
+        files: dict[str, str | bytes] = {"package.json": plan.package_json()}
         if lock_data is not None:
-            (config / "package-lock.json").write_bytes(lock_data)
+            files["package-lock.json"] = lock_data
         environment = {"HOME": "/tmp", "NPM_CONFIG_UPDATE_NOTIFIER": "false"}
         if plan.options.ca_bundle:
-            (config / "extra-ca.pem").write_text(plan.options.ca_bundle)
+            files["extra-ca.pem"] = plan.options.ca_bundle
             environment["NODE_EXTRA_CA_CERTS"] = "/attune-build/config/extra-ca.pem"
-        for path in (work, config, *config.iterdir()):
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)  # the container's user reads them
+        token = self.settings.npm_token()  # read at each fetch: replacing the file rotates it
+        text = npmrc(plan.options.npm_registry, token)
+        if text:
+            # The registry and its token reach npm as its user config, a file only the container's
+            # user can read (work_folders.hold), never the environment (docker inspect shows that
+            # to anyone), an image, a label or the hash. Named explicitly: HOME's would do too.
+            files["npmrc"] = text
+            environment["NPM_CONFIG_USERCONFIG"] = "/attune-build/config/npmrc"
+        with work_folders.hold(self.work_root, files) as work:
+            return self._run_in(plan, work, environment, token, on_log, remaining)
+
+    def _run_in(
+        self, plan: Any, work: Path, environment: dict[str, str], token: str | None, on_log: LogSink | None, remaining: float
+    ) -> bytes:
+        config = work / "config"
         run = ContainerRun(
             image=plan.base.reference,
             command=["/bin/sh", "/attune-fetch/node-fetch.sh"],
@@ -189,17 +222,20 @@ class NpmCache:
                 tmp_size="2g",
             ),
             environment=environment,
-            labels={HELPER_LABEL: "fetch", CACHE_LABEL: "npm", WORK_LABEL: work.name},
+            # The cache's id and the build's work folder: a sweep removes it once that folder's
+            # owner is dead (a build killed outright), never while it lives.
+            labels={HELPER_LABEL: "fetch", CACHE_LABEL: self.cache_id, WORK_LABEL: work.name},
             mounts=[(str(FETCH_SCRIPT.parent), "/attune-fetch", True), (str(config), "/attune-build/config", True)],
             user=f"{APP_UID}:{APP_UID}",
         )
-        stream = tempfile.TemporaryFile(dir=work)
-        output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log)
-        exit_code = run_fetch_container(self.engine, run, output, remaining, self.settings.build_timeout, "the npm packages")
-        if exit_code not in (0, None):
-            raise BuildError("fetching the npm packages failed", telling_lines(list(output.log)))
-        stream.seek(0)
-        return self._take(stream)
+        with tempfile.TemporaryFile(dir=work) as stream:
+            # npm masks tokens in what it prints; this is in case it does not.
+            output = FetchOutput(stream, self.settings.fetch_max_bytes, on_log, scrub=_scrubber(token))
+            exit_code = run_fetch_container(self.engine, run, output, remaining, self.settings.build_timeout, "the npm packages")
+            if exit_code not in (0, None):
+                raise BuildError("fetching the npm packages failed", telling_lines(list(output.log)))
+            stream.seek(0)
+            return self._take(stream)
 
     def _take(self, stream: Any) -> bytes:
         """The lock from the container's tar; every tarball it names stored, verified, in the cache."""
@@ -263,6 +299,26 @@ class NpmCache:
         return removed
 
 
+def npmrc(registry: str | None, token: str | None) -> str:
+    """The fetch step's npm user config: the registry, and the token for that registry only
+    (npm sends it to URLs under the registry's path, nowhere else). Both are checked by the
+    settings (an https URL with no credentials; a token of token characters only), so neither can
+    add a line. Empty when neither is configured."""
+    target = registry or DEFAULT_REGISTRY
+    lines = [f"registry={target}"] if registry else []
+    if token is not None:
+        parts = urllib.parse.urlsplit(target)
+        path = parts.path if parts.path.endswith("/") else parts.path + "/"
+        lines.append(f"//{parts.netloc}{path}:_authToken={token}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _scrubber(token: str | None) -> Callable[[str], str]:
+    if not token:
+        return lambda line: line
+    return lambda line: line.replace(token, "****")
+
+
 def _read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     handle = tar.extractfile(member)
     return handle.read() if handle is not None else b""
@@ -280,4 +336,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-__all__ = ["FetchedPackages", "LockedPackage", "NpmCache", "read_lock"]
+__all__ = ["FetchedPackages", "LockedPackage", "NpmCache", "npmrc", "read_lock"]

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import labels as L
+from ..runtimes import DEFAULT_RUNTIME
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ class Lease:
         self.engine = engine
         self.pid = os.getpid()
         self.started = datetime.now(UTC).replace(microsecond=0).isoformat()
-        self._uses: dict[int, dict[str, tuple[str, str]]] = {}
+        # holder -> (pack_ref, runtime) -> (image, image ID)
+        self._uses: dict[int, dict[tuple[str, str], tuple[str, str]]] = {}
         self._uses_lock = threading.Lock()
         # Holders collected without close(): their finalizers only queue them here (see _collected).
         self._collected: list[int] = []
@@ -111,13 +113,14 @@ class Lease:
     def record_path(self) -> Path:
         return self.directory / f"{self.id}.json"
 
-    def use(self, holder: object, pack_ref: str, image: str, image_id: str) -> None:
-        """Record that ``holder`` (a runner) now uses ``image`` for ``pack_ref``. Cheap when
-        unchanged: the record is rewritten only when a runner's image for a pack changes."""
+    def use(self, holder: object, pack_ref: str, image: str, image_id: str, runtime: str = DEFAULT_RUNTIME) -> None:
+        """Record that ``holder`` (a runner) now uses ``image`` for ``pack_ref``'s ``runtime`` (a
+        pack with Python and Node.js actions uses an image of each at once). Cheap when unchanged:
+        the record is rewritten only when a runner's image for a pack and runtime changes."""
         if self.pid != os.getpid():
             # A runner inherited through fork: its containers carry the child's id, so its images
             # go in the child's own lease, never in the parent's record.
-            acquire(self.state_dir, self.engine).use(holder, pack_ref, image, image_id)
+            acquire(self.state_dir, self.engine).use(holder, pack_ref, image, image_id, runtime)
             return
         key = id(holder)
         with self._uses_lock:
@@ -127,26 +130,26 @@ class Lease:
                 uses = self._uses[key] = {}
                 # A runner dropped without close() withdraws too (and its id can be reused).
                 weakref.finalize(holder, self._collected_holder, key)
-            if uses.get(pack_ref) == (image, image_id):
+            if uses.get((pack_ref, runtime)) == (image, image_id):
                 if dropped and self._fd is not None:
                     with contextlib.suppress(OSError):
                         self._write_record()
                 return
-            uses[pack_ref] = (image, image_id)
+            uses[(pack_ref, runtime)] = (image, image_id)
             try:
                 self._write_record()
             except OSError as exc:
                 # The run goes on; should the image be pruned meanwhile, the runner resolves it
                 # again (it retries a vanished image once). The next change writes the record.
-                uses.pop(pack_ref, None)
+                uses.pop((pack_ref, runtime), None)
                 log.warning("could not record image %s in lease %s: %s", image, self.id, exc)
 
-    def uses(self, holder: object, pack_ref: str, image: str, image_id: str) -> bool:
-        """Whether ``holder``'s record already names ``image`` for ``pack_ref`` (no lock taken
-        for a read of one dictionary entry: the hot path of every run)."""
+    def uses(self, holder: object, pack_ref: str, image: str, image_id: str, runtime: str = DEFAULT_RUNTIME) -> bool:
+        """Whether ``holder``'s record already names ``image`` for ``pack_ref``'s ``runtime`` (no
+        lock taken for a read of one dictionary entry: the hot path of every run)."""
         if self.pid != os.getpid():
             return False
-        return self._uses.get(id(holder), {}).get(pack_ref) == (image, image_id)
+        return self._uses.get(id(holder), {}).get((pack_ref, runtime)) == (image, image_id)
 
     def withdraw(self, holder: object) -> None:
         """``holder`` closed: the images it used are no longer in use by it."""
@@ -184,11 +187,13 @@ class Lease:
 
     def images(self) -> list[dict[str, str]]:
         with self._uses_lock:
-            found = {(pack_ref, image, image_id) for uses in self._uses.values() for pack_ref, (image, image_id) in uses.items()}
+            found = {
+                (pack_ref, image, image_id) for uses in self._uses.values() for (pack_ref, _), (image, image_id) in uses.items()
+            }
         return [{"pack_ref": p, "image": i, "id": d} for p, i, d in sorted(found)]
 
     def _write_record(self) -> None:
-        found = {(pack_ref, image, image_id) for uses in self._uses.values() for pack_ref, (image, image_id) in uses.items()}
+        found = {(pack_ref, image, image_id) for uses in self._uses.values() for (pack_ref, _), (image, image_id) in uses.items()}
         record = {
             "lease": self.id,
             "hostname": socket.gethostname(),

@@ -122,7 +122,7 @@ class PackImages(Protocol):
 
     def plan(self, pack_ref: str, spec: DependencySpec, *, pull_base: bool = True) -> BuildPlan: ...
 
-    def list_environments(self, pack_ref: str | None = None) -> list[EnvironmentInfo]: ...
+    def list_environments(self, pack_ref: str | None = None, runtime: str | None = None) -> list[EnvironmentInfo]: ...
 
     def current_images(self) -> dict[str, set[str]]: ...
 
@@ -163,7 +163,14 @@ class Pruner:
         packs = self._packs(policy.packs_dir)
         prefix = self.settings.image_prefix + "/"
         facts = [
-            PackImage(id=i.id, reference=i.image, pack_ref=i.pack_ref, created=i.created_at, last_used=self.usage.last_used(i.id))
+            PackImage(
+                id=i.id,
+                reference=i.image,
+                pack_ref=i.pack_ref,
+                created=i.created_at,
+                last_used=self.usage.last_used(i.id),
+                runtime=i.runtime,
+            )
             for i in self.manager.list_environments(policy.pack)
             if i.image.startswith(prefix)  # another prefix is another configuration's
         ]
@@ -411,17 +418,20 @@ class Pruner:
             if entry.pack is None:
                 packs.unresolved[ref] = f"{entry.folder} does not load: {entry.error}"
                 continue
-            try:
-                plan = self.manager.plan(ref, entry.pack.spec, pull_base=False)
-            except EngineUnavailableError:
-                raise
-            except AttuneContainersError as exc:
-                packs.unresolved[ref] = f"its spec does not resolve: {exc}"
-                continue
-            if not plan.base.python_version:
-                packs.unresolved[ref] = f"its base image {plan.base.reference} is not on this host"
-                continue
-            packs.current.setdefault(ref, set()).add(plan.image)
+            # Every runtime's image of the pack is current (a mixed pack has one per runtime); one
+            # that cannot be told leaves the whole pack unresolved: its images are skipped.
+            for spec in entry.pack.specs.values():
+                try:
+                    plan = self.manager.plan(ref, spec, pull_base=False)
+                except EngineUnavailableError:
+                    raise
+                except AttuneContainersError as exc:
+                    packs.unresolved[ref] = f"its spec does not resolve: {exc}"
+                    break
+                if not plan.base.python_version:
+                    packs.unresolved[ref] = f"its base image {plan.base.reference} is not on this host"
+                    break
+                packs.current.setdefault(ref, set()).add(plan.image)
         return packs
 
 

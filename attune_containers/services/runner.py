@@ -46,7 +46,7 @@ from ..errors import (
     InvalidSpecError,
     NotFoundError,
 )
-from ..runtimes import LOOP_MOUNT, PACK_MOUNT, Runtime, get_runtime
+from ..runtimes import LOOP_MOUNT, PACK_MOUNT, RUNTIMES, Runtime, get_runtime, runner_types
 from ..settings import Settings
 from . import ownership
 from .manager import ContainerDependencyManager
@@ -165,7 +165,7 @@ class ActionRunner:
             raise InvalidSpecError(f"{execution_id!r} is not a valid execution id", field="execution_id")
         action = load_action(self.packs_dir, action_ref, self._packs_tree())
         pack = self._pack(action)
-        _check_runner(action, pack)
+        action_runtime(action)  # a runner no runtime runs is refused here, before anything starts
         effective = self.settings.run_limits(pack=pack.limits, action=ResourceLimits(timeout=action.timeout), request=limits)
         request = _request(action, parameters, secrets, effective, _environment(execution_id, action, environment))
         return PreparedExecution(action, pack, effective, request, execution_id, warm)
@@ -305,8 +305,9 @@ class ActionRunner:
         return self._pack_at(action.pack_ref, action.pack_dir)
 
     def _pack_at(self, pack_ref: str, pack_dir: Path) -> PackDefinition:
-        # Re-read pack.yaml only when it (or requirements.txt) changed: runs stay cheap.
-        files = [pack_dir / "pack.yaml", pack_dir / "requirements.txt"]
+        # Re-read pack.yaml only when it (or a runtime's dependency file) changed: runs stay cheap.
+        # An action of a runtime added since needs no re-read: spec_for gives its empty spec.
+        files = [pack_dir / "pack.yaml", *(pack_dir / name for name in _PACK_FILES)]
         stamp = tuple(f.stat().st_mtime_ns if f.exists() else -1 for f in files)
         cached = self._packs.get(pack_dir)
         if cached is not None and cached[0] == stamp:
@@ -358,8 +359,9 @@ class ActionRunner:
         warm: bool | None,
         failure: Any,
     ) -> ExecutionResult:
+        runtime = action_runtime(action)
         try:
-            info = self._ensure_in_use(pack)  # in use: never pruned
+            info = self._ensure_in_use(pack, runtime)  # in use: never pruned
         except EngineUnavailableError as exc:
             return failure(ExecutionStatus.error, "EngineUnavailable", str(exc))
         except AttuneContainersError as exc:
@@ -368,7 +370,6 @@ class ActionRunner:
         policy = self.settings.pool.merged(pack.pool)
         use_pool = policy.reuse if warm is None else warm
         per_run = {L.EXECUTION_ID: execution_id, L.ACTION_REF: action.action_ref}
-        runtime = get_runtime(pack.spec.runtime)
         try:
             if use_pool:
                 warm_run = _container_run(
@@ -379,12 +380,21 @@ class ActionRunner:
                     {L.POOL: "true"},
                     self._preload(runtime, action.pack_dir, policy),
                     runtime=runtime,
+                    host_mounts=runtime.host_mounts(self.settings),
                 )
                 result = self._run_warm(warm_run, info, policy, limits, request, execution_id, action)
                 if result is not None:
                     return _ran_on(result, info, warm=True)
                 # The warm budget is all busy: this execution runs cold rather than queueing.
-            run = _container_run(action.pack_ref, action.pack_dir, info.id, limits, per_run, runtime=runtime)
+            run = _container_run(
+                action.pack_ref,
+                action.pack_dir,
+                info.id,
+                limits,
+                per_run,
+                runtime=runtime,
+                host_mounts=runtime.host_mounts(self.settings),
+            )
             return _ran_on(self._run_cold(run, info, limits, request, execution_id, action), info, warm=False)
         except EnvironmentNotFoundError:
             self.manager.forget_image(info.id)
@@ -472,51 +482,66 @@ class ActionRunner:
             # Any other way out (timeout, OOM, crash, an interrupt of the caller) destroys it.
             pool.release(container, reusable)
 
-    def prewarm(self, pack_ref: str, count: int | None = None, *, limits: ResourceLimits | None = None) -> int:
-        """Start warm containers for a pack ahead of need (``count`` defaults to its min_idle)."""
+    def prewarm(
+        self, pack_ref: str, count: int | None = None, *, limits: ResourceLimits | None = None, runtime: str | None = None
+    ) -> int:
+        """Start warm containers for a pack ahead of need (``count`` defaults to its min_idle), for
+        each of its runtimes (a mixed pack's Python and Node.js pools are separate: one per image),
+        or only ``runtime``'s. Returns how many were started in all."""
         packs = self._packs_tree()
         if pack_ref not in packs:
             raise NotFoundError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
         policy = self.settings.pool.merged(pack.pool)
         effective = self.settings.run_limits(pack=pack.limits, request=limits)
-        info = self._ensure_in_use(pack)
-        runtime = get_runtime(pack.spec.runtime)
-        run = _container_run(
-            pack_ref,
-            packs[pack_ref],
-            info.id,
-            effective,
-            {L.POOL: "true"},
-            self._preload(runtime, packs[pack_ref], policy),
-            runtime=runtime,
-        )
-        return self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
+        started = 0
+        for chosen in _pack_runtimes(pack, runtime):
+            info = self._ensure_in_use(pack, chosen)
+            run = _container_run(
+                pack_ref,
+                packs[pack_ref],
+                info.id,
+                effective,
+                {L.POOL: "true"},
+                self._preload(chosen, packs[pack_ref], policy),
+                runtime=chosen,
+                host_mounts=chosen.host_mounts(self.settings),
+            )
+            started += self._pool(run, info, policy).prewarm((policy.min_idle or 0) if count is None else count)
+        return started
 
-    def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None) -> EnvironmentInfo:
-        """Ensure a pack's image by its ref in this packs tree; pre-warm when its policy says so.
-        ``on_log`` is told the lines of a build it starts."""
+    def ensure_pack(self, pack_ref: str, *, on_log: LogSink | None = None, runtime: str | None = None) -> EnvironmentInfo:
+        """Ensure a pack's images by its ref in this packs tree (every runtime's, or only
+        ``runtime``'s); pre-warm when its policy says so. ``on_log`` is told the lines of a build it
+        starts. Returns the image of ``runtime``, else of the pack's first runtime (Python first);
+        ``ensure_pack_all`` returns each."""
+        return self.ensure_pack_all(pack_ref, on_log=on_log, runtime=runtime)[0]
+
+    def ensure_pack_all(
+        self, pack_ref: str, *, on_log: LogSink | None = None, runtime: str | None = None
+    ) -> list[EnvironmentInfo]:
+        """``ensure_pack`` for every runtime of the pack (or only ``runtime``): one image each."""
         packs = self._packs_tree()
         if pack_ref not in packs:
             raise NotFoundError(f"no pack {pack_ref!r} in {self.packs_dir}", field="pack_ref")
         pack = self._pack_at(pack_ref, packs[pack_ref])
-        info = self._ensure_in_use(pack, on_log)
+        infos = [self._ensure_in_use(pack, chosen, on_log) for chosen in _pack_runtimes(pack, runtime)]
         policy = self.settings.pool.merged(pack.pool)
         if policy.prewarm and policy.reuse and policy.min_idle:
-            self.prewarm(pack_ref)
-        return info
+            self.prewarm(pack_ref, runtime=runtime)
+        return infos
 
-    def _ensure_in_use(self, pack: PackDefinition, on_log: LogSink | None = None) -> EnvironmentInfo:
-        """The pack's image, ensured and recorded in this process's lease as in use by this runner,
+    def _ensure_in_use(self, pack: PackDefinition, runtime: Runtime, on_log: LogSink | None = None) -> EnvironmentInfo:
+        """The pack's image for ``runtime``, ensured and recorded in this process's lease as in use by this runner,
         so that no prune removes it (ownership.py). A new record is made under the image's lock and
         the image checked after it: a prune either saw the record, or removed the image before it
         was made, and the image is then resolved again (once)."""
         for _ in range(2):
-            info = self.manager.ensure_environment(pack.pack_ref, pack.spec, on_log=on_log)
-            if self.lease.uses(self, pack.pack_ref, info.image, info.id):
+            info = self.manager.ensure_environment(pack.pack_ref, pack.spec_for(runtime.name), on_log=on_log)
+            if self.lease.uses(self, pack.pack_ref, info.image, info.id, runtime.name):
                 return info  # the hot path: recorded already, nothing to write or check
             with self.manager.image_lock(info.image, timeout=60):
-                self.lease.use(self, pack.pack_ref, info.image, info.id)
+                self.lease.use(self, pack.pack_ref, info.image, info.id, runtime.name)
                 attrs = self.engine.inspect_image(info.image)
             if attrs is not None and attrs.id == info.id:
                 return info
@@ -619,19 +644,23 @@ class _Handle:
         self.on_output: OutputObserver | None = None
 
 
-def _check_runner(action: ActionDefinition, pack: PackDefinition) -> None:
-    """An action runs in its pack's image, so its runner_type must be its pack's runtime's. (A
-    runtime nobody registered is reported when the pack's image is resolved, as before.)"""
-    try:
-        runtime = get_runtime(pack.spec.runtime)
-    except InvalidSpecError:
-        return
-    if action.runner_type not in runtime.runner_types:
-        raise InvalidSpecError(
-            f"runner_type {action.runner_type!r} is not a {runtime.name} runner, and pack {pack.pack_ref!r} "
-            f"is a {runtime.name} pack (runners: {', '.join(runtime.runner_types)})",
-            field="runner_type",
-        )
+# Every runtime's dependency files beside pack.yaml (requirements.txt, package.json, ...).
+_PACK_FILES = tuple(dict.fromkeys(name for r in RUNTIMES.values() for name in r.pack_files))
+
+
+def action_runtime(action: ActionDefinition) -> Runtime:
+    """The runtime whose image runs ``action``: the one its ``runner_type`` names. A pack with
+    actions of several runtimes has an image per runtime; an action never runs in another's."""
+    runtime = runner_types().get(action.runner_type)
+    if runtime is None:  # load_action refuses it first; kept for definitions made by hand
+        raise InvalidSpecError(f"runner_type {action.runner_type!r} is not a runner of any runtime", field="runner_type")
+    return runtime
+
+
+def _pack_runtimes(pack: PackDefinition, runtime: str | None) -> list[Runtime]:
+    """The pack's runtimes, or only ``runtime`` (a name or alias; it need not be declared: its
+    image then has no dependencies, as for an action of that runtime)."""
+    return [get_runtime(runtime)] if runtime is not None else [get_runtime(name) for name in pack.runtimes]
 
 
 def _ran_on(result: ExecutionResult, info: EnvironmentInfo, *, warm: bool) -> ExecutionResult:
@@ -652,10 +681,12 @@ def _container_run(
     preload: tuple[str, ...] = (),
     *,
     runtime: Runtime | None = None,
+    host_mounts: tuple[tuple[Path, str], ...] = (),
 ) -> ContainerRun:
     """The container of one pack's runner loop, cold or warm: same image, limits and mounts.
     ``preload``: libraries a warm container's zygote imports once (argv: never a shell).
-    ``runtime``: whose loop runs (default: the default runtime's)."""
+    ``runtime``: whose loop runs (default: the default runtime's); ``host_mounts``: what its
+    ``host_mounts`` made on this host for it."""
     runtime = runtime or get_runtime()
     return ContainerRun(
         image=image_id,
@@ -666,7 +697,7 @@ def _container_run(
         mounts=[
             (str(pack_dir), PACK_MOUNT, True),
             (str(runtime.loop_dir), LOOP_MOUNT, True),
-            *((str(source), target, True) for source, target in runtime.support_mounts),
+            *((str(source), target, True) for source, target in (*runtime.support_mounts, *host_mounts)),
         ],
         user="0:0",
         cap_add=SUPERVISOR_CAPABILITIES,

@@ -35,8 +35,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -75,9 +73,10 @@ from ..core.labels import WORK as WORK_LABEL
 from ..core.plan import BuildPlan
 from ..core.render import APP_UID, TEMPLATES_DIR, fetch_env_script, template_source
 from ..engine import ContainerRun, Engine, LogSink, telling_lines
-from ..errors import AttuneContainersError, BuildError
+from ..errors import BuildError
 from ..runtimes.python.lock import LockedDistribution
 from ..settings import Settings
+from . import work_folders
 from .fetch_output import FetchOutput, run_fetch_container
 
 try:  # tomllib (3.11+) reads uv's resolution; without it the fetch container does the work
@@ -89,9 +88,6 @@ FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
 # Folders of the cache root (``wheelhouse`` and ``tools`` are what fetch containers see).
 KINDS = {"wheels": "wheelhouse", "tools": "tools", "bootstrap": "tools"}
 _WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]{0,250}\.whl")
-_WORK_NAME = re.compile(r"[0-9a-f]{32}")
-# A temporary work folder (not yet locked) younger than this belongs to a build starting now.
-_STARTING_SECONDS = 120.0
 _MANIFEST_LIMIT = 4 * 1024 * 1024
 _RESOLUTION_FILE = re.compile(r"[0-9a-f]{64}\.toml")
 # Kept resolutions at most (each a few kilobytes): the newest go on living.
@@ -248,7 +244,7 @@ class WheelCache:
                 fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
                 fetched.work = work
-                scratch = self._scratch(work, sum(p.stat().st_size for p in fetched.wheels))
+                scratch = self._scratch(work, sum(p.stat().st_size for p in fetched.wheels)) if uv is not None else None
                 fetched.scratch = scratch
                 yield fetched
             finally:
@@ -733,7 +729,7 @@ class WheelCache:
                     and age < self.settings.resolution_max_age
                 ):
                     entries.append((info.st_mtime, path))
-                elif not path.name.startswith(".tmp-") or age > _STARTING_SECONDS:  # a write under way stays
+                elif not path.name.startswith(".tmp-") or age > work_folders.STARTING_SECONDS:  # a write under way stays
                     _remove(path)
         for _, path in sorted(entries, reverse=True)[_RESOLUTIONS_KEPT:]:
             _remove(path)
@@ -981,23 +977,7 @@ class WheelCache:
         """A random id of this cache folder: fetch containers carry it, so a sweep only ever
         considers the containers of its own cache (another configuration has its own)."""
         if self._cache_id is None:
-            path = self.root / "id"
-            self.root.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(uuid.uuid4().hex)
-            except FileExistsError:
-                pass
-            text = ""
-            for _ in range(50):  # another process may be writing it this very moment
-                text = path.read_text()[:32]
-                if _WORK_NAME.fullmatch(text):
-                    break
-                time.sleep(0.01)
-            if not _WORK_NAME.fullmatch(text):
-                raise AttuneContainersError(f"{path} is not a cache id; remove it")
-            self._cache_id = text
+            self._cache_id = work_folders.cache_id(self.root)
         return self._cache_id
 
     def _prepare(self) -> None:
@@ -1025,35 +1005,8 @@ class WheelCache:
 
     # -- work folders, and what dead builds left ---------------------------------------------
 
-    @contextmanager
-    def _work(self, files: dict[str, str]) -> Iterator[Path]:
-        """A work folder, 0700, held by this build: its ``owner.lock`` is flock-ed while it lives,
-        and the kernel drops the lock when the process dies, however it dies."""
-        name = uuid.uuid4().hex
-        temporary = self.work_root / f".tmp-{name}"
-        temporary.mkdir(mode=0o700)
-        fd = os.open(temporary / "owner.lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        work = self.work_root / name
-        try:
-            os.rename(temporary, work)
-            config = work / "config"
-            config.mkdir(mode=0o700)
-            for filename, text in files.items():
-                # Secrets travel as files only the container's user can read (0400), never in the
-                # environment: docker inspect shows a container's environment to anyone who asks.
-                path = config / filename
-                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    out.write(text)
-                os.chown(path, APP_UID, APP_UID)
-            os.chown(config, APP_UID, APP_UID)
-            os.chmod(config, 0o500)
-            yield work
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(temporary, ignore_errors=True)
-            os.close(fd)
+    def _work(self, files: dict[str, str]) -> contextlib.AbstractContextManager[Path]:
+        return work_folders.hold(self.work_root, files)
 
     def _scratch_root(self) -> Path:
         return _SCRATCH_BASE / f"attune-containers-{os.getuid()}-{self.cache_id}"
@@ -1092,70 +1045,21 @@ class WheelCache:
         return scratch
 
     def sweep(self) -> list[str]:
-        """Remove what dead builds of this cache left: fetch containers (their network may still be
-        on) and work folders (they may hold credentials). A build is dead when nobody holds its
-        folder's lock; a container whose folder is gone belongs to no live build either."""
-        swept: list[str] = []
-        if not self.work_root.is_dir():
-            return swept
-        try:
-            containers = self.engine.list_containers({HELPER_LABEL: "fetch", CACHE_LABEL: self.cache_id})
-        except AttuneContainersError:
-            containers = []
-        for container in containers:
-            owner = container.labels.get(WORK_LABEL, "")
-            if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
-                self.engine.remove_container(container.id, attempts=3)
-                swept.append(container.id)
-        try:
-            steps = self.engine.containers_named(f"{STEP_PREFIX}{self.cache_id}-")
-        except AttuneContainersError:
-            steps = []
-        for container in steps:
-            owner = container.name.rsplit("-", 1)[-1]
-            if _WORK_NAME.fullmatch(owner) and not _alive(self.work_root / owner):
-                self.engine.remove_container(container.id, attempts=3)
-                swept.append(container.id)
+        """Remove what dead builds of this cache left: fetch containers, install steps and work
+        folders (services/work_folders.py), and their install trees in memory (``_scratch``)."""
+        swept = work_folders.sweep(self.engine, self.work_root, self.cache_id, f"{STEP_PREFIX}{self.cache_id}-")
         # A dead build's tree in memory: its work folder is gone or not held any more.
-        for folder in _listing(self._scratch_root()) if _SCRATCH_BASE.is_dir() else []:
-            if not _alive(self.work_root / folder.name):
+        for folder in _listing(self._scratch_root()) if self.work_root.is_dir() and _SCRATCH_BASE.is_dir() else []:
+            if not work_folders.alive(self.work_root / folder.name):
                 shutil.rmtree(folder, ignore_errors=True)
                 swept.append(folder.name)
-        with contextlib.suppress(OSError):
-            self._scratch_root().rmdir()  # only when empty
-        for folder in _listing(self.work_root):
-            if not _alive(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    folder.unlink()
-                swept.append(folder.name)
+        if self.work_root.is_dir():
+            with contextlib.suppress(OSError):
+                self._scratch_root().rmdir()  # only when empty
         return swept
 
 
-def _alive(folder: Path) -> bool:
-    """Whether a live build holds ``folder`` (its owner.lock is locked)."""
-    if folder.name.startswith(".tmp-"):
-        with contextlib.suppress(OSError):
-            if time.time() - folder.lstat().st_mtime < _STARTING_SECONDS:
-                return True
-    try:
-        fd = os.open(folder / "owner.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    finally:
-        os.close(fd)
-    return False
-
-
-def _listing(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except OSError:
-        return []
+_listing = work_folders.listing
 
 
 def _remove(path: Path) -> None:

@@ -1,11 +1,14 @@
 import base64
+import io
 import json
 import secrets
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from ..support import TEST_PREFIX
 from .hosts import (
     copy_image,
     host_address,
@@ -79,3 +82,40 @@ def secure_registry(tmp_path_factory):
             yield SecureRegistry(registry.address, user, password, password_file, ca, docker_config)
     finally:
         registry.stop()
+
+
+# -- Node bases without any python, like the official node:<major>-slim images ------------------
+
+# Our bootstrapped Node bases with every python3 package purged (python3 first: its prerm script
+# needs py3clean, which python3-minimal brings). The build fails unless nothing of python is left.
+NO_PYTHON_DOCKERFILE = """FROM attune-base/node:{major}
+RUN dpkg --purge --force-depends python3 \\
+ && dpkg --purge --force-depends $(dpkg-query -W -f '${{Package}}\\n' | grep -E '^(lib)?python3') \\
+ && rm -rf /usr/lib/python3 /usr/lib/python3.* \\
+ && ! command -v python3 && ! command -v python && ! ls -d /usr/bin/python* /usr/lib/python3* 2>/dev/null \\
+ && ! dpkg-query -W -f '${{Package}}\\n' | grep -q python
+"""
+
+
+@pytest.fixture(scope="session")
+def nopython_node_bases(engine):
+    """runtime_base_images.nodejs with Node bases that have no python at all (the official
+    node:<major>-slim images cannot be pulled here): major -> image, removed after the session."""
+    bases = {}
+    try:
+        for major in ("18", "20"):
+            dockerfile = NO_PYTHON_DOCKERFILE.format(major=major).encode()
+            context = io.BytesIO()
+            with tarfile.open(fileobj=context, mode="w") as tar:
+                info = tarfile.TarInfo("Dockerfile")
+                info.size = len(dockerfile)
+                tar.addfile(info, io.BytesIO(dockerfile))
+            tag = f"{TEST_PREFIX}-base/nopython-node:{major}"
+            engine.build(context.getvalue(), tag=tag, network_mode="none")
+            bases[major] = tag
+            code, output = engine.run_once(tag, ["/bin/sh", "-c", "test ! -e /usr/bin/python3 && node -p process.version"])
+            assert code == 0 and output.startswith(f"v{major}."), output
+        yield bases
+    finally:
+        for tag in bases.values():
+            engine.remove_image(tag, force=True)

@@ -36,11 +36,19 @@ from .test_runner import TRICKY
 CONTRACT_PACKS = Path(__file__).resolve().parent.parent / "packs" / "contract"
 
 
-@pytest.fixture(scope="module", params=sorted(RUNTIMES))
+# Every runtime, and Node again on bases with no python at all (like the official node:<major>-slim
+# images): its supervisor brings its own interpreter.
+@pytest.fixture(scope="module", params=[*sorted(RUNTIMES), "nodejs-nopython"])
 def runner(request, settings, engine):
-    pool = DEFAULT_POOL.merged(PoolSettings(reuse=True))
-    manager = ContainerDependencyManager(settings.model_copy(update={"pool": pool}), engine)
-    runner = ActionRunner(CONTRACT_PACKS / request.param, manager)
+    name, _, variant = request.param.partition("-")
+    update: dict = {"pool": DEFAULT_POOL.merged(PoolSettings(reuse=True))}
+    if variant == "nopython":
+        update["runtime_base_images"] = {name: request.getfixturevalue("nopython_node_bases")}
+    manager = ContainerDependencyManager(settings.model_copy(update=update), engine)
+    runner = ActionRunner(CONTRACT_PACKS / name, manager)
+    if variant == "nopython":  # the pack image really has no python3 for the supervisor to use
+        code, output = engine.run_once(runner.ensure_pack("contract").image, ["/bin/sh", "-c", "test ! -e /usr/bin/python3"])
+        assert code == 0, output
     yield runner
     runner.close()
 

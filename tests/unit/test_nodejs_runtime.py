@@ -20,6 +20,7 @@ from attune_containers.errors import BuildError, InvalidSpecError, PythonVersion
 from attune_containers.runtimes import get_runtime, runner_types
 from attune_containers.runtimes.nodejs.runtime import NODEJS, NodePlan
 from attune_containers.runtimes.nodejs.spec import package_json
+from attune_containers.runtimes.python import PYTHON
 from attune_containers.services.npm_cache import read_lock
 
 STRICT = RequirementPolicy(strict=True)
@@ -258,7 +259,19 @@ def test_a_lock_from_the_fetch_step_is_checked_like_pack_input():
 
 def test_the_loop_is_the_python_supervisor_exec_ing_node_as_argv():
     argv = NODEJS.loop_command(65532, None, ())
-    assert argv[:4] == ["/usr/bin/python3", "-I", "-S", "-B"] and argv[5:7] == ["65532", "--exec"]
+    # The supervisor on its own interpreter (mounted by host_mounts), never the image's python3.
+    assert argv[:8] == [
+        "/opt/attune/python/ld.so",
+        "--library-path",
+        "/opt/attune/python/lib",
+        "/opt/attune/python/bin/python3",
+        "-I",
+        "-S",
+        "-B",
+        "/opt/attune/supervisor/attune_wrapper.py",
+    ]
+    assert argv[8:10] == ["65532", "--exec"]
+    assert PYTHON.host_mounts(None) == ()  # Python's supervisor keeps the image's own python3
     assert argv[-3:] == ["/usr/bin/env", "node", "/opt/attune/runtime/attune_runner.js"]
     with pytest.raises(InvalidSpecError):
         NODEJS.check_preload(["lodash"])
@@ -291,14 +304,18 @@ def test_a_pack_folder_with_package_json_is_a_node_pack_and_its_lock_is_checked(
     assert exc.value.field == "package-lock.json"
 
 
-def test_a_python_pack_folder_stays_python_and_node_files_do_not_leak_into_it(tmp_path):
+def test_node_files_beside_a_python_pack_make_its_node_spec_and_never_leak_into_the_python_one(tmp_path):
     from attune_containers.core.packs import load_pack
 
     (tmp_path / "pack.yaml").write_text("ref: py\nmeta:\n  python_dependencies: [six]\n")
     (tmp_path / "package.json").write_text("{}")
     (tmp_path / "requirements.txt").write_text("requests\n")
-    spec = load_pack(tmp_path).spec
-    assert spec.runtime == "python" and spec.requirements_file_content == "requests\n"
+    specs = load_pack(tmp_path).specs  # a package.json declares Node.js: the pack has both (issue 13)
+    assert list(specs) == ["python", "nodejs"]
+    python = specs["python"]
+    assert python.runtime == "python" and python.requirements_file_content == "requests\n"
+    assert python.dependencies == ["six"] and python.metadata == {}
+    assert specs["nodejs"].requirements_file_content == "{}" and specs["nodejs"].dependencies == []
 
 
 def test_npm_scripts_stay_off_unless_the_operator_allows_them_and_the_choice_is_hashed():
@@ -327,3 +344,40 @@ def test_the_npm_cache_is_bounded_oldest_first_and_lives_beside_the_wheel_cache(
     assert cache.prune(150) == ["old.tgz", "mid.tgz"]
     assert [p.name for p in cache.content.iterdir()] == ["new.tgz"]
     assert cache.prune(0) == ["new.tgz"] and cache.stats().files == 0
+
+
+def test_the_npm_registry_is_hashed_when_set_and_its_token_never_is():
+    from attune_containers.runtimes.nodejs.runtime import hash_document
+
+    spec = node("lodash@4.17.21")
+    default = NODEJS.plan("demo", spec, BASES[1], BuildOptions(), "p")
+    mirror = NODEJS.plan("demo", spec, BASES[1], BuildOptions(npm_registry="https://npm.corp.example/repo/"), "p")
+    # Unset: the document is what it was before the setting existed (no Node image is rebuilt).
+    assert "npm_registry" not in hash_document(spec, BASES[1], BuildOptions())
+    assert mirror.dependency_hash != default.dependency_hash
+    assert hash_document(spec, BASES[1], mirror.options)["npm_registry"] == "https://npm.corp.example/repo/"
+    # The token is no build option at all: nothing of it can reach a plan, a hash or a label.
+    assert not any("token" in field for field in BuildOptions.model_fields)
+
+
+def test_the_npmrc_names_the_registry_and_gives_its_token_to_that_registry_only():
+    from attune_containers.services.npm_cache import npmrc
+
+    assert npmrc(None, None) == ""
+    assert npmrc("https://npm.corp.example/repo/", None) == "registry=https://npm.corp.example/repo/\n"
+    assert npmrc("https://npm.corp.example:8443/repo/", "npm_abc.DEF-1/+=") == (
+        "registry=https://npm.corp.example:8443/repo/\n//npm.corp.example:8443/repo/:_authToken=npm_abc.DEF-1/+=\n"
+    )
+    # A token without a registry is for npm's default one, which then stays npm's own choice.
+    assert npmrc(None, "npm_abc") == "//registry.npmjs.org/:_authToken=npm_abc\n"
+
+
+def test_a_lock_made_against_one_registry_is_not_reused_for_another():
+    from attune_containers.services.npm_cache import NpmCache
+
+    spec = node("lodash@4.17.21")
+    keys = {
+        NpmCache.lock_key(NODEJS.plan("demo", spec, BASES[1], BuildOptions(npm_registry=registry), "p"))
+        for registry in (None, "https://a.example/", "https://b.example/")
+    }
+    assert len(keys) == 3

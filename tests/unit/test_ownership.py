@@ -79,6 +79,20 @@ def test_in_this_process_the_lease_is_alive_and_runners_withdraw(tmp_path):
     assert ownership.live_images(tmp_path) == {}
 
 
+def test_a_runner_uses_an_image_per_runtime_of_a_mixed_pack_at_once(tmp_path):
+    lease = ownership.acquire(tmp_path)
+    runner = Holder()
+    lease.use(runner, "m", "img:py", "sha256:py")
+    lease.use(runner, "m", "img:js", "sha256:js", "nodejs")  # the Node action of the same pack
+    assert set(ownership.live_images(tmp_path)) == {"img:py", "sha256:py", "img:js", "sha256:js"}
+    assert lease.uses(runner, "m", "img:py", "sha256:py") and lease.uses(runner, "m", "img:js", "sha256:js", "nodejs")
+    assert not lease.uses(runner, "m", "img:js", "sha256:js")  # not Python's
+    lease.use(runner, "m", "img:js2", "sha256:js2", "nodejs")  # Node's changed: Python's stays in use
+    assert set(ownership.live_images(tmp_path)) == {"img:py", "sha256:py", "img:js2", "sha256:js2"}
+    lease.withdraw(runner)
+    assert ownership.live_images(tmp_path) == {}
+
+
 def test_a_forked_child_is_another_owner(tmp_path):
     lease = ownership.acquire(tmp_path)
     read, write = os.pipe()

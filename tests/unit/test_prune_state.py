@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from attune_containers.services.build_gate import BuildGate
 from attune_containers.services.current import CurrentImages
 
@@ -20,8 +22,22 @@ def test_current_records_round_trip_and_skip_unchanged_writes(tmp_path):
     records.set("aws.s3", "p/aws.s3:aaaa")  # unchanged: not rewritten
     assert path.stat().st_mtime == 1
     records.set("aws.s3", "p/aws.s3:cccc")
-    assert records.all() == {"aws.s3": "p/aws.s3:cccc", "aws_s3": "p/aws_s3:bbbb"}
+    assert records.all() == {("aws.s3", "python"): "p/aws.s3:cccc", ("aws_s3", "python"): "p/aws_s3:bbbb"}
     assert not [p for p in (tmp_path / "current").iterdir() if p.name.startswith(".")]
+
+
+def test_each_runtime_of_a_pack_has_its_own_current_record_and_pythons_keeps_its_old_file(tmp_path):
+    records = CurrentImages(tmp_path)
+    records.set("mixed", "p/mixed:aaaa")
+    records.set("mixed", "p/mixed:bbbb", runtime="nodejs")
+    # Python's record is the file earlier versions wrote: their records keep their meaning.
+    assert (tmp_path / "current" / "mixed").read_text() == "p/mixed:aaaa\n"
+    assert (tmp_path / "current" / "mixed@nodejs").read_text() == "p/mixed:bbbb\n"
+    assert (records.get("mixed"), records.get("mixed", "nodejs")) == ("p/mixed:aaaa", "p/mixed:bbbb")
+    assert records.all() == {("mixed", "python"): "p/mixed:aaaa", ("mixed", "nodejs"): "p/mixed:bbbb"}
+    for runtime in ("node", "../x", "cobol"):  # only registered names: never a path of a caller's choosing
+        with pytest.raises(ValueError):
+            records.set("mixed", "p/mixed:cccc", runtime=runtime)
 
 
 def test_builds_share_the_gate_and_the_pruner_needs_it_alone(tmp_path):

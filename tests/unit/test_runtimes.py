@@ -13,7 +13,7 @@ from attune_containers.core import labels as L
 from attune_containers.core.actions import load_action
 from attune_containers.core.execution import ResourceLimits
 from attune_containers.core.packs import load_pack
-from attune_containers.core.spec import ValidatedSpec
+from attune_containers.core.spec import DependencySpec, ValidatedSpec
 from attune_containers.core.versions import BaseImage
 from attune_containers.engine import ImageConfig, ImageRecord
 from attune_containers.errors import InvalidSpecError
@@ -148,11 +148,16 @@ def test_a_new_runtime_is_found_by_its_name_alias_meta_key_and_runner_types(toy,
     assert action.runner_type == "toy"
 
 
-def test_a_pack_has_one_runtime(toy, tmp_path):
-    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n  python_dependencies: []\n")
-    with pytest.raises(InvalidSpecError, match="one runtime") as exc:
-        load_pack(directory)
-    assert exc.value.field == "meta"
+def test_a_pack_may_declare_several_runtimes_each_with_its_own_spec(toy, tmp_path):
+    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: [leftpad]\n  python_dependencies: [six]\n")
+    pack = load_pack(directory)
+    assert list(pack.specs) == ["python", "toy"]  # registry order, whatever the YAML's
+    assert pack.specs["toy"] == DependencySpec(runtime="toy", dependencies=["leftpad"])
+    assert pack.specs["python"] == DependencySpec(runtime="python", dependencies=["six"])
+    # No single spec: asking for one is an error naming the runtimes, never a guess.
+    with pytest.raises(InvalidSpecError, match="python and toy") as exc:
+        pack.spec  # noqa: B018 - the property raises
+    assert exc.value.field == "runtime"
 
 
 def test_a_packs_preload_list_is_checked_by_its_own_runtime(toy, tmp_path):
@@ -164,13 +169,17 @@ def test_a_packs_preload_list_is_checked_by_its_own_runtime(toy, tmp_path):
     assert exc.value.field == "meta.container_pool.preload"
 
 
-def test_an_action_runs_only_with_its_packs_runtime(toy, tmp_path):
-    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: []\n", {"js": "toy", "py": "python"})
+def test_an_action_runs_in_the_image_of_its_own_runtime_even_one_its_pack_declares_nothing_for(toy, tmp_path):
+    directory = write_pack(tmp_path, "t", "ref: t\nmeta:\n  toy_dependencies: [leftpad]\n", {"js": "toy", "py": "python"})
     pack = load_pack(directory)
-    runner_module._check_runner(load_action(tmp_path, "t.js"), pack)
-    with pytest.raises(InvalidSpecError, match="not a toy runner") as exc:
-        runner_module._check_runner(load_action(tmp_path, "t.py"), pack)
-    assert exc.value.field == "runner_type"
+    assert runner_module.action_runtime(load_action(tmp_path, "t.js")) is toy
+    assert runner_module.action_runtime(load_action(tmp_path, "t.py")) is PYTHON
+    # The Python action's runtime gets an image with no dependencies; the toy spec stays as declared.
+    assert pack.specs == {
+        "python": DependencySpec(runtime="python"),
+        "toy": DependencySpec(runtime="toy", dependencies=["leftpad"]),
+    }
+    assert pack.spec_for("python3") == DependencySpec(runtime="python") and pack.spec_for("toyjs") is pack.specs["toy"]
 
 
 def test_the_container_runs_the_runtimes_loop_from_its_folder(toy, tmp_path):

@@ -181,3 +181,60 @@ def test_a_named_config_file_that_does_not_exist_is_an_error(tmp_path, monkeypat
     monkeypatch.setenv("ATTUNE__CONTAINERS__CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ValueError, match="missing.toml .* does not exist"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("https://npm.corp.example/repo", "https://npm.corp.example/repo/"),
+        ("https://npm.corp.example:8443/", "https://npm.corp.example:8443/"),
+    ],
+)
+def test_the_npm_registry_is_an_https_url_ending_in_a_slash(given, kept):
+    s = Settings(npm_registry_url=given)
+    assert s.npm_registry_url == kept and s.build_options().npm_registry == kept
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "http://npm.corp.example/",  # a token would travel in clear, and the lock admits https tarballs only
+        "https://user:secret@npm.corp.example/",
+        "https://secret@npm.corp.example/",
+        "https://npm.corp.example/?token=secret",
+        "https://npm.corp.example/#x",
+        "https://npm.corp.example:port/",
+        "https://",
+        "ftp://npm.corp.example/",
+        "https://npm.corp.example/\nregistry=https://evil.example/",
+        "https://npm.corp.example/ x",
+    ],
+)
+def test_an_npm_registry_url_that_is_not_plain_https_is_refused(given):
+    with pytest.raises(ValidationError, match="npm_registry_url"):
+        Settings(npm_registry_url=given)
+
+
+def test_the_npm_token_is_read_at_each_fetch_so_replacing_the_file_rotates_it(tmp_path):
+    from attune_containers.errors import BuildError
+
+    path = tmp_path / "npm-token"
+    s = Settings(npm_token_file=path)
+    with pytest.raises(BuildError, match="cannot read npm_token_file"):
+        s.npm_token()
+    path.write_text("npm_first\n")
+    assert s.npm_token() == "npm_first"
+    path.write_text("npm_second")
+    assert s.npm_token() == "npm_second"
+    assert Settings().npm_token() is None
+
+
+@pytest.mark.parametrize("text", ["", "two words", "npm_a\nregistry=https://evil.example/", "${HOME}", "é"])
+def test_an_npm_token_that_could_be_more_than_one_npmrc_value_is_refused_without_being_quoted(tmp_path, text):
+    from attune_containers.errors import BuildError
+
+    path = tmp_path / "npm-token"
+    path.write_text(text)
+    with pytest.raises(BuildError, match="does not hold one token") as caught:
+        Settings(npm_token_file=path).npm_token()
+    assert not text.strip() or text not in str(caught.value)

@@ -8,10 +8,11 @@ Why the supervisor is Python's (see also README.md beside this file): the superv
 security boundary of every action container (root with only SETUID/SETGID/KILL, a fresh child per
 execution dropped to uid 65532 before its request is read, frames written only by the supervisor,
 cleanup and verification after each execution). Writing it again in JavaScript would mean a second
-boundary to keep right, and Node has no fork(). So the Node bases carry python3-minimal, the
-supervisor runs under ``python3 -I -S`` (no site, no pack code in it), and only the per-execution
-child differs: after dropping its privileges it execs ``node`` (no zygote for Node: a plain
-per-execution child; a warm container still saves the container start).
+boundary to keep right, and Node has no fork(). So the supervisor runs under ``-I -S`` (no site, no
+pack code in it) on its own interpreter, a copy of the host's CPython with its loader and libraries
+mounted read-only (``host_mounts``, services/supervisor_python.py): a Node base needs no python3.
+Only the per-execution child differs: after dropping its privileges it execs ``node`` (no zygote for
+Node: a plain per-execution child; a warm container still saves the container start).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ...core.spec import DependencySpec, RequirementPolicy, ValidatedSpec
 from ...core.versions import BaseImage
 from ...errors import InvalidSpecError
 from ..base import LOOP_MOUNT
+from ..python import portable
 from .spec import package_json, validate_node_spec, with_pack_files
 from .versions import choose_node
 
@@ -41,7 +43,6 @@ LOOP_DIR = Path(__file__).resolve().parent / "loop"
 SUPERVISOR_DIR = Path(__file__).resolve().parent.parent / "python" / "loop"
 SUPERVISOR_MOUNT = "/opt/attune/supervisor"
 NODE = "/usr/bin/node"
-SUPERVISOR_PYTHON = "/usr/bin/python3"
 RUNNER = f"{LOOP_MOUNT}/attune_runner.js"
 HELPER_DIR = f"{LOOP_MOUNT}/attune_action"
 DOCKERFILE_TEMPLATE = "Dockerfile.node.j2"
@@ -58,8 +59,8 @@ DEFAULT_BASE_IMAGES = {"18": "node:18-slim", "20": "node:20-slim", "22": "node:2
 def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -> dict[str, Any]:
     """What decides a Node pack image's content (its hash): the dependencies in canonical form,
     the Node version and base identity, whether npm scripts run, the template and build script,
-    and ``HASH_FORMAT``."""
-    return {
+    and ``HASH_FORMAT``; the npm registry when one is configured."""
+    document: dict[str, Any] = {
         "format": HASH_FORMAT,
         "runtime": spec.runtime,
         "dependencies": [r.canonical() for r in spec.requirements],
@@ -74,6 +75,13 @@ def hash_document(spec: ValidatedSpec, base: BaseImage, options: BuildOptions) -
         "template": hashlib.sha256(template_source(DOCKERFILE_TEMPLATE).encode()).hexdigest(),
         "build_files": {PREPARE_SCRIPT: hashlib.sha256(template_source(PREPARE_SCRIPT).encode()).hexdigest()},
     }
+    # The registry decides what a name@version is (a private registry may serve its own package
+    # under a public name), so images resolved against another one are other images; as
+    # pip_index_url is in Python's hash. Only when set: the images of the default stay as they were.
+    # Never credentials: the setting refuses them in the URL; the token is not a build input.
+    if options.npm_registry:
+        document["npm_registry"] = options.npm_registry
+    return document
 
 
 def render_dockerfile(base: BaseImage, options: BuildOptions | None = None) -> str:
@@ -207,6 +215,15 @@ class NodeRuntime:
         options = options.model_copy(update={"installer": "npm"})
         return NodePlan(pack_ref=pack_ref, spec=spec, base=base, options=options, image_prefix=image_prefix)
 
+    def host_mounts(self, settings: Any) -> tuple[tuple[Path, str], ...]:
+        # The supervisor's interpreter, made once on this host from the one running this process
+        # (or supervisor_interpreter): every Node image is served the same way, whatever python
+        # its base has or lacks (README).
+        from ...services.supervisor_python import supervisor_python  # disk: only when a run needs it
+
+        chosen = getattr(settings, "supervisor_interpreter", None)
+        return ((supervisor_python(settings.cache_dir, str(chosen) if chosen else None), portable.MOUNT),)
+
     def fetcher(self, settings: Any, engine: Any) -> Any:
         from ...services.npm_cache import NpmCache  # the engine: only when a build needs it
 
@@ -218,19 +235,11 @@ class NodeRuntime:
         # arguments after the runner; the runner ignores it.
         # node through env: Debian puts it in /usr/bin, the official images in /usr/local/bin (the
         # image's PATH, which the supervisor hands on, is ours: Dockerfile.node.j2).
-        return [
-            SUPERVISOR_PYTHON,
-            "-I",
-            "-S",
-            "-B",
-            f"{SUPERVISOR_MOUNT}/attune_wrapper.py",
-            str(exec_uid),
-            "--exec",
-            "/usr/bin/env",
-            "node",
-            RUNNER,
-            *preload,
-        ]
+        # The supervisor on its own interpreter (host_mounts), under -I -S -B like Python's.
+        return portable.command(
+            portable.MOUNT,
+            [f"{SUPERVISOR_MOUNT}/attune_wrapper.py", str(exec_uid), "--exec", "/usr/bin/env", "node", RUNNER, *preload],
+        )
 
     def version_command(self) -> list[str]:
         return ["node", "-p", "process.versions.node"]

@@ -64,6 +64,9 @@ class PythonRuntime:
     def plan(self, pack_ref: str, spec: ValidatedSpec, base: BaseImage, options: BuildOptions, image_prefix: str) -> BuildPlan:
         return make_plan(pack_ref, spec, base, options, image_prefix)
 
+    def host_mounts(self, settings: Any) -> tuple[tuple[Path, str], ...]:
+        return ()  # the supervisor runs on the image's own python3
+
     def fetcher(self, settings: Any, engine: Any) -> Any:
         from ...services.wheels import WheelCache  # the engine: only when a build needs it
 
