@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import hashlib
 import io
 import re
 import select
@@ -897,11 +898,13 @@ class Engine:
         memory: str | int | None = None,
         cap_add: tuple[str, ...] = (),
         tmp_size: str = "1g",
+        read_only: bool = False,
     ) -> str:
         """Create (not start) a build step's container: no network, every capability dropped but
         ``cap_add``, no environment, labels or working directory of ours, since ``commit`` merges
         the container's own config into the image's. Bind mounts go under the ``/tmp`` tmpfs, so
-        neither they nor their mount points are part of a commit."""
+        neither they nor their mount points are part of a commit. ``read_only``: a read-only root
+        filesystem (the one-layer build keeps only what its bind-mounted folder holds)."""
         if isinstance(memory, str):
             memory = parse_size(memory)
         host_config = self.api.create_host_config(
@@ -913,6 +916,7 @@ class Engine:
             cap_drop=["ALL"],
             cap_add=list(cap_add) or None,
             security_opt=["no-new-privileges"],
+            read_only=read_only,
             mounts=[docker.types.Mount(target=t, source=s, type="bind", read_only=ro) for s, t, ro in mounts],
         )
         with translate_errors(f"creating a build container from {image}"):
@@ -932,6 +936,47 @@ class Engine:
         WorkingDir, Labels ...: a config object, never Dockerfile text); return its ID."""
         with translate_errors(f"committing {container_id[:12]}"):
             return self.api.commit(container_id, conf=config, pause=False)["Id"]
+
+    def image_config_bytes(self, image_id: str, *, limit: int = 4 * 1024 * 1024) -> bytes:
+        """An image's config document exactly as the engine stores it (its sha256 is the ID),
+        read from ``docker save``'s stream, which is closed as soon as the config is read (this
+        engine writes it first, before the layers). Checked against the ID."""
+        if not _IMAGE_ID.fullmatch(image_id):
+            raise EngineError(f"not an image ID: {image_id!r}")
+        digest = image_id.removeprefix("sha256:")
+        wanted = {f"{digest}.json", f"blobs/sha256/{digest}"}  # docker-archive; OCI layout (newer engines)
+        found: bytes | None = None
+        with translate_errors(f"reading the config of {image_id[:19]}"):
+            stream = self.api.get_image(image_id, chunk_size=64 * 1024)
+            try:
+                with tarfile.open(fileobj=_ChunkReader(stream), mode="r|") as tar:
+                    for member in tar:
+                        if member.name in wanted and member.isreg() and member.size <= limit:
+                            extracted = tar.extractfile(member)
+                            found = extracted.read() if extracted is not None else None
+                            break
+            except tarfile.TarError as exc:
+                raise EngineError(f"the save stream of {image_id[:19]} is not a tar ({exc})") from None
+            finally:
+                _close_response(stream)
+        if found is None or "sha256:" + hashlib.sha256(found).hexdigest() != image_id:
+            raise EngineError(f"the save stream of {image_id[:19]} does not hold that image's config")
+        return found
+
+    def load(self, chunks: Iterator[bytes]) -> list[str]:
+        """``docker load`` a tar stream given in pieces (sent as it is made, never whole in
+        memory); return what the engine says it loaded ("repo:tag" or image IDs)."""
+        loaded: list[str] = []
+        with translate_errors("loading an image"):
+            for message in self.api.load_image(_coalesced(chunks), quiet=True) or ():
+                if message.get("error") or message.get("errorDetail"):
+                    detail = message.get("error") or (message.get("errorDetail") or {}).get("message")
+                    raise BuildError(f"the engine refused the image: {detail}")
+                text = str(message.get("stream") or "").strip()
+                for prefix in ("Loaded image: ", "Loaded image ID: "):
+                    if text.startswith(prefix):
+                        loaded.append(text[len(prefix) :])
+        return loaded
 
     def containers_named(self, prefix: str) -> list[ContainerRecord]:
         """Containers (any state) whose name starts with ``prefix``."""
@@ -1025,6 +1070,42 @@ class AttachedStreams:
         with contextlib.suppress(Exception):
             self._owner.close()
         self.closed = True
+
+
+def _coalesced(chunks: Iterator[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """Pieces joined into blocks of about ``size``: each piece sent alone is a chunk of its own
+    on the wire (a tar header is 512 bytes; a venv has thousands)."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks (the engine's streamed responses)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._pending = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 def _close_response(stream: Any, *, shutdown: bool = False) -> None:

@@ -214,6 +214,14 @@ class Settings(BaseSettings):
         "build stage (no network, no shared cache there; never in the fetch step); false: --ignore-scripts",
     )
     fetch_max_bytes: Bytes = Field(2 * 1024**3, gt=0, description="Bound of what one fetch step may hand back")
+    # 600 s is what PyPI's own index pages allow any cache (Cache-Control: max-age=600): a new
+    # release is picked up no later than a resolver honouring PyPI's caching would pick it up.
+    resolution_max_age: int = Field(
+        600,
+        ge=0,
+        description="Seconds a host resolution (uv, wheels only) is reused for the same requirements, "
+        "Python, platform and indexes; 0: resolve every build",
+    )
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")
     limits: ResourceLimits = Field(

@@ -10,6 +10,9 @@ Same base image (the configured 3.11 one, attune-base/python:3.11 here), same re
   configured CA bundle the same way our fetch step gets it (a build-context file + PIP_CERT);
 - cold: ``ensure`` with an empty shared wheel cache (a fresh cache_dir each round);
 - warm: the same cache, now warm, and an image that does not exist yet (a fresh image prefix);
+  the cold build's resolution is reused (``resolution_max_age``, 600 s by default);
+- warm-resolve: the same, resolving again (``resolution_max_age = 0``): a new pack whose
+  distributions are all cached but whose requirements were not resolved in the last 10 minutes;
 - lock: a pack whose requirements are the complete hash-pinned lock ``inspect --lock`` prints
   (from the cold build's image), fresh prefix, same cache.
 
@@ -38,8 +41,8 @@ from attune_containers.settings import Settings
 
 REQUIREMENTS = ["requests", "pydantic", "boto3"]
 SPEC = DependencySpec(dependencies=REQUIREMENTS, min_version="3.11", max_version="3.11")
-GOALS = {"cold": 0.7, "warm": 0.3}
-CASES = ("naive", "cold", "warm", "lock")
+GOALS = {"cold": 0.7, "warm": 0.3, "warm-resolve": 0.3}
+CASES = ("naive", "cold", "warm", "warm-resolve", "lock")
 
 
 def naive(base: str, ca_bundle: Path | None, work: Path, tags: list[str]) -> float:
@@ -92,19 +95,19 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="attune-bench-speed-"))
     engine = Engine()
 
-    def settings(cache: Path) -> Settings:
+    def settings(cache: Path, **more: object) -> Settings:
         prefix = f"attune-bench-{run_id}-{len(prefixes)}"
         prefixes.append(prefix)
         return base_settings.model_copy(
-            update={"image_prefix": prefix, "cache_dir": cache, "build_no_cache": True, "state_dir": work / "state"}
+            update={"image_prefix": prefix, "cache_dir": cache, "build_no_cache": True, "state_dir": work / "state", **more}
         )
 
     try:
         for number in range(args.rounds):
             # cold, warm and lock need each other in that order; the naive build moves through the
             # round so a machine that drifts during a round slows every case alike.
-            order = ["cold", "warm", "lock"]
-            order.insert(number % 4, "naive")
+            order = ["cold", "warm", "warm-resolve", "lock"]
+            order.insert(number % 5, "naive")
             cache = work / f"cache-{number}"  # empty: every distribution is downloaded
             lock_lines: list[str] = []
             for case in order:
@@ -117,6 +120,8 @@ def main() -> int:
                     lock_lines = manager.lock_lines(info)
                 elif case == "warm":
                     elapsed, _, _ = ensure(settings(cache), "bench_speed", SPEC, log)
+                elif case == "warm-resolve":
+                    elapsed, _, _ = ensure(settings(cache, resolution_max_age=0), "bench_speed", SPEC, log)
                 else:
                     locked = DependencySpec(dependencies=lock_lines, min_version="3.11", max_version="3.11")
                     elapsed, _, _ = ensure(settings(cache), "bench_speed_lock", locked, log)
@@ -125,8 +130,10 @@ def main() -> int:
                 downloads = sum(1 for _, line in log if line.startswith("fetch: downloaded"))
                 cached = sum(1 for _, line in log if line.startswith("fetch: cached"))
                 notes.setdefault(case, f"{downloads} downloaded, {cached} from the cache")
-                if case == "lock" and any("lock complete" in line for _, line in log):
+                if case == "lock" and any("lock complete" in line for _, line in log) and "no resolution" not in notes[case]:
                     notes["lock"] += ", no resolution"
+                if any("resolution reused" in line for _, line in log) and "reused" not in notes[case]:
+                    notes[case] += ", resolution reused"
                 if args.log:
                     print(f"--- round {number + 1}, {case}", file=sys.stderr)
                     for at, line in log:
@@ -159,6 +166,7 @@ def main() -> int:
         "naive": "naive Dockerfile (venv + pip install)",
         "cold": "attune build, empty shared cache",
         "warm": "attune build, shared cache warm, new image",
+        "warm-resolve": "  same, resolving again (max_age 0)",
         "lock": "attune build, complete hash-pinned lock",
     }
     for case in CASES:

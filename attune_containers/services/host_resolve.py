@@ -89,8 +89,17 @@ class Pinned:
 def read_pylock(path: Path, priority: dict[Tag, int]) -> list[Pinned] | str:
     """The resolution uv wrote (pylock.toml): one wheel per package; or why it cannot be used."""
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return f"the resolution is not readable: {exc}"
+    return parse_pylock(text, priority)
+
+
+def parse_pylock(text: str, priority: dict[Tag, int]) -> list[Pinned] | str:
+    """``read_pylock`` of the file's text."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         return f"the resolution is not readable: {exc}"
     pinned = []
     for package in document.get("packages") or []:

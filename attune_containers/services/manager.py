@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cachetools import TTLCache
@@ -27,7 +31,7 @@ from ..core import labels as L
 from ..core.pack_ref import image_name_for, validate_pack_ref
 from ..core.plan import TAG_LENGTH, BuildPlan
 from ..core.prune_policy import PrunePolicy
-from ..core.render import INSTALLED_RECORD, TEMPLATES_DIR, final_config
+from ..core.render import ATTUNE_DIR, INSTALLED_RECORD, TEMPLATES_DIR, final_config
 from ..core.spec import DependencySpec, EnvironmentInfo
 from ..engine import Engine, LogSink, telling_lines
 from ..errors import (
@@ -42,6 +46,7 @@ from ..errors import (
 )
 from ..runtimes import RUNTIMES, get_runtime
 from ..settings import Settings
+from . import one_layer
 from .base_images import BaseImageCatalog
 from .build_gate import BuildGate
 from .current import CurrentImages
@@ -108,6 +113,8 @@ class ContainerDependencyManager:
         self._cache: TTLCache[tuple[str, str], EnvironmentInfo] = TTLCache(maxsize=1024, ttl=self.settings.cache_ttl)
         self._cache_lock = threading.Lock()
         self._fetchers: dict[str, Any] = {}
+        # Base image ID -> its config document as stored (the one-layer build's starting point).
+        self._base_configs: dict[str, bytes] = {}
         # The default runtime's fetcher (the build path and `cache` use it); other runtimes' on demand.
         self.wheels = self.fetcher(self.runtime_type)
         # The image each pack resolved to last in this process, per runtime: its "current" environment.
@@ -578,60 +585,185 @@ class ContainerDependencyManager:
     ) -> EnvironmentInfo:
         with self.fetcher(plan.spec.runtime).fetch(plan, offline=offline, on_log=on_log, deadline=deadline) as fetched:
             lock = fetched.lock()
+            loaded: str | None = None
             if fetched.uv is not None:
-                image_id = self._install_and_commit(plan, fetched, on_log, deadline, cleanup)
+                # One install container, then one `docker load` of the labelled, tagged image.
+                loaded = self._install_and_load(plan, fetched, lock, on_log, deadline, cleanup)
             else:
                 image_id = self._build_dockerfile(plan, fetched, on_log, deadline)
+        if loaded is None:
+            loaded = self._label_built(plan, image_id, lock, deadline)
+        found = self._find(plan)
+        if found is None or found.id != loaded:
+            raise BuildError(f"{plan.image} was built but is not where it should be")
+        return found
+
+    def _labels(self, plan: BuildPlan, raw_record: bytes, lock: list[Any]) -> dict[str, str]:
+        """Every label of ours but the content identity, from the installed record (written during
+        the build by code from the pack's distributions: bounded by the caller, validated here)."""
         try:
-            try:
-                # Written during the build by code from the pack's distributions: bounded, validated.
-                raw = self.engine.read_file(image_id, INSTALLED_RECORD, max_bytes=INSTALLED_RECORD_LIMIT)
-                # A runtime's plan may read its own record (Node: name@version of npm packages).
-                reader = getattr(plan, "read_installed", None)
-                installed = reader(raw) if reader is not None else [f"{d.name}=={d.version}" for d in read_installed_record(raw)]
-            except (AttuneContainersError, ValueError) as exc:
-                raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
-            labels = plan.labels(installed, datetime.now(UTC).replace(microsecond=0))
-            labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
-            # Build identity: bound to this image's own layers and config (not to a derived one's).
-            labels[L.REPOSITORY] = plan.repository
-            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
-            # A second, layer-less build adds the labels and the tag: the tag only ever lands on a
-            # complete, labelled image.
-            labelled = self.engine.label(
-                image_id, tag=plan.image, labels=labels, timeout=_remaining(deadline, self.settings.build_timeout)
+            # A runtime's plan may read its own record (Node: name@version of npm packages).
+            reader = getattr(plan, "read_installed", None)
+            installed = (
+                reader(raw_record)
+                if reader is not None
+                else [f"{d.name}=={d.version}" for d in read_installed_record(raw_record)]
             )
         except (AttuneContainersError, ValueError, KeyError) as exc:
+            raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
+        labels = plan.labels(installed, datetime.now(UTC).replace(microsecond=0))
+        labels[L.LOCK] = json.dumps([d.model_dump() for d in lock], separators=(",", ":"))
+        labels[L.REPOSITORY] = plan.repository
+        return labels
+
+    def _label_built(self, plan: BuildPlan, image_id: str, lock: list[Any], deadline: float) -> str:
+        """The Dockerfile path's last step: a second, layer-less build adds the labels and the
+        tag, so the tag only ever lands on a complete, labelled image."""
+        try:
+            try:
+                raw = self.engine.read_file(image_id, INSTALLED_RECORD, max_bytes=INSTALLED_RECORD_LIMIT)
+            except AttuneContainersError as exc:
+                raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
+            labels = self._labels(plan, raw, lock)
+            # Build identity: bound to this image's own layers and config (not to a derived one's).
+            labels[L.CONTENT] = L.content_identity(self.engine.inspect_image(image_id))
+            return self.engine.label(
+                image_id, tag=plan.image, labels=labels, timeout=_remaining(deadline, self.settings.build_timeout)
+            )
+        except (AttuneContainersError, ValueError) as exc:
             with contextlib.suppress(AttuneContainersError):
                 self.engine.remove_image(image_id, force=True)
             if isinstance(exc, AttuneContainersError):
                 raise
-            raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
-        found = self._find(plan)
-        if found is None or found.id != labelled:
-            raise BuildError(f"{plan.image} was built but is not where it should be")
-        return found
+            raise BuildError(f"the built image has no content identity: {exc}") from None
 
-    def _install_and_commit(
-        self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None, deadline: float, cleanup: list[threading.Thread]
+    def _install_and_load(
+        self,
+        plan: BuildPlan,
+        fetched: FetchedWheels,
+        lock: list[Any],
+        on_log: LogSink | None,
+        deadline: float,
+        cleanup: list[threading.Thread],
     ) -> str:
-        """The install step as ONE container of the base image (no network; the verified wheels,
-        the uv binary and our build scripts mounted read-only), committed as one layer on top of
-        the base with the final config as a config object. Returns the untagged image's ID; the
-        container is gone whatever happens."""
+        """The install step as ONE container of the base image (no network, read-only root; the
+        verified wheels, the uv binary and our build scripts mounted read-only), writing
+        ``/opt/attune`` into a folder of the build's work folder. The host writes that folder as
+        one layer, builds the config (the base's, ``final_config()``, every label, the content
+        identity computed from the layer's diff ID) and loads both with the tag: the tag lands
+        only on the complete, labelled image, and a failed or killed load leaves none.
+        Returns the image's ID."""
+        assert fetched.uv is not None and fetched.wheel_dir is not None and fetched.step_name is not None
+        assert fetched.work is not None
+        started = time.monotonic()
+        tree = fetched.install_folder()
+        tree.mkdir(mode=0o755)
+        self._install(plan, fetched, tree, on_log, deadline, cleanup)
+        installed_at = time.monotonic()
+        try:
+            raw = one_layer.read_bounded(tree / "installed.json", INSTALLED_RECORD_LIMIT)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"the built image has no readable record of its distributions: {exc}") from None
+        labels = self._labels(plan, raw, lock)
+        base_id, base_config = self._base_config(plan.base.reference)
+        try:
+            layer = one_layer.plan_layer(tree)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"reading the image's folder failed: {exc}") from None
+        for path in layer.left_out[:20]:
+            if on_log is not None:
+                on_log(f"install: left out /{path}: not a folder, regular file or link")
+        created = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        made: list[bytes] = []
+
+        def make_config(diff_id: str) -> bytes:
+            document = one_layer.image_config(
+                base_config, diff_id, final_config(), labels, created=created, created_by=_LAYER_STEP
+            )
+            # Build identity: the layers and run config this very document gives (labels aside).
+            document["config"]["Labels"][L.CONTENT] = L.content_identity(one_layer.as_inspected(document))
+            made.append(one_layer.config_bytes(document))
+            return made[-1]
+
+        planned_at = time.monotonic()
+        _remaining(deadline, self.settings.build_timeout)
+        try:
+            # The layer streams from the folder into the engine as it is read: never whole in
+            # memory, never written twice on this side.
+            self.engine.load(one_layer.docker_archive(base_id, base_config, layer, make_config, plan.image))
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"loading the image failed: {exc}") from None
+        image_id = "sha256:" + hashlib.sha256(made[-1]).hexdigest() if made else ""
+        attrs = self.engine.inspect_image(plan.image)
+        if attrs is None or attrs.id != image_id:
+            raise BuildError(f"{plan.image} is not the image that was loaded ({attrs.id if attrs else 'none'} != {image_id})")
+        if on_log is not None:
+            on_log(
+                f"install: one layer of {layer.size / 1e6:.1f} MB loaded as {plan.image} (install "
+                f"{installed_at - started:.1f} s, layer planned in {planned_at - installed_at:.1f} s, "
+                f"streamed and loaded in {time.monotonic() - planned_at:.1f} s)"
+            )
+        return image_id
+
+    def _base_config(self, reference: str) -> tuple[str, bytes]:
+        """The base image's ID and config document as stored (its sha256 is the ID): from memory,
+        else from ``state_dir`` (checked against the ID), else from the engine (then kept)."""
+        attrs = self.engine.inspect_image(reference)
+        if attrs is None:
+            raise BuildError(f"the base image {reference} is gone")
+        image_id = attrs.id
+        with self._cache_lock:
+            known = self._base_configs.get(image_id)
+        if known is not None:
+            return image_id, known
+        folder = self.settings.state_dir / "base-configs"
+        path = folder / image_id.removeprefix("sha256:")
+        try:
+            data = one_layer.read_bounded(path, 4 * 1024 * 1024)
+        except (OSError, ValueError):
+            data = b""
+        if "sha256:" + hashlib.sha256(data).hexdigest() != image_id:
+            data = self.engine.image_config_bytes(image_id)
+            with contextlib.suppress(OSError):
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".tmp-{uuid.uuid4().hex}"
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+                # Bounded: a config per base image ID, the least recently written go first.
+                kept = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+                for old in kept[_BASE_CONFIGS_KEPT:]:
+                    old.unlink()
+        with self._cache_lock:
+            self._base_configs[image_id] = data
+        return image_id, data
+
+    def _install(
+        self,
+        plan: BuildPlan,
+        fetched: FetchedWheels,
+        tree: Path,
+        on_log: LogSink | None,
+        deadline: float,
+        cleanup: list[threading.Thread],
+    ) -> None:
+        """Run the install container to its end; the container is gone (or going, in a thread
+        ``_build_now`` waits for) whatever happens."""
         assert fetched.uv is not None and fetched.wheel_dir is not None and fetched.step_name is not None
         container_id = self.engine.create_step_container(
             plan.base.reference,
-            ["python3", "-I", "-S", "/tmp/attune-build/bin/install.py"],
+            # Our own uid and gid (numbers of this process), so the host can read and remove the folder.
+            ["python3", "-I", "-S", "/tmp/attune-build/bin/install.py", f"{os.getuid()}:{os.getgid()}"],
             mounts=[
                 (str(fetched.uv), "/tmp/attune-build/uv", True),
                 (str(fetched.wheel_dir), "/tmp/attune-build/wheels", True),
                 (str(TEMPLATES_DIR / "build"), "/tmp/attune-build/bin", True),
+                (str(tree), ATTUNE_DIR, False),
             ],
             name=fetched.step_name,
             memory=self.settings.build_memory,
-            # Root makes the venv folder and gives it to the builder uid, then takes it back.
+            # Root gives the folder to the builder uid, then to the host's uid.
             cap_add=("CHOWN", "SETUID", "SETGID", "KILL", "DAC_OVERRIDE", "FOWNER"),
+            read_only=True,
         )
         log: collections.deque[str] = collections.deque(maxlen=400)
         partial = {1: b"", 2: b""}
@@ -655,19 +787,16 @@ class ContainerDependencyManager:
                 )
             if code != 0:
                 raise BuildError(f"installing the wheels failed (exit {code})", telling_lines(list(log)))
-            image_id = self.engine.commit(container_id, final_config())
         except BaseException:
             self.engine.kill(container_id)
             self.engine.remove_container(container_id, attempts=10)
             raise
-        # Removing the stopped container deletes its whole layer (seconds for a big venv): that
-        # runs while the image is labelled, and _build_now waits for it before it returns.
+        # Nothing of the stopped container is kept: its removal runs while the layer is written.
         remover = threading.Thread(
             target=self.engine.remove_container, args=(container_id,), kwargs={"attempts": 10}, daemon=True
         )
         remover.start()
         cleanup.append(remover)
-        return image_id
 
     def _build_dockerfile(self, plan: BuildPlan, fetched: FetchedWheels, on_log: LogSink | None, deadline: float) -> str:
         """The fallback where uv cannot be had: the multi-stage Dockerfile ``render`` prints."""
@@ -732,6 +861,12 @@ class ContainerDependencyManager:
         with self._current_lock:
             for current in [k for k in self._current if k[0] == pack_ref]:
                 self._current.pop(current, None)
+
+
+# The history entry of the one layer (no pack data: it names our step, not the pack).
+_LAYER_STEP = "attune-containers: /opt/attune (uv venv + pip install --offline, one layer)"
+# Base image configs kept in state_dir (one per base image ID; each is a few kilobytes).
+_BASE_CONFIGS_KEPT = 32
 
 
 def _remaining(deadline: float, total: int) -> float:

@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import functools
 import hashlib
+import json
 import os
 import platform
 import re
@@ -59,6 +60,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from filelock import FileLock
+from packaging.tags import Tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -87,6 +89,9 @@ FETCH_SCRIPT = TEMPLATES_DIR / "build" / "fetch.py"
 KINDS = {"wheels": "wheelhouse", "tools": "tools", "bootstrap": "tools"}
 _WHEEL_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+!-]{0,250}\.whl")
 _MANIFEST_LIMIT = 4 * 1024 * 1024
+_RESOLUTION_FILE = re.compile(r"[0-9a-f]{64}\.toml")
+# Kept resolutions at most (each a few kilobytes): the newest go on living.
+_RESOLUTIONS_KEPT = 256
 
 
 class FetchedWheels(BaseModel):
@@ -100,6 +105,16 @@ class FetchedWheels(BaseModel):
     # A name for the install step's container: this cache's id and the build's work folder, so a
     # sweep removes only a dead build's container of its own cache.
     step_name: str | None = None
+    # The build's work folder (0700, removed after the build).
+    work: Path | None = None
+    # A folder in memory (tmpfs) for the install step's tree when it fits, removed with the
+    # work folder; None: the tree goes in the work folder.
+    scratch: Path | None = None
+
+    def install_folder(self) -> Path:
+        """Where the install step's ``/opt/attune`` is written (a fresh, empty folder)."""
+        assert self.work is not None
+        return (self.scratch or self.work) / "image"
 
     def lock(self) -> list[LockedDistribution]:
         return sorted(self.locked, key=lambda d: d.name)
@@ -176,6 +191,8 @@ class WheelCache:
         self.tools = self.root / "tools"
         self.records = self.root / "records"
         self.work_root = self.root / "work"
+        # Host resolutions kept for reuse (resolution_max_age): the host's only, never mounted.
+        self.resolutions = self.root / "resolutions"
         self._cache_id: str | None = None
 
     # -- the fetch step -----------------------------------------------------------------------
@@ -203,6 +220,7 @@ class WheelCache:
         if plan.options.ca_bundle:
             files["extra-ca.pem"] = plan.options.ca_bundle
         with self._work(files) as work:
+            scratch: Path | None = None
             try:
                 # uv resolves on the host where that is possible; else it is fetched only once
                 # the fetch container succeeded (a failed build downloads nothing more).
@@ -225,8 +243,15 @@ class WheelCache:
                     uv = self.uv_binary(work, plan, offline=offline, on_log=on_log)
                 fetched.uv = uv
                 fetched.step_name = f"{STEP_PREFIX}{self.cache_id}-{work.name}"
+                fetched.work = work
+                scratch = self._scratch(work, sum(p.stat().st_size for p in fetched.wheels)) if uv is not None else None
+                fetched.scratch = scratch
                 yield fetched
             finally:
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    with contextlib.suppress(OSError):
+                        scratch.parent.rmdir()  # only when no other build of this cache uses it
                 self.prune(self.settings.cache_max_bytes)
 
     def _fetch_once(self, plan: BuildPlan, work: Path, offline: bool, on_log: LogSink | None, deadline: float) -> FetchedWheels:
@@ -633,11 +658,92 @@ class WheelCache:
         )
         return env
 
+    def _resolution_key(self, plan: BuildPlan, glibc: int, arch: str) -> str:
+        """What decides a host resolution, hashed: the requirements (stripped, sorted: a plain
+        requirements file's order does not change what uv picks), the exact Python, the platform
+        uv resolves for, the indexes (credentials included: another user may see other files),
+        uv's version and the options we give it."""
+        document = {
+            "requirements": sorted(line.strip() for line in plan.spec.requirement_lines() if line.strip()),
+            "python": plan.base.python_version,
+            "platform": host_resolve.uv_platform(glibc, arch),
+            "index_url": plan.options.index_url,
+            "extra_index_urls": list(plan.options.extra_index_urls),
+            "uv": UV_VERSION,
+            "options": ["--no-build", "--generate-hashes", "unsafe-best-match", "pylock.toml"],
+        }
+        return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+    def _reused_resolution(self, key: str, on_log: LogSink | None, priority: dict[Tag, int]) -> list[host_resolve.Pinned] | None:
+        """The pins of a resolution of the same inputs younger than ``resolution_max_age``, or None."""
+        max_age = self.settings.resolution_max_age
+        path = self.resolutions / f"{key}.toml"
+        if max_age <= 0:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            age = time.time() - info.st_mtime
+            if not stat.S_ISREG(info.st_mode) or not 0 <= age < max_age or info.st_size > _MANIFEST_LIMIT:
+                return None
+            pinned = host_resolve.parse_pylock(handle.read(_MANIFEST_LIMIT).decode("utf-8", "replace"), priority)
+        if isinstance(pinned, str):
+            return None
+        if on_log is not None:
+            on_log(
+                f"fetch: resolution reused from {age:.0f} s ago ({len(pinned)} distributions resolved on the host; "
+                f"resolution_max_age={max_age})"
+            )
+        return pinned
+
+    def _keep_resolution(self, key: str, output: Path) -> None:
+        """Keep a fresh resolution for reuse: written whole then renamed into place (readers see
+        the old file or the new one), bounded under the cache's lock."""
+        if self.settings.resolution_max_age <= 0:
+            return
+        with contextlib.suppress(OSError):
+            self.resolutions.mkdir(mode=0o700, exist_ok=True)
+            tmp = self.resolutions / f".tmp-{uuid.uuid4().hex}"
+            shutil.copyfile(output, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.resolutions / f"{key}.toml")
+            with self._lock():
+                self._bound_resolutions(keep_fresh=True)
+
+    def _bound_resolutions(self, *, keep_fresh: bool) -> None:
+        """Expired, stray and surplus (beyond the newest ``_RESOLUTIONS_KEPT``) resolutions go;
+        everything goes unless ``keep_fresh``. The caller holds the cache's lock."""
+        entries = []
+        for path in _listing(self.resolutions):
+            with contextlib.suppress(OSError):
+                info = path.lstat()
+                age = time.time() - info.st_mtime
+                if not keep_fresh:
+                    _remove(path)
+                elif (
+                    stat.S_ISREG(info.st_mode)
+                    and _RESOLUTION_FILE.fullmatch(path.name)
+                    and age < self.settings.resolution_max_age
+                ):
+                    entries.append((info.st_mtime, path))
+                elif not path.name.startswith(".tmp-") or age > work_folders.STARTING_SECONDS:  # a write under way stays
+                    _remove(path)
+        for _, path in sorted(entries, reverse=True)[_RESOLUTIONS_KEPT:]:
+            _remove(path)
+
     def _resolve(
         self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, on_log: LogSink | None, deadline: float
     ) -> list[host_resolve.Pinned] | None:
         output = work / "pylock.toml"
         started = time.monotonic()
+        key = self._resolution_key(plan, glibc, arch)
+        priority = host_resolve.tag_priority(plan.base.python_version or "", glibc, arch)
+        reused = self._reused_resolution(key, on_log, priority)
+        if reused is not None:
+            return reused
         try:
             result = subprocess.run(
                 [
@@ -678,11 +784,12 @@ class WheelCache:
                     + "; using the fetch container"
                 )
             return None
-        pinned = host_resolve.read_pylock(output, host_resolve.tag_priority(plan.base.python_version or "", glibc, arch))
+        pinned = host_resolve.read_pylock(output, priority)
         if isinstance(pinned, str):
             if on_log is not None:
                 on_log(f"fetch: {pinned}; using the fetch container")
             return None
+        self._keep_resolution(key, output)
         if on_log is not None:
             on_log(
                 f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
@@ -835,12 +942,14 @@ class WheelCache:
                     if not (self.root / folder / record.name).is_file() or not record.is_file():
                         _remove(record)
             for path in _listing(self.root):
-                if path.name not in ("wheelhouse", "tools", "records", "work", ".lock", "id"):
+                if path.name not in ("wheelhouse", "tools", "records", "work", "resolutions", ".lock", "id"):
                     _remove(path)
                     removed.append(path.name)
             for path in _listing(self.records):
                 if path.name not in ("wheelhouse", "tools"):
                     _remove(path)
+            # Emptying the cache (max_bytes 0) forgets every resolution too.
+            self._bound_resolutions(keep_fresh=max_bytes > 0)
             total = sum(size for _, size in self._everything())
             for _, size, folder, name in sorted(entries):
                 if total <= max_bytes:
@@ -899,10 +1008,55 @@ class WheelCache:
     def _work(self, files: dict[str, str]) -> contextlib.AbstractContextManager[Path]:
         return work_folders.hold(self.work_root, files)
 
+    def _scratch_root(self) -> Path:
+        return _SCRATCH_BASE / f"attune-containers-{os.getuid()}-{self.cache_id}"
+
+    def _scratch(self, work: Path, wheel_bytes: int) -> Path | None:
+        """A 0700 folder on the host's tmpfs (``/dev/shm``) named as the work folder, for the
+        install step's tree, when the tree fits easily: its estimate (the wheels unpacked, their
+        bytecode, uv's unpacked copies) at most ``_SCRATCH_MAX`` and a quarter of what is free.
+        A tree on disk is written, flushed and unlinked for nothing (it becomes a layer the
+        engine writes itself): in memory the install step is several times faster here. None
+        when there is no such tmpfs, it is short, or its folder is not safely ours (the place is
+        world-writable: a folder another user made, or a link, is never used)."""
+        estimate = 4 * wheel_bytes + (64 << 20)
+        try:
+            space = os.statvfs(_SCRATCH_BASE)
+        except OSError:
+            return None
+        if estimate > min(_SCRATCH_MAX, space.f_bavail * space.f_frsize // 4):
+            return None
+        if space.f_flag & (os.ST_NOEXEC | os.ST_RDONLY):
+            return None  # a venv's extension modules must load from it as from the image
+        root = self._scratch_root()
+        with contextlib.suppress(FileExistsError, OSError):
+            os.mkdir(root, 0o700)
+        try:
+            info = os.lstat(root)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            return None
+        scratch = root / work.name
+        try:
+            os.mkdir(scratch, 0o700)
+        except OSError:
+            return None
+        return scratch
+
     def sweep(self) -> list[str]:
         """Remove what dead builds of this cache left: fetch containers, install steps and work
-        folders (services/work_folders.py)."""
-        return work_folders.sweep(self.engine, self.work_root, self.cache_id, f"{STEP_PREFIX}{self.cache_id}-")
+        folders (services/work_folders.py), and their install trees in memory (``_scratch``)."""
+        swept = work_folders.sweep(self.engine, self.work_root, self.cache_id, f"{STEP_PREFIX}{self.cache_id}-")
+        # A dead build's tree in memory: its work folder is gone or not held any more.
+        for folder in _listing(self._scratch_root()) if self.work_root.is_dir() and _SCRATCH_BASE.is_dir() else []:
+            if not work_folders.alive(self.work_root / folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
+                swept.append(folder.name)
+        if self.work_root.is_dir():
+            with contextlib.suppress(OSError):
+                self._scratch_root().rmdir()  # only when empty
+        return swept
 
 
 _listing = work_folders.listing
@@ -977,3 +1131,6 @@ UV_VERSION = UV_REQUIREMENT.partition("==")[2]
 STEP_PREFIX = "attune-install-"
 _UV_BINARY_LIMIT = 256 * 1024 * 1024
 _SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+# The host's memory-backed folder (a tmpfs on Linux), and the largest install tree put there.
+_SCRATCH_BASE = Path("/dev/shm")
+_SCRATCH_MAX = 1 << 30

@@ -1,24 +1,25 @@
 """Install the fetched wheels into a fresh venv: the one step of a pack build (issue 11).
 
-Runs as PID 1 of one container of the pack's own base image, with no network, started by the
-host as ``python3 -I -S /tmp/attune-build/bin/install.py`` (root, every capability dropped but the
-few below). The host commits that container as ONE layer on top of the base, with the final
-configuration given as a config object, so what this step leaves in the root filesystem is the
-image. Standard library only, 3.9+. Nothing from the pack is in a command line here: the wheel
-files are found by listing the read-only mount the host filled with verified files.
+Runs as PID 1 of one container of the pack's own base image, with no network and a read-only
+root filesystem, started by the host as ``python3 -I -S /tmp/attune-build/bin/install.py UID:GID``
+(root, every capability dropped but the few below). ``/opt/attune`` is a folder of the host's,
+bind-mounted: what this step leaves there is the image's one layer (the host writes it as a layer
+tar, every entry root's, and loads it). Nothing else of this container is kept. Standard library
+only, 3.9+. Nothing from the pack is in a command line here: the wheel files are found by listing
+the read-only mount the host filled with verified files; UID:GID are the host process's own ids.
 
 - ``uv venv`` + ``uv pip install --offline --no-index --no-deps --compile-bytecode`` (the static
   uv binary, mounted read-only) run as the unprivileged uid: code of the pack's distributions
-  (``.pth`` files run when Python starts to compile or to record) can write only the venv folder.
-- Then, back as root: every process left behind is killed, anything that uid wrote outside the
-  venv folder is removed (the tmpfs mounts are never committed), and the venv is given to root,
-  as the Dockerfile's ``COPY --from=builder`` leaves it.
+  (``.pth`` files run when Python starts to compile or to record) can write only the venv folder
+  (and the tmpfs mounts, which are discarded with the container).
+- Then, back as root: every process left behind is killed, and the folder is given to the host's
+  uid (so the host can read and remove it; the layer records root as the owner, as the
+  Dockerfile's ``COPY --from=builder`` leaves it). That happens on failure too.
 """
 
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 
@@ -30,9 +31,6 @@ UV = "/tmp/attune-build/uv"
 WHEELS = "/tmp/attune-build/wheels"
 FREEZE = "/tmp/attune-build/bin/freeze.py"
 UID = 65532
-# Never walked for strays: kernel file systems. The host's mounts sit under /tmp, a tmpfs, so
-# neither they nor their mount points are committed.
-SKIP = ("/proc", "/sys", "/dev")
 
 
 def log(message):
@@ -51,7 +49,7 @@ def as_builder():
         "UV_PYTHON_DOWNLOADS": "never",
         # uv unpacks each wheel into its cache and links the files into the venv: with the cache
         # on the venv's own file system the links are hard links, not copies. The cache goes
-        # before the commit (files made and removed in one layer leave nothing in it).
+        # before the host writes the layer.
         "UV_CACHE_DIR": UV_CACHE,
         "UV_LINK_MODE": "hardlink",
         "PYTHONDONTWRITEBYTECODE": "1",
@@ -83,43 +81,22 @@ def as_builder():
     os._exit(code)
 
 
-def remove_strays():
-    """Whatever the builder uid left outside the venv folder (a world-writable directory) goes."""
-    root_dev = os.lstat("/").st_dev
-    for top, dirs, files in os.walk("/", topdown=True):
-        dirs[:] = [d for d in dirs if not os.path.join(top, d).startswith(SKIP) and os.path.join(top, d) != ATTUNE]
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            if info.st_dev != root_dev:
-                if name in dirs:
-                    dirs.remove(name)
-                continue
-            if info.st_uid == UID or info.st_gid == UID:
-                log("removed %s, written outside the venv" % path)
-                if stat.S_ISDIR(info.st_mode):
-                    dirs.remove(name)
-                    subprocess.call(["rm", "-rf", "--one-file-system", path])
-                else:
-                    os.unlink(path)
-
-
-def give_to_root():
+def give_to(uid, gid):
     # uv's own lock file of the venv (mode 0666): of no use in an image.
     if os.path.isfile(VENV + "/.lock") and not os.path.islink(VENV + "/.lock"):
         os.unlink(VENV + "/.lock")
     for top, dirs, files in os.walk(ATTUNE):  # never follows links
         for name in dirs + files:
-            os.lchown(os.path.join(top, name), 0, 0)
-    os.lchown(ATTUNE, 0, 0)
+            os.lchown(os.path.join(top, name), uid, gid)
+    os.lchown(ATTUNE, uid, gid)
 
 
 def main():
+    owner = sys.argv[1] if len(sys.argv) > 1 else "0:0"
+    uid, gid = (int(part) for part in owner.split(":"))
     os.umask(0o022)
-    os.makedirs(ATTUNE, mode=0o755)
+    # The host's (bind-mounted, empty) folder: the builder uid may write only there.
+    os.chmod(ATTUNE, 0o755)
     os.chown(ATTUNE, UID, UID)
     pid = os.fork()
     if pid == 0:
@@ -139,11 +116,10 @@ def main():
             os.waitpid(-1, 0)
         except ChildProcessError:
             break
+    give_to(uid, gid)
     if code != 0:
         log("failed (exit %s)" % code)
         return code if code > 0 else 1
-    remove_strays()
-    give_to_root()
     return 0
 
 

@@ -122,3 +122,21 @@ def test_two_processes_building_overlapping_packs_share_one_cache(settings, engi
         assert hashlib.sha256(path.read_bytes()).hexdigest() == (own.cache_dir / "records" / "wheelhouse" / path.name).read_text()
     assert list((own.cache_dir / "work").iterdir()) == []
     assert manager.wheels.stats().files >= len(cached)
+
+
+def test_the_tree_in_memory_and_on_disk_give_the_same_venv(settings, engine, tmp_path, monkeypatch):
+    from attune_containers.services import wheels
+
+    own = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
+    spec = DependencySpec(dependencies=["six==1.17.0"], min_version="3.11", max_version="3.11")
+    in_memory = ContainerDependencyManager(own, engine).ensure(unique_ref("mem"), spec).info
+    monkeypatch.setattr(wheels, "_SCRATCH_MAX", 0)  # nothing fits in memory: the work folder on disk
+    on_disk = ContainerDependencyManager(own, engine).ensure(unique_ref("disk"), spec).info
+    assert records(engine, in_memory.id) == records(engine, on_disk.id) == [("six", "1.17.0")]
+    listing = ["find", "/opt/attune", "-printf", "%P %U %m %y\\n"]
+    assert engine.run_once(in_memory.image, listing) == engine.run_once(on_disk.image, listing)
+    assert L.is_built_by_us(engine.inspect_image(on_disk.id))
+    # Neither leaves a tree behind, in memory or in the work folder.
+    assert list((own.cache_dir / "work").iterdir()) == []
+    scratch_root = wheels.WheelCache(own, engine)._scratch_root()
+    assert not scratch_root.exists() or list(scratch_root.iterdir()) == []
