@@ -28,6 +28,7 @@ unit: venv
 bench: base
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/node.py
+	$(BIN)/python benchmarks/build_speed.py
 
 # Build speed against a hand-written one-stage Dockerfile (issue 11): naive, cold, warm shared
 # cache, complete lock, interleaved, as ratios of one run (a few minutes: every case really builds).
