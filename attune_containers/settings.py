@@ -220,7 +220,8 @@ class Settings(BaseSettings):
         600,
         ge=0,
         description="Seconds a host resolution (uv, wheels only) is reused for the same requirements, "
-        "Python, platform and indexes; 0: resolve every build",
+        "Python, platform and indexes, and index pages in uv's host cache serve a new requirement set "
+        "offline; 0: ask the index at every build",
     )
     engine_timeout: int = Field(120, description="Seconds to wait for one engine API call")
     cache_ttl: float = Field(60.0, description="Seconds environment information stays in memory")

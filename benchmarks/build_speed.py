@@ -11,6 +11,8 @@ Same base image (the configured 3.11 one, attune-base/python:3.11 here), same re
 - cold: ``ensure`` with an empty shared wheel cache (a fresh cache_dir each round);
 - warm: the same cache, now warm, and an image that does not exist yet (a fresh image prefix);
   the cold build's resolution is reused (``resolution_max_age``, 600 s by default);
+- warm-new: a new pack over the same projects (another requirement set: no resolution to reuse),
+  resolved from the index pages the cold build fetched into uv's host cache, with no index access;
 - warm-resolve: the same, resolving again (``resolution_max_age = 0``): a new pack whose
   distributions are all cached but whose requirements were not resolved in the last 10 minutes;
 - lock: a pack whose requirements are the complete hash-pinned lock ``inspect --lock`` prints
@@ -41,8 +43,11 @@ from attune_containers.settings import Settings
 
 REQUIREMENTS = ["requests", "pydantic", "boto3"]
 SPEC = DependencySpec(dependencies=REQUIREMENTS, min_version="3.11", max_version="3.11")
-GOALS = {"cold": 0.7, "warm": 0.3, "warm-resolve": 0.3}
-CASES = ("naive", "cold", "warm", "warm-resolve", "lock")
+GOALS = {"cold": 0.7, "warm": 0.3, "warm-new": 0.3, "warm-resolve": 0.3}
+CASES = ("naive", "cold", "warm", "warm-new", "warm-resolve", "lock")
+# A new pack over the same projects: another requirement set, so no resolution to reuse, but
+# every index page it needs was fetched by this round's cold build.
+NEW_SPEC = DependencySpec(dependencies=[*REQUIREMENTS, "urllib3"], min_version="3.11", max_version="3.11")
 
 
 def naive(base: str, ca_bundle: Path | None, work: Path, tags: list[str]) -> float:
@@ -106,8 +111,8 @@ def main() -> int:
         for number in range(args.rounds):
             # cold, warm and lock need each other in that order; the naive build moves through the
             # round so a machine that drifts during a round slows every case alike.
-            order = ["cold", "warm", "warm-resolve", "lock"]
-            order.insert(number % 5, "naive")
+            order = ["cold", "warm", "warm-new", "warm-resolve", "lock"]
+            order.insert(number % 6, "naive")
             cache = work / f"cache-{number}"  # empty: every distribution is downloaded
             lock_lines: list[str] = []
             for case in order:
@@ -120,6 +125,8 @@ def main() -> int:
                     lock_lines = manager.lock_lines(info)
                 elif case == "warm":
                     elapsed, _, _ = ensure(settings(cache), "bench_speed", SPEC, log)
+                elif case == "warm-new":
+                    elapsed, _, _ = ensure(settings(cache), "bench_speed_new", NEW_SPEC, log)
                 elif case == "warm-resolve":
                     elapsed, _, _ = ensure(settings(cache, resolution_max_age=0), "bench_speed", SPEC, log)
                 else:
@@ -134,6 +141,8 @@ def main() -> int:
                     notes["lock"] += ", no resolution"
                 if any("resolution reused" in line for _, line in log) and "reused" not in notes[case]:
                     notes[case] += ", resolution reused"
+                if any("no index access" in line for _, line in log) and "pages" not in notes[case]:
+                    notes[case] += ", resolved from cached index pages"
                 if args.log:
                     print(f"--- round {number + 1}, {case}", file=sys.stderr)
                     for at, line in log:
@@ -166,6 +175,7 @@ def main() -> int:
         "naive": "naive Dockerfile (venv + pip install)",
         "cold": "attune build, empty shared cache",
         "warm": "attune build, shared cache warm, new image",
+        "warm-new": "  new requirement set, index pages cached",
         "warm-resolve": "  same, resolving again (max_age 0)",
         "lock": "attune build, complete hash-pinned lock",
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import re
+import stat
 import tomllib
 import zipfile
 from email.parser import HeaderParser
@@ -84,6 +85,29 @@ class Pinned:
 
     def __init__(self, name: str, version: str, filename: str, url: str, sha256: str) -> None:
         self.name, self.version, self.filename, self.url, self.sha256 = name, version, filename, url, sha256
+
+
+def oldest_page_age(cache: Path, names: list[str], now: float) -> float | None:
+    """Seconds since the oldest of the index pages a resolution used was fetched into uv's cache
+    (``simple-v*/<index>/<name>.rkyv``, one per index that served the project), or None when a
+    project has no page there: then the resolution was not made from the cache alone. Every page
+    of a name counts, so a stale page of another index makes the whole answer stale."""
+    oldest = 0.0
+    for name in names:
+        ages = []
+        for folder in cache.glob("simple-v*/*"):
+            page = folder / f"{canonicalize_name(name)}.rkyv"
+            try:
+                info = page.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime > now:
+                return None  # a page from the future proves nothing about its age
+            ages.append(now - info.st_mtime)
+        if not ages:
+            return None
+        oldest = max(oldest, *ages)
+    return oldest
 
 
 def read_pylock(path: Path, priority: dict[Tag, int]) -> list[Pinned] | str:

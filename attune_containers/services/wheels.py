@@ -193,6 +193,10 @@ class WheelCache:
         self.work_root = self.root / "work"
         # Host resolutions kept for reuse (resolution_max_age): the host's only, never mounted.
         self.resolutions = self.root / "resolutions"
+        # uv's own cache of index pages and metadata for host resolutions (--no-build: nothing of a
+        # pack runs to fill it). Beside the shared cache, not in it: the host's only, never
+        # mounted, and dropped first when the caches are over their bound.
+        self.index_cache = self.root.with_name(self.root.name + "-index")
         self._cache_id: str | None = None
 
     # -- the fetch step -----------------------------------------------------------------------
@@ -651,7 +655,7 @@ class WheelCache:
             {
                 "UV_NO_CONFIG": "1",
                 "UV_PYTHON_DOWNLOADS": "never",
-                "UV_CACHE_DIR": str(work / "uv-cache"),
+                "UV_CACHE_DIR": str(self.index_cache),
                 # pip's rule across indexes (the best version of any), not uv's first-index rule.
                 "UV_INDEX_STRATEGY": "unsafe-best-match",
             }
@@ -699,7 +703,7 @@ class WheelCache:
             )
         return pinned
 
-    def _keep_resolution(self, key: str, output: Path) -> None:
+    def _keep_resolution(self, key: str, output: Path, fetched: float | None = None) -> None:
         """Keep a fresh resolution for reuse: written whole then renamed into place (readers see
         the old file or the new one), bounded under the cache's lock."""
         if self.settings.resolution_max_age <= 0:
@@ -709,6 +713,8 @@ class WheelCache:
             tmp = self.resolutions / f".tmp-{uuid.uuid4().hex}"
             shutil.copyfile(output, tmp)
             os.chmod(tmp, 0o600)
+            if fetched is not None:
+                os.utime(tmp, (fetched, fetched))
             os.replace(tmp, self.resolutions / f"{key}.toml")
             with self._lock():
                 self._bound_resolutions(keep_fresh=True)
@@ -744,33 +750,20 @@ class WheelCache:
         reused = self._reused_resolution(key, on_log, priority)
         if reused is not None:
             return reused
+        fresh = self._resolve_from_fresh_pages(plan, work, uv, glibc, arch, priority, deadline)
+        if fresh is not None:
+            pinned, age = fresh
+            # Kept as old as its oldest page: reuse must not stretch the window.
+            self._keep_resolution(key, output, fetched=time.time() - age)
+            if on_log is not None:
+                on_log(
+                    f"fetch: resolved {len(pinned)} distributions on the host from index pages fetched within "
+                    f"resolution_max_age={self.settings.resolution_max_age} s, with no index access "
+                    f"in {time.monotonic() - started:.1f} s"
+                )
+            return pinned
         try:
-            result = subprocess.run(
-                [
-                    str(uv),
-                    "pip",
-                    "compile",
-                    "--quiet",
-                    "--no-build",
-                    "--generate-hashes",
-                    "--no-header",
-                    "--python-version",
-                    plan.base.python_version or "",
-                    "--python-platform",
-                    host_resolve.uv_platform(glibc, arch) or "",
-                    "--format",
-                    "pylock.toml",
-                    "--output-file",
-                    str(output),
-                    str(work / "config" / "requirements.txt"),
-                ],
-                env=self._host_env(plan, work),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                timeout=max(1.0, min(300.0, deadline - time.monotonic())),
-                check=False,
-            )
+            result = self._compile(plan, work, uv, glibc, arch, deadline, offline=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             if on_log is not None:
                 on_log(f"fetch: resolving on the host failed ({type(exc).__name__}); using the fetch container")
@@ -784,18 +777,77 @@ class WheelCache:
                     + "; using the fetch container"
                 )
             return None
-        pinned = host_resolve.read_pylock(output, priority)
-        if isinstance(pinned, str):
+        found = host_resolve.read_pylock(output, priority)
+        if isinstance(found, str):
             if on_log is not None:
-                on_log(f"fetch: {pinned}; using the fetch container")
+                on_log(f"fetch: {found}; using the fetch container")
             return None
         self._keep_resolution(key, output)
         if on_log is not None:
             on_log(
-                f"fetch: resolved {len(pinned)} distributions on the host with uv (wheels only) "
+                f"fetch: resolved {len(found)} distributions on the host with uv (wheels only) "
                 f"in {time.monotonic() - started:.1f} s"
             )
-        return pinned
+        return found
+
+    def _resolve_from_fresh_pages(
+        self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, priority: dict[Tag, int], deadline: float
+    ) -> tuple[list[host_resolve.Pinned], float] | None:
+        """A new requirement set whose projects' index pages uv fetched within
+        ``resolution_max_age`` is resolved from uv's cache alone (``--offline``, a fraction of a
+        second): the same staleness an index's own ``max-age`` allows, which this answer keeps
+        even where a proxy strips the index's caching headers. Any page older than that, or
+        missing, and it is None: the caller resolves against the index. Only with one index:
+        with several, a page absent from the cache could hide a better version elsewhere."""
+        if self.settings.resolution_max_age <= 0 or plan.options.extra_index_urls or not self.index_cache.is_dir():
+            return None
+        try:
+            result = self._compile(plan, work, uv, glibc, arch, deadline, offline=True)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if result.returncode != 0:
+            return None
+        pinned = host_resolve.read_pylock(work / "pylock.toml", priority)
+        if isinstance(pinned, str) or not pinned:
+            return None
+        age = host_resolve.oldest_page_age(self.index_cache, [p.name for p in pinned], time.time())
+        if age is None or age >= self.settings.resolution_max_age:
+            return None
+        return pinned, age
+
+    def _compile(
+        self, plan: BuildPlan, work: Path, uv: Path, glibc: int, arch: str, deadline: float, *, offline: bool
+    ) -> subprocess.CompletedProcess[str]:
+        """``uv pip compile`` of the pack's requirements into ``work/pylock.toml``: wheels only
+        (no pack code runs on the host), hashes, for the base's exact Python and platform."""
+        self.index_cache.mkdir(mode=0o700, exist_ok=True)
+        return subprocess.run(
+            [
+                str(uv),
+                "pip",
+                "compile",
+                "--quiet",
+                *(["--offline"] if offline else []),
+                "--no-build",
+                "--generate-hashes",
+                "--no-header",
+                "--python-version",
+                plan.base.python_version or "",
+                "--python-platform",
+                host_resolve.uv_platform(glibc, arch) or "",
+                "--format",
+                "pylock.toml",
+                "--output-file",
+                str(work / "pylock.toml"),
+                str(work / "config" / "requirements.txt"),
+            ],
+            env=self._host_env(plan, work),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=max(1.0, min(300.0, deadline - time.monotonic())),
+            check=False,
+        )
 
     def _download(
         self,
@@ -951,6 +1003,11 @@ class WheelCache:
             # Emptying the cache (max_bytes 0) forgets every resolution too.
             self._bound_resolutions(keep_fresh=max_bytes > 0)
             total = sum(size for _, size in self._everything())
+            index_bytes = _tree_bytes(self.index_cache)
+            if index_bytes and total + index_bytes > max_bytes:
+                # uv's index pages go first: the next resolution fetches them again, nothing more.
+                shutil.rmtree(self.index_cache, ignore_errors=True)
+                removed.append(self.index_cache.name)
             for _, size, folder, name in sorted(entries):
                 if total <= max_bytes:
                     break
@@ -1060,6 +1117,16 @@ class WheelCache:
 
 
 _listing = work_folders.listing
+
+
+def _tree_bytes(root: Path) -> int:
+    """What the files under ``root`` take (links not followed; 0 when it is absent)."""
+    total = 0
+    for top, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(top, name)).st_size
+    return total
 
 
 def _remove(path: Path) -> None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 
 from attune_containers.core import labels as L
 from attune_containers.core.render import INSTALLED_RECORD
 from attune_containers.core.spec import DependencySpec
 from attune_containers.services.manager import ContainerDependencyManager
-from attune_containers.services.wheels import STEP_PREFIX, read_installed_record
+from attune_containers.services.wheels import STEP_PREFIX, WheelCache, read_installed_record
 
 from ..support import images_of, unique_ref
 
@@ -140,3 +142,38 @@ def test_the_tree_in_memory_and_on_disk_give_the_same_venv(settings, engine, tmp
     assert list((own.cache_dir / "work").iterdir()) == []
     scratch_root = wheels.WheelCache(own, engine)._scratch_root()
     assert not scratch_root.exists() or list(scratch_root.iterdir()) == []
+
+
+def test_a_new_requirement_set_resolves_from_fresh_cached_pages_and_only_then(settings, engine, tmp_path):
+    """A new pack whose projects' index pages were fetched within resolution_max_age resolves from
+    uv's cache with no index access, to what the index itself gives; stale pages, or the setting at
+    0, and it asks the index again."""
+    own = settings.model_copy(update={"cache_dir": tmp_path / "cache", "resolution_max_age": 600})
+
+    def build(settings_, *deps: str) -> tuple[list[str], list[tuple[str, str]]]:
+        log: list[str] = []
+        spec = DependencySpec(dependencies=list(deps), min_version="3.11", max_version="3.11")
+        info = ContainerDependencyManager(settings_, engine).ensure(unique_ref("pages"), spec, on_log=log.append).info
+        return log, records(engine, info.id)
+
+    def said(log: list[str], what: str) -> bool:
+        return any(line.startswith("fetch: resolved") and what in line for line in log)
+
+    log, _ = build(own, "requests==2.32.3")
+    assert said(log, "with uv"), log  # the first resolution asks the index
+    # A different requirement set over the same projects: no index access, the same answer.
+    log, from_pages = build(own, "requests==2.32.3", "idna")
+    assert said(log, "with no index access"), log
+    log, from_index = build(own.model_copy(update={"resolution_max_age": 0}), "idna", "requests==2.32.3")
+    assert said(log, "with uv"), log
+    assert from_pages == from_index
+    # Pages older than the window are not used: the index is asked, and the pages are fetched anew.
+    for page in (tmp_path / "cache-index").glob("simple-v*/*/*.rkyv"):
+        os.utime(page, (time.time() - 700, time.time() - 700))
+    log, _ = build(own, "requests==2.32.3", "certifi")
+    assert said(log, "with uv") and not said(log, "no index access"), log
+    # The pages live beside the shared cache (never mounted) and go when the cache is emptied.
+    index = tmp_path / "cache-index"
+    assert any(index.glob("simple-v*/*/requests.rkyv"))
+    WheelCache(own, engine).prune(0)
+    assert not index.exists()

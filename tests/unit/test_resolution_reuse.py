@@ -158,3 +158,44 @@ def test_a_dead_builds_tree_in_memory_is_swept(tmp_path, monkeypatch):
     c.engine = type("NoEngine", (), {"list_containers": lambda *a, **k: [], "containers_named": lambda *a, **k: []})()
     assert dead.name in c.sweep()
     assert not dead.exists()
+
+
+def pages(root, index: str, *names: str, age: float = 0.0):
+    folder = root / "simple-v28" / index
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        page = folder / f"{name}.rkyv"
+        page.write_bytes(b"page")
+        os.utime(page, (time.time() - age, time.time() - age))
+
+
+def test_a_resolution_from_cached_pages_is_as_old_as_its_oldest_page(tmp_path):
+    now = time.time()
+    pages(tmp_path, "pypi", "requests", age=10)
+    pages(tmp_path, "pypi", "charset-normalizer", age=100)
+    age = host_resolve.oldest_page_age(tmp_path, ["requests", "Charset_Normalizer"], now)  # names as PEP 503 has them
+    assert age is not None and 99 < age < 102
+    assert host_resolve.oldest_page_age(tmp_path, ["requests", "idna"], now) is None  # idna was never fetched
+    assert host_resolve.oldest_page_age(tmp_path / "empty", ["requests"], now) is None
+
+
+def test_a_stale_page_of_another_index_a_page_from_the_future_or_a_link_is_not_fresh(tmp_path):
+    now = time.time()
+    pages(tmp_path, "pypi", "six", age=5)
+    pages(tmp_path, "index-abc", "six", age=5000)
+    assert host_resolve.oldest_page_age(tmp_path, ["six"], now) > 4000  # every index's page counts
+    pages(tmp_path, "pypi", "idna", age=-60)
+    assert host_resolve.oldest_page_age(tmp_path, ["idna"], now) is None
+    (tmp_path / "simple-v28" / "pypi" / "certifi.rkyv").symlink_to(tmp_path / "simple-v28" / "pypi" / "six.rkyv")
+    assert host_resolve.oldest_page_age(tmp_path, ["certifi"], now) is None
+
+
+def test_a_resolution_kept_from_cached_pages_is_dated_by_its_oldest_page(tmp_path):
+    c = cache(tmp_path, max_age=600)
+    key = c._resolution_key(plan("six"), 36, "x86_64")
+    output = tmp_path / "pylock.toml"
+    output.write_text(PYLOCK)
+    c._keep_resolution(key, output, fetched=time.time() - 590)
+    assert c._reused_resolution(key, None, PRIORITY) is not None  # 590 s old: still inside 600
+    c._keep_resolution(key, output, fetched=time.time() - 601)
+    assert c._reused_resolution(key, None, PRIORITY) is None  # reuse never stretches the window
