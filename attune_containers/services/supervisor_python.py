@@ -21,6 +21,7 @@ interpreter or library gives a new folder. Each process checks the sources once 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -33,6 +34,11 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSegment
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from ..errors import AttuneContainersError
 from ..runtimes.python.portable import LIB, LOADER, PYTHON, command
@@ -77,50 +83,22 @@ class SupervisorPythonError(AttuneContainersError):
 
 # -- ELF: what the copy needs to know of a binary (pure) --------------------------------------------
 
-PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
-DT_NULL, DT_STRTAB, DT_SONAME = 0, 5, 14
-
 
 def elf_interp_and_soname(data: bytes) -> tuple[str | None, str | None]:
     """The program interpreter (PT_INTERP) and the DT_SONAME of a 64-bit little-endian ELF file,
     each None when absent. ValueError when ``data`` is not such a file."""
-    if data[:4] != b"\x7fELF" or len(data) < 64:
-        raise ValueError("not an ELF file")
-    if data[4] != 2 or data[5] != 1:
-        raise ValueError("not a 64-bit little-endian ELF file")
-    phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
-    interp = None
-    dynamic: tuple[int, int] | None = None
-    loads: list[tuple[int, int, int]] = []
-    for i in range(phnum):
-        start = phoff + i * phentsize
-        if start + 56 > len(data):
-            raise ValueError("truncated program headers")
-        p_type, _, p_offset, p_vaddr, _, p_filesz, _, _ = struct.unpack_from("<IIQQQQQQ", data, start)
-        if p_type == PT_INTERP:
-            interp = data[p_offset : p_offset + p_filesz].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        elif p_type == PT_DYNAMIC:
-            dynamic = (p_offset, p_filesz)
-        elif p_type == PT_LOAD:
-            loads.append((p_vaddr, p_offset, p_filesz))
-    soname = None
-    if dynamic is not None:
-        strtab = soname_offset = None
-        for at in range(dynamic[0], min(dynamic[0] + dynamic[1], len(data) - 15), 16):
-            tag, value = struct.unpack_from("<qQ", data, at)
-            if tag == DT_NULL:
-                break
-            if tag == DT_STRTAB:
-                strtab = value
-            elif tag == DT_SONAME:
-                soname_offset = value
-        if strtab is not None and soname_offset is not None:
-            # DT_STRTAB is an address: the file offset is found through the segment that maps it.
-            for vaddr, offset, size in loads:
-                if vaddr <= strtab < vaddr + size:
-                    at = strtab - vaddr + offset + soname_offset
-                    soname = data[at : data.index(b"\0", at)].decode("utf-8", "surrogateescape")
-                    break
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        if elf.elfclass != 64 or not elf.little_endian:
+            raise ValueError("not a 64-bit little-endian ELF file")  # the copy is made for this host
+        # Program headers only (what the loader itself reads): files stripped of sections work too.
+        segments = list(elf.iter_segments())
+        interp = next((seg.get_interp_name() for seg in segments if isinstance(seg, InterpSegment)), None)
+        # pyelftools sets ``soname`` on a DT_SONAME tag at run time (from the string table).
+        sonames = [tag.soname for seg in segments if isinstance(seg, DynamicSegment) for tag in seg.iter_tags("DT_SONAME")]  # type: ignore[attr-defined]
+        soname = sonames[0] if sonames else None
+    except (ELFError, struct.error, UnicodeDecodeError, IndexError, KeyError) as exc:
+        raise ValueError(f"a truncated or malformed ELF file: {exc}") from None
     return interp, soname
 
 

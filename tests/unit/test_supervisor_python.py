@@ -18,6 +18,10 @@ from attune_containers.runtimes.python import portable
 from attune_containers.services import supervisor_python as sp
 from attune_containers.settings import Settings
 
+# ELF constants the synthetic file is written with (the reader is pyelftools).
+PT_LOAD, PT_DYNAMIC, PT_INTERP = 1, 2, 3
+DT_NULL, DT_STRTAB, DT_SONAME = 0, 5, 14
+
 
 def synthetic_elf(interp: bytes | None, soname: bytes | None) -> bytes:
     """A minimal ELF64 LE file: PT_INTERP, one PT_LOAD mapping the file at 0x1000, PT_DYNAMIC with
@@ -26,12 +30,12 @@ def synthetic_elf(interp: bytes | None, soname: bytes | None) -> bytes:
     headers = []
     if interp is not None:
         data[400 : 400 + len(interp) + 1] = interp + b"\0"
-        headers.append((sp.PT_INTERP, 400, 0, len(interp) + 1))
-    headers.append((sp.PT_LOAD, 0, 0x1000, 1024))
-    dynamic = [(sp.DT_STRTAB, 0x1000 + 600)] + ([(sp.DT_SONAME, 1)] if soname else []) + [(sp.DT_NULL, 0)]
+        headers.append((PT_INTERP, 400, 0, len(interp) + 1))
+    headers.append((PT_LOAD, 0, 0x1000, 1024))
+    dynamic = [(DT_STRTAB, 0x1000 + 600)] + ([(DT_SONAME, 1)] if soname else []) + [(DT_NULL, 0)]
     for i, (tag, value) in enumerate(dynamic):
         struct.pack_into("<qQ", data, 300 + 16 * i, tag, value)
-    headers.append((sp.PT_DYNAMIC, 300, 0x1000 + 300, 16 * len(dynamic)))
+    headers.append((PT_DYNAMIC, 300, 0x1000 + 300, 16 * len(dynamic)))
     if soname:
         data[600 : 602 + len(soname)] = b"\0" + soname + b"\0"
     data[:16] = b"\x7fELF\x02\x01\x01" + bytes(9)
